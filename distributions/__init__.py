@@ -1,0 +1,23 @@
+"""Pyro distributions on the hypersphere.
+
+This package depends on torch and Pyro's distribution classes only, so that any Pyro model can use it
+without the rest of vprob::
+
+    from distributions import ProjectedNormal, HypersphericalUniform, PolarStudentT
+"""
+
+from distributions.hyperspherical_uniform import HypersphericalUniform
+from distributions.kl import gaussian_kl_bound
+from distributions.log_radial_integral import log_radial_integral
+from distributions.polar_student_t import PolarStudentT
+from distributions.projected_normal import ProjectedNormal
+from distributions.reparam import ProjectedNormalReparam
+
+__all__ = [
+    "HypersphericalUniform",
+    "PolarStudentT",
+    "ProjectedNormal",
+    "ProjectedNormalReparam",
+    "gaussian_kl_bound",
+    "log_radial_integral",
+]

@@ -1,0 +1,419 @@
+"""distributions.ProjectedNormal against independent oracles.
+
+Oracles: a 30-digit mpmath evaluation of the density from its definition (A, b, c accumulated in arbitrary
+precision from the exact inputs, the radial integral by quadrature; ``tests/_distribution_helpers.py``),
+deterministic quadrature over the circle and the 2-sphere, Monte Carlo integration, Pyro's own
+``ProjectedNormal`` (d = 2, 3, 4, near the mean where its closed forms are exact) and Pyro's
+goodness-of-fit test of samples against densities. Numerics are tested in float64 as Pyro does.
+"""
+
+import itertools
+import math
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pyro.optim
+import pytest
+import torch
+from _distribution_helpers import log_sphere_area, mp_projected_normal_log_prob, rel_err, uniform_sphere
+from pyro.distributions import constraints
+from pyro.distributions.testing.gof import auto_goodness_of_fit
+from pyro.infer import SVI, Trace_ELBO
+
+from distributions.hyperspherical_uniform import HypersphericalUniform
+from distributions.projected_normal import ProjectedNormal
+
+DIMS = [2, 3, 4, 5, 8, 16, 64, 128, 512, 1024, 4096]
+LOC_NORMS = [0.0, 1.0, 40.0, 1e4]
+SCALE_KINDS = ["iso 1", "iso 1e-3", "iso 1e3", "diag 1e-3..1e3"]
+VALUE_KINDS = ["mode", "antipode", "random", "t = 0", "near mode"]
+TEST_FAILURE_RATE = 1 / 50  # for p-values of the goodness-of-fit tests (fixed seeds: deterministic)
+
+
+def make_case(d: int, loc_norm: float, scale_kind: str, value_kind: str, seed: int = 0):
+    """loc (d,), scale (1,) or (d,), value (d,) as float64 numpy arrays, value on the sphere."""
+    rng = np.random.default_rng([d, int(loc_norm), SCALE_KINDS.index(scale_kind), seed])
+    direction = rng.standard_normal(d)
+    direction /= np.linalg.norm(direction)
+    loc = loc_norm * direction
+    if scale_kind == "diag 1e-3..1e3":
+        scale = np.exp(rng.uniform(np.log(1e-3), np.log(1e3), d))
+    else:
+        scale = np.array([float(scale_kind.split()[1])])
+    other = rng.standard_normal(d)
+    other /= np.linalg.norm(other)
+    if value_kind == "mode":
+        value = direction
+    elif value_kind == "antipode":
+        value = -direction
+    elif value_kind == "random":
+        value = other
+    elif value_kind == "t = 0":  # u orthogonal to Sigma^{-1} mu, so b = t = 0
+        w = direction / np.broadcast_to(scale, (d,)) ** 2
+        value = other - (other @ w) / (w @ w) * w
+    else:  # a small angle (1e-3) away from the mean direction
+        value = direction + 1e-3 * other
+    return loc, scale, value / np.linalg.norm(value)
+
+
+def fast_cases():
+    """Every d, every (|loc|, scale) combination at least once, every kind of value for each."""
+    combos = list(itertools.product(LOC_NORMS, SCALE_KINDS))
+    for i, d in enumerate(DIMS):
+        for loc_norm, scale_kind in (combos[(2 * i) % 16], combos[(2 * i + 1) % 16]):
+            yield d, loc_norm, scale_kind
+
+
+def slow_cases():
+    for d, loc_norm, scale_kind in itertools.product(DIMS, LOC_NORMS, SCALE_KINDS):
+        yield d, loc_norm, scale_kind
+
+
+def ours(loc, scale, value, dtype=torch.float64):
+    pn = ProjectedNormal(torch.tensor(loc, dtype=dtype), torch.tensor(scale, dtype=dtype), validate_args=False)
+    return pn.log_prob(torch.tensor(value, dtype=dtype))
+
+
+def check_float64(d, loc_norm, scale_kind):
+    for value_kind in VALUE_KINDS:
+        loc, scale, value = make_case(d, loc_norm, scale_kind, value_kind)
+        expected = float(mp_projected_normal_log_prob(loc, scale, value))
+        assert rel_err(ours(loc, scale, value).item(), expected) <= 1e-9, value_kind
+
+
+def check_float32(d, loc_norm, scale_kind):
+    for value_kind in VALUE_KINDS:
+        loc, scale, value = (x.astype(np.float32) for x in make_case(d, loc_norm, scale_kind, value_kind))
+        expected = float(mp_projected_normal_log_prob(loc, scale, value))  # at the exact float32 inputs
+        actual = ours(loc, scale, value, torch.float32)
+        assert actual.dtype == torch.float32
+        assert torch.isfinite(actual).all()
+        assert rel_err(actual.item(), expected) <= 1e-4, value_kind
+
+
+# --------------------------------------------------------------------------------------------------
+# Accuracy of log_prob
+@pytest.mark.parametrize("d,loc_norm,scale_kind", list(fast_cases()))
+def test_log_prob_float64_against_mpmath(d, loc_norm, scale_kind):
+    check_float64(d, loc_norm, scale_kind)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("d,loc_norm,scale_kind", list(slow_cases()))
+def test_log_prob_float64_against_mpmath_all(d, loc_norm, scale_kind):
+    check_float64(d, loc_norm, scale_kind)
+
+
+@pytest.mark.parametrize("d,loc_norm,scale_kind", list(fast_cases()))
+def test_log_prob_float32_against_mpmath(d, loc_norm, scale_kind):
+    check_float32(d, loc_norm, scale_kind)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("d,loc_norm,scale_kind", list(slow_cases()))
+def test_log_prob_float32_against_mpmath_all(d, loc_norm, scale_kind):
+    check_float32(d, loc_norm, scale_kind)
+
+
+def test_far_tail_where_pyro_underflows():
+    # METHODS.md 1.1: float64, d = 3, |loc| = 40, u = -loc/|loc|: the truth is -813.1, Pyro says -37.9.
+    loc = torch.tensor([40.0, 0.0, 0.0], dtype=torch.float64)
+    value = -loc / loc.norm()
+    expected = float(mp_projected_normal_log_prob(loc.numpy(), [1.0], value.numpy()))
+    actual = ProjectedNormal(loc).log_prob(value).item()
+    assert round(expected, 1) == -813.1
+    assert rel_err(actual, expected) <= 1e-12
+    assert round(dist.ProjectedNormal(loc).log_prob(value).item(), 1) == -37.9  # Pyro's clamped value
+
+
+@pytest.mark.parametrize("d", [2, 3, 4])
+def test_agrees_with_pyro_near_the_mean(d):
+    concentration = 3.0 * torch.randn(20, d, dtype=torch.float64)
+    value = dist.ProjectedNormal(concentration).sample()
+    expected = dist.ProjectedNormal(concentration).log_prob(value)
+    torch.testing.assert_close(ProjectedNormal(concentration).log_prob(value), expected, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(
+        ProjectedNormal(concentration=concentration).log_prob(value), expected, rtol=1e-10, atol=1e-10
+    )
+    # PN(mu, s^2 I) = PN(mu / s, I)
+    torch.testing.assert_close(
+        ProjectedNormal(0.25 * concentration, 0.25).log_prob(value), expected, rtol=1e-10, atol=1e-10
+    )
+
+
+def test_uniform_when_loc_is_zero():
+    for d in (2, 3, 50, 4096):
+        value = uniform_sphere(5, d)
+        for scale in (1.0, 1e-3, 7.0):
+            torch.testing.assert_close(
+                ProjectedNormal(torch.zeros(d, dtype=torch.float64), scale).log_prob(value),
+                torch.full((5,), -log_sphere_area(d), dtype=torch.float64),
+                rtol=1e-12,
+                atol=1e-12,
+            )
+
+
+# --------------------------------------------------------------------------------------------------
+# Normalization
+def test_normalized_on_the_circle_by_quadrature():
+    # The trapezoidal rule is spectrally accurate for a smooth periodic integrand.
+    theta = torch.arange(4000, dtype=torch.float64) * (2 * math.pi / 4000)
+    value = torch.stack([theta.cos(), theta.sin()], dim=-1)
+    for loc, scale in [([3.0, -1.0], [0.5, 2.0]), ([0.3, 0.2], [1.0]), ([-8.0, 2.0], [0.3, 0.1])]:
+        pn = ProjectedNormal(torch.tensor(loc, dtype=torch.float64), torch.tensor(scale, dtype=torch.float64))
+        total = pn.log_prob(value).exp().sum() * (2 * math.pi / 4000)
+        assert total.item() == pytest.approx(1.0, abs=1e-12)
+
+
+def test_normalized_on_the_sphere_by_quadrature():
+    # Gauss-Legendre in cos(theta) times the trapezoidal rule in phi.
+    x, w = np.polynomial.legendre.leggauss(300)
+    phi = torch.arange(600, dtype=torch.float64) * (2 * math.pi / 600)
+    z = torch.tensor(x).unsqueeze(-1)
+    rho = (1 - z**2).sqrt()
+    value = torch.stack(torch.broadcast_tensors(rho * phi.cos(), rho * phi.sin(), z), dim=-1)
+    weights = torch.tensor(w).unsqueeze(-1) * (2 * math.pi / 600)
+    for loc, scale in [([2.0, -1.0, 0.5], [0.5, 2.0, 1.0]), ([0.0, 0.0, 1.0], [1.0]), ([4.0, 1.0, -3.0], [1.5])]:
+        pn = ProjectedNormal(torch.tensor(loc, dtype=torch.float64), torch.tensor(scale, dtype=torch.float64))
+        total = (pn.log_prob(value).exp() * weights).sum()
+        assert total.item() == pytest.approx(1.0, abs=1e-10)
+
+
+@pytest.mark.parametrize("d", [2, 3, 5])
+def test_normalized_by_monte_carlo(d):
+    loc = torch.linspace(1.0, -0.5, d, dtype=torch.float64)
+    scale = torch.linspace(0.6, 1.5, d, dtype=torch.float64)
+    value = uniform_sphere(200_000, d)
+    weights = (ProjectedNormal(loc, scale).log_prob(value) + log_sphere_area(d)).exp()
+    std_err = weights.std() / math.sqrt(len(weights))
+    assert abs(weights.mean().item() - 1.0) < 4 * std_err.item()
+    assert std_err.item() < 0.01  # the check has power
+
+
+@pytest.mark.parametrize("d,loc,scale", [(2, [1.5, -0.5], [0.7, 1.3]), (3, [2.0, 0.5, -1.0], [0.5, 1.0, 2.0])])
+def test_samples_fit_density(d, loc, scale):
+    pn = ProjectedNormal(torch.tensor(loc, dtype=torch.float64), torch.tensor(scale, dtype=torch.float64))
+    samples = pn.sample((1200 * d,))
+    probs = pn.log_prob(samples).exp()
+    # The sphere is a (d-1)-manifold: nearest-neighbour volumes use its dimension.
+    assert auto_goodness_of_fit(samples, probs, dim=d - 1) > TEST_FAILURE_RATE
+    # ... and a wrong density fails the same test (the test has power).
+    wrong = ProjectedNormal(torch.tensor(loc, dtype=torch.float64) * 1.3, torch.tensor(scale, dtype=torch.float64))
+    assert auto_goodness_of_fit(samples, wrong.log_prob(samples).exp(), dim=d - 1) < TEST_FAILURE_RATE
+
+
+# --------------------------------------------------------------------------------------------------
+# Gradients
+def _log_prob_fn(value_is_free=True):
+    # Validation off: gradcheck perturbs value off the sphere, where the formula is still defined (it is
+    # homogeneous of degree -d in value).
+    def fn(loc, scale, value):
+        return ProjectedNormal(loc, scale, validate_args=False).log_prob(value)
+
+    return fn
+
+
+@pytest.mark.parametrize(
+    "d,loc_norm,scale_kind,value_kind",
+    [
+        (2, 3.0, "diag", "antipode"),  # t < 0
+        (3, 5.0, "diag", "t = 0"),  # t = 0
+        (3, 200.0, "iso", "near mode"),  # large t
+        (4, 0.0, "iso", "random"),
+        (16, 30.0, "diag", "antipode"),  # t << 0 through the quadrature branch
+        (64, 1e3, "diag", "near mode"),  # large d, large t
+        (300, 2.0, "iso", "random"),
+    ],
+)
+def test_gradcheck_loc_scale_value(d, loc_norm, scale_kind, value_kind):
+    loc, _, value = make_case(d, loc_norm, "iso 1", value_kind)
+    rng = np.random.default_rng(d)
+    scale = np.exp(rng.uniform(-0.5, 0.5, d if scale_kind == "diag" else 1))
+    if value_kind == "t = 0":
+        w = loc / np.broadcast_to(scale, (d,)) ** 2
+        value = value - (value @ w) / (w @ w) * w
+        value /= np.linalg.norm(value)
+    args = tuple(torch.tensor(x, dtype=torch.float64, requires_grad=True) for x in (loc, scale, value))
+    assert torch.autograd.gradcheck(_log_prob_fn(), args)
+
+
+def test_gradients_finite_in_float32_extremes():
+    for d, loc_norm, scale_kind, value_kind in [
+        (3, 1e4, "iso 1e-3", "antipode"),
+        (4096, 1e4, "diag 1e-3..1e3", "random"),
+        (2, 1e4, "iso 1e-3", "mode"),
+    ]:
+        loc, scale, value = make_case(d, loc_norm, scale_kind, value_kind)
+        args = [torch.tensor(x, dtype=torch.float32, requires_grad=True) for x in (loc, scale, value)]
+        out = ProjectedNormal(args[0], args[1]).log_prob(args[2])
+        grads = torch.autograd.grad(out, args)
+        assert torch.isfinite(out) and all(torch.isfinite(g).all() for g in grads)
+
+
+# --------------------------------------------------------------------------------------------------
+# Shapes, the Pyro contract, sampling
+@pytest.mark.parametrize(
+    "loc_shape,scale_shape,batch_shape",
+    [((3,), None, ()), ((4, 5, 3), None, (4, 5)), ((4, 5, 3), (5, 1), (4, 5)), ((5, 3), (3,), (5,)),
+     ((5, 3), (2, 1, 1), (2, 5)), ((7,), (6, 7), (6,))],
+)
+def test_shapes(loc_shape, scale_shape, batch_shape):
+    loc = torch.randn(loc_shape)
+    scale = 1.0 if scale_shape is None else torch.rand(scale_shape) + 0.5
+    pn = ProjectedNormal(loc, scale)
+    assert pn.batch_shape == batch_shape and pn.event_shape == loc_shape[-1:]
+    assert ProjectedNormal.infer_shapes(loc=loc_shape, scale=() if scale_shape is None else scale_shape) == (
+        batch_shape,
+        loc_shape[-1:],
+    )
+    x = pn.rsample((2,))
+    assert x.shape == (2,) + batch_shape + loc_shape[-1:]
+    torch.testing.assert_close(x.norm(dim=-1), torch.ones(x.shape[:-1]))
+    assert pn.log_prob(x).shape == (2,) + batch_shape
+    assert pn.mode.shape == pn.mean.shape == batch_shape + loc_shape[-1:]
+    assert pn.support is constraints.sphere and pn.has_rsample
+
+
+def test_expand_preserves_class_and_values():
+    loc = torch.randn(5, 3, dtype=torch.float64)
+    scale = torch.rand(5, 3, dtype=torch.float64) + 0.5
+    pn = ProjectedNormal(loc, scale, validate_args=True)
+    big = pn.expand([4, 5])
+    assert type(big) is ProjectedNormal and big.batch_shape == (4, 5) and big._validate_args
+    value = pn.sample((4,))
+    torch.testing.assert_close(big.log_prob(value), pn.log_prob(value))
+    # and inside a plate, the trace holds our class (so KLs registered for it are found)
+    with pyro.plate("p", 4, dim=-2):
+        trace = pyro.poutine.trace(lambda: pyro.sample("z", pn)).get_trace()
+    assert type(trace.nodes["z"]["fn"]) is ProjectedNormal and trace.nodes["z"]["fn"].batch_shape == (4, 5)
+
+
+def test_pyro_parameterization_concentration_mode_and_mean():
+    c = torch.randn(6, 4, dtype=torch.float64)
+    ref = dist.ProjectedNormal(c)
+    for pn in (ProjectedNormal(c), ProjectedNormal(concentration=c), ProjectedNormal(2 * c, 2.0)):
+        torch.testing.assert_close(pn.concentration, c)
+        torch.testing.assert_close(pn.mode, ref.mode)
+        torch.testing.assert_close(pn.mean, ref.mean)
+    with pytest.raises(ValueError, match="isotropic"):
+        _ = ProjectedNormal(c, torch.rand(4, dtype=torch.float64) + 1).concentration
+    with pytest.raises(ValueError, match="exactly one of loc and concentration"):
+        ProjectedNormal(c, concentration=c)
+
+
+def test_rsample_is_reparameterized_and_centred():
+    loc = torch.tensor([3.0, -1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    scale = torch.tensor([0.8], dtype=torch.float64, requires_grad=True)
+    x = ProjectedNormal(loc, scale).rsample((20000,))
+    (x[:, 0].mean() + x[:, 2].mean()).backward()
+    assert loc.grad.abs().sum() > 0 and scale.grad.abs().sum() > 0
+    # isotropic: the expectation of u points along loc
+    mean_dir = x.detach().mean(0) / x.detach().mean(0).norm()
+    assert torch.dot(mean_dir, loc.detach() / loc.detach().norm()) > 1 - 1e-3
+
+
+# --------------------------------------------------------------------------------------------------
+# Bad input
+@pytest.mark.parametrize(
+    "loc,scale,match",
+    [
+        (torch.zeros(3, 1), 1.0, "loc must have event size d >= 2"),
+        (torch.tensor(1.0), 1.0, "loc must have shape"),
+        (torch.tensor([0.0, float("nan")]), 1.0, "loc must be finite"),
+        (torch.tensor([0.0, float("inf")]), 1.0, "loc must be finite"),
+        (torch.zeros(3), torch.tensor([1.0, float("nan"), 1.0]), "scale must be positive and finite"),
+        (torch.zeros(3), float("inf"), "scale must be positive and finite"),
+        (torch.zeros(3), 0.0, "scale must be positive and finite"),
+        (torch.zeros(3), torch.tensor([1.0, -1.0, 1.0]), "scale must be positive and finite"),
+        (torch.zeros(3), torch.ones(2), "scale must have last dimension 1"),
+        (torch.zeros(4, 3), torch.ones(5, 1), "does not broadcast"),
+    ],
+)
+def test_bad_parameters_raise(loc, scale, match):
+    with pytest.raises(ValueError, match=match):
+        ProjectedNormal(loc, scale, validate_args=True)
+
+
+def test_bad_concentration_is_named():
+    with pytest.raises(ValueError, match="concentration must be finite"):
+        ProjectedNormal(concentration=torch.tensor([1.0, float("nan")]), validate_args=True)
+
+
+def test_bad_values_raise_with_validation():
+    pn = ProjectedNormal(torch.zeros(3), validate_args=True)
+    with pytest.raises(ValueError, match="value must have event shape"):
+        pn.log_prob(torch.ones(4) / 2)
+    with pytest.raises(ValueError, match="support"):
+        pn.log_prob(torch.tensor([1.0, 1.0, 0.0]))
+    # without validation the formula is evaluated off the sphere
+    off = ProjectedNormal(torch.zeros(3), validate_args=False).log_prob(torch.tensor([1.0, 1.0, 0.0]))
+    assert torch.isfinite(off)
+
+
+# --------------------------------------------------------------------------------------------------
+# Pyro integration
+def test_svi_recovers_direction_and_concentration():
+    pyro.clear_param_store()
+    true_loc = 4.0 * torch.tensor([1.0, -2.0, 0.5]) / math.sqrt(5.25)
+    data = ProjectedNormal(true_loc).sample((3000,))
+
+    def model(data):
+        loc = pyro.param("loc", torch.tensor([0.1, 0.1, 0.1]))
+        with pyro.plate("data", len(data)):
+            pyro.sample("obs", ProjectedNormal(loc, 1.0), obs=data)
+
+    svi = SVI(model, lambda data: None, pyro.optim.Adam({"lr": 0.05}), Trace_ELBO())
+    for _ in range(400):
+        svi.step(data)
+    loc = pyro.param("loc").detach()
+    assert torch.dot(loc / loc.norm(), true_loc / true_loc.norm()) > math.cos(0.05)
+    assert loc.norm().item() == pytest.approx(4.0, rel=0.06)
+
+
+def test_svi_recovers_diagonal_scale():
+    # PN(mu, diag s^2) is invariant to a common rescaling of (mu, s): pin s_1 = 1.
+    pyro.clear_param_store()
+    true_loc = torch.tensor([2.0, 1.0, -1.0])
+    true_scale = torch.tensor([1.0, 0.5, 2.0])
+    data = ProjectedNormal(true_loc, true_scale).sample((4000,))
+
+    def model(data):
+        loc = pyro.param("loc", torch.tensor([0.5, 0.5, -0.5]))
+        log_rest = pyro.param("log_rest", torch.zeros(2))
+        scale = torch.cat([torch.ones(1), log_rest.exp()])
+        with pyro.plate("data", len(data)):
+            pyro.sample("obs", ProjectedNormal(loc, scale), obs=data)
+
+    svi = SVI(model, lambda data: None, pyro.optim.Adam({"lr": 0.05}), Trace_ELBO())
+    for _ in range(500):
+        svi.step(data)
+    scale = pyro.param("log_rest").detach().exp()
+    loc = pyro.param("loc").detach()
+    torch.testing.assert_close(scale, true_scale[1:], rtol=0.15, atol=0)
+    torch.testing.assert_close(loc, true_loc, rtol=0, atol=0.3)
+
+
+def test_latent_projected_normal_in_model_and_guide():
+    # Latent directions with a uniform prior, observed through a concentrated projected normal; the guide
+    # is a projected normal per data point. SVI must run and pull each guide direction onto its datum.
+    pyro.clear_param_store()
+    d, n = 5, 8
+    data = uniform_sphere(n, d, dtype=torch.float32)
+
+    def model(data):
+        with pyro.plate("data", n):
+            z = pyro.sample("z", HypersphericalUniform(d))
+            pyro.sample("obs", ProjectedNormal(20.0 * z), obs=data)
+
+    def guide(data):
+        loc = pyro.param("q_loc", torch.randn(n, d))
+        scale = pyro.param("q_scale", torch.full((n, d), 0.5), constraint=constraints.positive)
+        with pyro.plate("data", n):
+            pyro.sample("z", ProjectedNormal(loc, scale))
+
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.05}), Trace_ELBO())
+    losses = [svi.step(data) for _ in range(300)]
+    assert np.mean(losses[-20:]) < np.mean(losses[:20])
+    mode = ProjectedNormal(pyro.param("q_loc").detach()).mode
+    assert ((mode * data).sum(-1) > 0.9).all()

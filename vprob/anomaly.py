@@ -1,0 +1,222 @@
+"""One-class anomaly detection: train on the images of one class, score the whole test set, AUROC.
+
+The protocol of METHODS.md 3.2 (one-class CIFAR-10: train on the 5,000 training images of one class,
+score all 10,000 test images, AUROC per class and the mean over the 10 classes), for any data set of
+the engine. Training goes through :class:`vprob.train.Trainer` with ``TrainConfig.normal_class`` set, so
+the run folder, checkpoints and metrics are those of an ordinary run.
+
+Scores, all "higher = more anomalous", computed side by side on the same trained model:
+
+* ``likelihood`` (VJE only): the negative representation-space log-likelihood of a test image,
+  averaged over ``num_pairs`` pairs of augmented views (:meth:`vprob.models.VJE.anomaly_score`);
+* ``log_det`` (models with a posterior: VJE, VSimCLR): the log determinant of the posterior covariance,
+  VCL's uncertainty score (VJE: sum_k log nu_k; VCL: sum_k log sigma_k^2), on the clean image;
+* ``knn`` (every model): a baseline on the same point embeddings (``model.embed``): the cosine distance
+  1 - cos to the k-th nearest embedding of the normal training images (k = ``knn_k``, default 1 (choice)).
+
+AUROC (:func:`vprob.diagnostics.uncertainty.auroc`): in = the normal class, out = every other class;
+0.5 is chance. Results go to ``anomaly.json`` in the run folder (one subfolder ``class_K`` per trained
+model).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vprob.data import SimCLRAugment
+from vprob.diagnostics.uncertainty import auroc
+from vprob.train import TrainConfig, Trainer, write_json_atomic
+
+ANOMALY_METHODS = ("vje", "vsimclr", "simclr")
+SCORES = ("likelihood", "log_det", "knn")
+RESULTS_NAME = "anomaly.json"
+
+# One class of digits has about 144 training images: small batches keep a few steps per epoch.
+# The CIFAR-10 values are a starting point for the 5,000 images of one class (not tuned).
+ANOMALY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "digits": dict(epochs=40, batch_size=32),
+    "cifar10": dict(epochs=200, batch_size=256),
+}
+
+
+def knn_distance(normal_embeddings: Tensor, test_embeddings: Tensor, k: int = 1) -> Tensor:
+    """Cosine distance 1 - cos of each test embedding (M, d) to its k-th nearest normal embedding (N, d):
+    (M,). Rows need not be normalized (they are normalized here)."""
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= normal_embeddings.shape[0]:
+        raise ValueError(f"knn_k must be an integer in 1..{normal_embeddings.shape[0]} (the normal training "
+                         f"images), got {k!r}")
+    normal = F.normalize(normal_embeddings.float(), dim=-1)
+    similarity = F.normalize(test_embeddings.float(), dim=-1) @ normal.T
+    return 1.0 - similarity.topk(k, dim=1).values[:, -1]
+
+
+def _check_images(images: Tensor, name: str) -> None:
+    if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.ndim != 4 or not len(images):
+        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(f"{name} must be a non-empty uint8 image batch (N, C, H, W), got {shape}")
+
+
+def _map_batches(fn, images: Tensor, normalize, batch_size: int) -> Tensor:
+    return torch.cat([fn(normalize(images[i:i + batch_size])) for i in range(0, len(images), batch_size)])
+
+
+@torch.no_grad()
+def anomaly_scores(
+    model: nn.Module,
+    normal_images: Tensor,
+    test_images: Tensor,
+    augment: SimCLRAugment,
+    num_pairs: int = 8,
+    knn_k: int = 1,
+    generator: torch.Generator | None = None,
+    batch_size: int = 512,
+) -> dict[str, Tensor]:
+    """Every score the model supports (module docstring) for uint8 ``test_images`` (M, C, H, W):
+    ``{name: (M,) float32}``, higher = more anomalous.
+
+    ``normal_images`` (N, C, H, W) are the normal training images (the kNN reference set); both sets must
+    have the image shape the model was trained on. ``augment`` gives the views of the likelihood score
+    and its ``normalize`` the clean inputs; ``generator`` (on the images' device) draws the views. The
+    model is scored in eval mode (its mode is restored afterwards).
+    """
+    _check_images(normal_images, "normal_images")
+    _check_images(test_images, "test_images")
+    if test_images.shape[1:] != normal_images.shape[1:]:
+        raise ValueError(f"test images have shape (C, H, W) = {tuple(test_images.shape[1:])} but the model was "
+                         f"trained on {tuple(normal_images.shape[1:])}")
+    expected = (augment.channels, augment.image_size, augment.image_size)
+    if tuple(test_images.shape[1:]) != expected:
+        raise ValueError(f"images of shape (C, H, W) = {tuple(test_images.shape[1:])} do not match the "
+                         f"augmentation's {expected}")
+    was_training = model.training
+    model.eval()
+    try:
+        normalize = augment.normalize
+        scores: dict[str, Tensor] = {}
+        if callable(getattr(model, "anomaly_score", None)):
+            scores["likelihood"] = model.anomaly_score(test_images, augment, num_pairs=num_pairs,
+                                                       generator=generator, batch_size=batch_size)
+        if callable(getattr(model, "uncertainty", None)):
+            scores["log_det"] = _map_batches(lambda x: model.uncertainty(x)["log_det"], test_images, normalize,
+                                             batch_size)
+        normal = _map_batches(model.embed, normal_images, normalize, batch_size)
+        test = _map_batches(model.embed, test_images, normalize, batch_size)
+        scores["knn"] = knn_distance(normal, test, knn_k)
+    finally:
+        model.train(was_training)
+    return {name: value.float() for name, value in scores.items()}
+
+
+def one_class_aurocs(scores: dict[str, Tensor], labels: Tensor, normal_class: int) -> dict[str, float]:
+    """AUROC of each score (M,) for telling the other classes (anomalies) from ``normal_class``."""
+    normal = labels == normal_class
+    if not bool(normal.any()) or bool(normal.all()):
+        raise ValueError(f"the test labels need images of class {normal_class} and of other classes")
+    normal = normal.to(next(iter(scores.values())).device)
+    return {name: auroc(value[normal], value[~normal]) for name, value in scores.items()}
+
+
+def _anomaly_config(config: TrainConfig) -> TrainConfig:
+    """``config`` with the one-class defaults (``ANOMALY_DEFAULTS``) where it leaves epochs or batch size
+    open; other open fields take the data set's training defaults later."""
+    if config.method not in ANOMALY_METHODS:
+        raise ValueError(f"anomaly detection supports methods {ANOMALY_METHODS}, got {config.method!r}")
+    defaults = ANOMALY_DEFAULTS.get(config.data, {})
+    values = {key: value for key, value in defaults.items() if getattr(config, key) is None}
+    return replace(config, **values)
+
+
+def run_one_class(
+    config: TrainConfig,
+    normal_class: int,
+    num_pairs: int = 8,
+    knn_k: int = 1,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Train on the training images of ``normal_class`` and score the whole test split.
+
+    ``config.run_dir`` is the class's run folder. Returns (and writes to ``anomaly.json`` there) the AUROC
+    of each score, the test-set counts and the run folder.
+    """
+    config = replace(_anomaly_config(config), normal_class=normal_class)
+    trainer = Trainer(config, progress=progress)
+    trainer.fit()
+    test_set = trainer.test_set
+    generator = torch.Generator(trainer.device).manual_seed(config.seed + 1)
+    autocast = (torch.autocast(trainer.device.type, dtype=torch.bfloat16) if trainer.amp
+                else contextlib.nullcontext())
+    with autocast:
+        scores = anomaly_scores(trainer.model, trainer.train_set.images, test_set.images, trainer.augment,
+                                num_pairs=num_pairs, knn_k=knn_k, generator=generator)
+    normal = test_set.labels == normal_class
+    results = {
+        "normal_class": normal_class,
+        "class_name": test_set.classes[normal_class],
+        "auroc": one_class_aurocs(scores, test_set.labels, normal_class),
+        "train_images": len(trainer.train_set),
+        "test_normal": int(normal.sum()),
+        "test_anomalous": int((~normal).sum()),
+        "run_dir": str(trainer.run_dir),
+    }
+    write_json_atomic(trainer.run_dir / RESULTS_NAME, results)
+    return results
+
+
+def run_anomaly(
+    config: TrainConfig,
+    normal_classes: Sequence[int] | None = None,
+    num_pairs: int = 8,
+    knn_k: int = 1,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """The one-class protocol for each of ``normal_classes`` (``None``: every class of the data set).
+
+    Each class trains its own model in ``RUN_DIR/class_K``; ``RUN_DIR/anomaly.json`` gets every class's
+    AUROCs and their mean per score (``mean_auroc``). ``RUN_DIR`` is ``config.run_dir`` or
+    ``runs/anomaly-METHOD-DATA-TIMESTAMP``. Invalid classes are refused before any training.
+    """
+    from vprob.data import load_dataset
+
+    config = _anomaly_config(config).resolved()
+    if isinstance(num_pairs, bool) or not isinstance(num_pairs, int) or num_pairs < 1:
+        raise ValueError(f"num_pairs must be a positive integer, got {num_pairs!r}")
+    # The class names (and count) of the data set, to check the classes before any training.
+    classes = load_dataset(config.data, config.data_dir)[1].classes
+    if normal_classes is None:
+        normal_classes = range(len(classes))
+    normal_classes = list(normal_classes)
+    if not normal_classes:
+        raise ValueError("normal_classes is empty")
+    for k in normal_classes:
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < len(classes):
+            raise ValueError(f"normal class {k!r} does not exist: valid class indices are 0..{len(classes) - 1} "
+                             f"({', '.join(classes)})")
+    run_dir = Path(config.run_dir) if config.run_dir else (
+        Path("runs") / f"anomaly-{config.method}-{config.data}-{time.strftime('%Y%m%d-%H%M%S')}")
+    per_class = []
+    for k in normal_classes:
+        class_config = replace(config, run_dir=str(run_dir / f"class_{k}"))
+        per_class.append(run_one_class(class_config, k, num_pairs=num_pairs, knn_k=knn_k, progress=progress))
+    names = list(per_class[0]["auroc"])
+    summary = {
+        "method": config.method,
+        "data": config.data,
+        "num_pairs": num_pairs,
+        "knn_k": knn_k,
+        "epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "classes": per_class,
+        "mean_auroc": {name: sum(r["auroc"][name] for r in per_class) / len(per_class) for name in names},
+        "run_dir": str(run_dir),
+    }
+    write_json_atomic(run_dir / RESULTS_NAME, summary)
+    return summary

@@ -1,0 +1,145 @@
+"""The ``vprob`` command: ``vprob train``, ``vprob evaluate RUN_DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from vprob.checkpoint import CHECKPOINT_NAME, CheckpointError
+from vprob.losses import PROJECTIONS
+from vprob.models import KL_MODES, METHODS
+from vprob.optim import OPTIMIZERS
+from vprob.train import DATASETS, NonFiniteLossError, TrainConfig
+
+# Errors a user can cause and fix: reported as one line and a non-zero exit, no traceback.
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, PermissionError, OSError,
+               CheckpointError, NonFiniteLossError)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vprob", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser(
+        "train", help="train a model (default: VSimCLR on the bundled digits, CPU, about a minute)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    train.add_argument("--method", choices=METHODS, default="vsimclr")
+    train.add_argument("--data", choices=DATASETS, default="digits")
+    train.add_argument("--data-dir", help="CIFAR-10 folder with train.npz and test.npz (JPEG archives)")
+    train.add_argument("--run-dir", help="output folder (default: runs/METHOD-DATA-TIMESTAMP)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    train.add_argument("--epochs", type=_positive_int)
+    train.add_argument("--batch-size", type=_positive_int)
+    train.add_argument("--dim", type=_positive_int, help="embedding dimension")
+    train.add_argument("--optimizer", choices=OPTIMIZERS)
+    train.add_argument("--lr", type=_positive_float)
+    train.add_argument("--weight-decay", type=float)
+    train.add_argument("--warmup-epochs", type=int)
+    train.add_argument("--tau", type=_positive_float, help="temperature")
+    train.add_argument("--kl", choices=KL_MODES, default="bound", help="VCL's KL term")
+    train.add_argument("--beta", type=float, default=1.0, help="weight of VCL's normalized KL")
+    train.add_argument("--num-views", type=_positive_int, default=2)
+    train.add_argument("--projection", choices=PROJECTIONS, default="centroid",
+                       help="ProjNCE's projection function")
+    train.add_argument("--t-pos", type=float, default=1.0, help="CCT attraction temperature")
+    train.add_argument("--t-neg", type=float, default=0.9, help="CCT repulsion temperature")
+    train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--compile", action="store_true", help="torch.compile the encoder")
+    train.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
+    train.add_argument("--checkpoint-every", type=_positive_int, default=1, help="epochs between checkpoints")
+    train.add_argument("--max-steps", type=_positive_int, help="stop after this many steps (smoke tests)")
+    train.add_argument("--skip-nonfinite", action="store_true",
+                       help="skip steps with a non-finite loss or gradient instead of stopping")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    evaluate = commands.add_parser("evaluate", help="kNN and linear-probe accuracy of a run's checkpoint")
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("--data-dir", help="override the data folder stored in the run")
+    evaluate.add_argument("--device", default="auto")
+
+    diagnose = commands.add_parser(
+        "diagnose", help="collapse, mutual information, uncertainty, OOD and posterior report of a run"
+    )
+    diagnose.add_argument("run_dir")
+    diagnose.add_argument("--out-dir", help="report folder (default: RUN_DIR/report)")
+    diagnose.add_argument("--data-dir", help="override the data folder stored in the run")
+    diagnose.add_argument("--device", default="auto")
+    diagnose.add_argument("--max-images", type=_positive_int, default=5000,
+                          help="cap on the images used for spectra and the MI bound")
+    return parser
+
+
+def _train(args: argparse.Namespace) -> dict[str, Any]:
+    from vprob.train import train
+
+    config = TrainConfig(
+        method=args.method, data=args.data, data_dir=args.data_dir, epochs=args.epochs,
+        batch_size=args.batch_size, dim=args.dim, optimizer=args.optimizer, lr=args.lr,
+        weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, tau=args.tau, kl=args.kl,
+        beta=args.beta, num_views=args.num_views, projection=args.projection, t_pos=args.t_pos,
+        t_neg=args.t_neg, device=args.device, seed=args.seed, compile=args.compile,
+        amp=False if args.no_amp else None, checkpoint_every=args.checkpoint_every, max_steps=args.max_steps,
+        skip_nonfinite=args.skip_nonfinite, run_dir=args.run_dir,
+    )
+    if args.resume and not args.run_dir:
+        raise ValueError("--resume needs --run-dir (the folder of the run to continue)")
+    if args.resume:
+        # The run's own settings win; the command line only has to name the folder.
+        from vprob.checkpoint import load_checkpoint
+        from vprob.train import config_from_dict
+
+        saved = load_checkpoint(Path(args.run_dir) / CHECKPOINT_NAME)["config"]
+        saved.update(run_dir=args.run_dir, device=args.device, max_steps=args.max_steps)
+        if args.data_dir:
+            saved["data_dir"] = args.data_dir
+        config = config_from_dict(saved)
+    return train(config, resume=args.resume, progress=False if args.no_progress else None)
+
+
+def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    from vprob.train import evaluate_run
+
+    return evaluate_run(args.run_dir, data_dir=args.data_dir, device=args.device)
+
+
+def _diagnose(args: argparse.Namespace) -> dict[str, Any]:
+    from vprob.diagnose import diagnose_run
+
+    report = diagnose_run(args.run_dir, out_dir=args.out_dir, device=args.device, data_dir=args.data_dir,
+                          max_images=args.max_images)
+    return {**report, "run_dir": str(args.run_dir)}
+
+
+COMMANDS = {"train": _train, "evaluate": _evaluate, "diagnose": _diagnose}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        results = COMMANDS[args.command](args)
+    except USER_ERRORS as exc:
+        print(f"vprob {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    for key, value in results.items():
+        if isinstance(value, float):
+            print(f"{key}: {value:.4f}")
+    print(f"run folder: {results['run_dir']}")
+    return 0

@@ -1,0 +1,439 @@
+"""``vprob diagnose RUN_DIR``: every diagnostic of METHODS.md section 4 for one training run.
+
+:func:`diagnose_run` loads a run's checkpoint (as ``vprob.train.evaluate_run`` does) and writes a report
+folder (default ``RUN_DIR/report``):
+
+- ``report.json``: every number (effective ranks and spectra, MI lower bounds, Spearman correlations,
+  AUROCs, posterior summary statistics, geometry), sections that do not apply replaced by
+  ``{"skipped": reason}`` and listed under the top-level ``"skipped"``;
+- figures (PNG): ``spectrum.png``, ``training_curves.png``, and where they apply
+  ``uncertainty_vs_severity_<score>.png``, ``score_histograms_<score>.png``, ``posterior_sphere.png``
+  (d = 3), ``cct_weights.png`` (CCT);
+- ``posterior.nc`` (arviz InferenceData, netCDF-4) and ``posterior_summary.csv`` (az.summary per image).
+
+What is computed, and on which images (subsampled at random with ``seed``, so that a digits run takes
+well under a minute on a CPU; the sizes used are recorded in the report):
+
+- every method: spectrum + effective rank of the backbone features and of the point embeddings of up to
+  ``max_images`` test images; the MI lower bound H(Y) - CE of both, classifier fitted on up to
+  ``max_images`` training images, evaluated on the test images (the same estimator for every method);
+- methods with a per-image uncertainty score (``model.uncertainty``; VCL's log det Sigma and its scale-free
+  variant): the score on ``max_uncertainty_images`` test images, clean and under every corruption at
+  severities 1..5 (Spearman per corruption and overall), and OOD AUROCs against
+  (a) ``uniform_noise``: images with i.i.d. uniform 0..255 pixels, the same shape (far OOD, always
+  available); (b) for CIFAR-10 runs, ``digits``: scikit-learn's bundled digits, box-upsampled to 32x32 and
+  repeated over the RGB channels (the other data set, always available offline; a digits run has no
+  second data set offline, which the report says); (c) ``<corruption>_s5``: the same images at severity 5
+  (near OOD);
+- VCL (a spherical latent "z"): posterior draws (``num_chains`` x ``num_samples``) of a random subset of
+  ``max_posterior_images`` of those images through ``pyro.infer.Predictive``, their spectrum, arviz
+  InferenceData with the cosine to the class centroid and the geodesic distance to the image's Fréchet
+  mean per draw, az.summary (ESS, HDI, R-hat), geomstats Fréchet means and geodesic spreads.
+
+Deterministic methods skip the uncertainty, OOD, posterior and geometry sections, saying why.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vprob.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
+from vprob.data import ImageSet, SimCLRAugment, load_dataset
+from vprob.diagnostics import (
+    auroc,
+    class_centroids,
+    has_uncertainty,
+    mutual_information_lower_bound,
+    posterior_geometry,
+    posterior_samples,
+    posterior_summary,
+    spectrum_report,
+    summary_statistics,
+    to_inference_data,
+    uncertainty_vs_corruption,
+    write_netcdf,
+)
+from vprob.diagnostics.corruptions import box_resample_matrix
+from vprob.diagnostics.uncertainty import score_images
+
+REPORT_NAME = "report.json"
+NETCDF_NAME = "posterior.nc"
+
+
+def _deterministic_reason(method: str) -> str:
+    return (f"method {method!r} is deterministic: it has no posterior over embeddings and no per-image "
+            "uncertainty score")
+
+
+def load_run(run_dir: str | Path, device: torch.device, data_dir: str | None = None
+             ) -> tuple[Any, nn.Module, ImageSet, ImageSet, SimCLRAugment, int]:
+    """(config, model in eval mode on ``device``, train set, test set, augmentation, step) of a run."""
+    from vprob.train import build_run_model, config_from_dict
+
+    state = load_checkpoint(Path(run_dir) / CHECKPOINT_NAME)
+    config = config_from_dict(state["config"])
+    if data_dir is not None:
+        config.data_dir = data_dir
+    config = config.resolved()
+    model = build_run_model(config)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint does not match its own config: {exc}") from exc
+    model.to(device).eval()
+    train_set, test_set = load_dataset(config.data, config.data_dir, device=device)
+    augment = SimCLRAugment.for_dataset(config.data, train_set)
+    return config, model, train_set, test_set, augment, int(state.get("step", 0))
+
+
+@torch.no_grad()
+def _map_batches(fn: Callable[[Tensor], Tensor], images: Tensor, normalize: Callable[[Tensor], Tensor],
+                 batch_size: int) -> Tensor:
+    return torch.cat([fn(normalize(images[i:i + batch_size])).float().flatten(1)
+                      for i in range(0, images.shape[0], batch_size)])
+
+
+def _subsample(n: int, limit: int | None, generator: torch.Generator) -> Tensor:
+    """Sorted random indices of min(n, limit) of n items (all of them when limit is None or >= n)."""
+    if limit is None or limit >= n:
+        return torch.arange(n)
+    return torch.randperm(n, generator=generator)[:limit].sort().values
+
+
+def _digits_as_cifar(num: int, generator: torch.Generator, device: torch.device) -> Tensor:
+    """Bundled digits (8x8 grayscale) box-upsampled to 32x32 and repeated over 3 channels: uint8."""
+    from vprob.data.datasets import load_digits
+
+    _, digits = load_digits()
+    images = digits.images[_subsample(len(digits), num, generator)].float()
+    resize = box_resample_matrix(8, 32)
+    images = torch.einsum("oh,nchw,pw->ncop", resize, images, resize)
+    return images.round().clamp(0, 255).to(torch.uint8).repeat(1, 3, 1, 1).to(device)
+
+
+def _json_safe(value: Any) -> Any:
+    """Plain JSON: tensors to lists/numbers, non-finite floats to None, keys to strings."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, Tensor):
+        return _json_safe(value.tolist())
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float) or hasattr(value, "__float__"):
+        number = float(value)
+        return number if math.isfinite(number) else None
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(_json_safe(payload), indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+@dataclass
+class _Context:
+    """What every section of a diagnosis needs, and where it records figures, skips and timings."""
+
+    config: Any
+    model: nn.Module
+    augment: SimCLRAugment
+    out_dir: Path
+    device: torch.device
+    seed: int
+    batch_size: int
+    generator: torch.Generator  # CPU: subsampling
+    figures: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    timing: dict[str, float] = field(default_factory=dict)
+
+    def skip(self, key: str, reason: str) -> dict[str, str]:
+        self.skipped[key] = reason
+        return {"skipped": reason}
+
+
+def diagnose_run(
+    run_dir: str | Path,
+    out_dir: str | Path | None = None,
+    device: str = "auto",
+    data_dir: str | None = None,
+    max_images: int | None = 5000,
+    max_uncertainty_images: int = 256,
+    max_posterior_images: int = 64,
+    num_samples: int = 50,
+    num_chains: int = 4,
+    seed: int = 0,
+    batch_size: int = 512,
+) -> dict[str, Any]:
+    """Run every diagnostic that applies to the run in ``run_dir`` and write the report folder.
+
+    Args:
+        run_dir: a training run folder (``checkpoint.pt``, ``metrics.jsonl``).
+        out_dir: where the report goes; default ``run_dir / "report"``.
+        device: "auto", "cpu", "cuda", ...; data_dir: overrides the run's data folder (CIFAR-10).
+        max_images: cap on the training images (MI classifier) and on the test images (spectra, MI
+            evaluation); ``None`` = all.
+        max_uncertainty_images: test images scored under the corruptions and against the OOD sets.
+        max_posterior_images: a random subset of those whose posteriors are sampled (Predictive, arviz,
+            geomstats), ``num_chains`` x ``num_samples`` draws each.
+        seed: subsampling, corruption noise and OOD noise.
+
+    Returns:
+        The report (also written to ``out_dir / "report.json"``, with NaN written as null).
+    """
+    from vprob.train import resolve_device
+
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch_device = resolve_device(device)
+    config, model, train_set, test_set, augment, step = load_run(run_dir, torch_device, data_dir)
+    ctx = _Context(config, model, augment, out_dir, torch_device, seed, batch_size,
+                   torch.Generator().manual_seed(seed))
+
+    train_index = _subsample(len(train_set), max_images, ctx.generator)
+    test_index = _subsample(len(test_set), max_images, ctx.generator)
+    train = train_set.images[train_index.to(torch_device)], train_set.labels[train_index.to(torch_device)]
+    test = test_set.images[test_index.to(torch_device)], test_set.labels[test_index.to(torch_device)]
+    uncertainty_index = _subsample(len(test_index), max_uncertainty_images, ctx.generator)
+    unc_images = test[0][uncertainty_index.to(torch_device)]
+    # A random subset (not the first few: a data set stored sorted by class would give one class).
+    post_index = uncertainty_index[_subsample(len(uncertainty_index), max_posterior_images, ctx.generator)]
+
+    num_classes = train_set.num_classes
+    collapse, information, train_embeddings = _collapse_and_information(ctx, train, test, num_classes)
+    report: dict[str, Any] = {
+        "run_dir": str(run_dir), "out_dir": str(out_dir), "method": config.method, "data": config.data,
+        "dim": config.dim, "steps": step, "device": str(torch_device), "seed": seed,
+        "collapse": collapse, "mutual_information": information,
+    }
+    if has_uncertainty(model):
+        report["uncertainty"], report["ood"] = _uncertainty_and_ood(ctx, unc_images)
+    else:
+        reason = _deterministic_reason(config.method)
+        report["uncertainty"], report["ood"] = ctx.skip("uncertainty", reason), ctx.skip("ood", reason)
+    if _has_spherical_posterior(model):
+        centroids = class_centroids(train_embeddings, train[1], num_classes)
+        posterior, geometry, spectrum = _posterior_and_geometry(
+            ctx, test[0][post_index.to(torch_device)], test[1][post_index.to(torch_device)],
+            test_index[post_index], centroids, num_samples, num_chains)
+        report["posterior"], report["geometry"], collapse["posterior_samples"] = posterior, geometry, spectrum
+    else:
+        reason = _deterministic_reason(config.method) if not has_uncertainty(model) else (
+            f"posterior sampling is implemented for VCL's spherical latent 'z' only, not {config.method!r}")
+        report["posterior"], report["geometry"] = ctx.skip("posterior", reason), ctx.skip("geometry", reason)
+        collapse["posterior_samples"] = {"skipped": reason}
+    _common_figures(ctx, run_dir, collapse, unc_images)
+
+    ctx.timing["total"] = time.perf_counter() - started
+    report.update({
+        "subsample": {
+            "train_images": len(train_index), "test_images": len(test_index),
+            "uncertainty_images": len(uncertainty_index),
+            "posterior_images": len(post_index) if _has_spherical_posterior(model) else 0,
+            "note": "random subsets (seeded) of the train and test splits; the uncertainty images are a "
+                    "random subset of those test images, the posterior images a random subset of them",
+        },
+        "figures": ctx.figures,
+        "skipped": ctx.skipped,
+        "timing_s": ctx.timing,
+    })
+    _write_json(out_dir / REPORT_NAME, report)
+    return _json_safe(report)
+
+
+def _collapse_and_information(ctx: _Context, train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor],
+                              num_classes: int) -> tuple[dict, dict, Tensor]:
+    """Spectra of the test representations and MI bounds (classifier fitted on train, evaluated on test),
+    for the backbone features and the point embeddings; also returns the train point embeddings."""
+    tic = time.perf_counter()
+    model, normalize = ctx.model, ctx.augment.normalize
+    representations = {
+        name: (_map_batches(fn, train[0], normalize, ctx.batch_size),
+               _map_batches(fn, test[0], normalize, ctx.batch_size))
+        for name, fn in (("backbone", model.encoder), ("embedding", model.embed))
+    }
+    collapse = {name: spectrum_report(test_z) for name, (_, test_z) in representations.items()}
+    information = {
+        name: mutual_information_lower_bound(train_z, train[1], test_z, test[1], num_classes=num_classes,
+                                             seed=ctx.seed)
+        for name, (train_z, test_z) in representations.items()
+    }
+    ctx.timing["collapse_and_information"] = time.perf_counter() - tic
+    return collapse, information, representations["embedding"][0]
+
+
+def _uncertainty_and_ood(ctx: _Context, images: Tensor) -> tuple[dict, dict]:
+    """The corruption sweep (Spearman per corruption and overall) and the OOD AUROCs of every score."""
+    from vprob.plots import plot_score_histograms, plot_uncertainty_vs_severity
+
+    tic = time.perf_counter()
+    model, normalize, out_dir = ctx.model, ctx.augment.normalize, ctx.out_dir
+    generator = torch.Generator(ctx.device).manual_seed(ctx.seed)
+    sweep = uncertainty_vs_corruption(model, images, normalize, generator=generator,
+                                      batch_size=ctx.batch_size)
+    score_names = list(next(iter(sweep["scores"].values())).keys())
+    uncertainty = {
+        "num_images": int(images.shape[0]),
+        "score_names": score_names,
+        "corruptions": list(sweep["scores"]),
+        "mean_score": sweep["mean"],
+        "spearman": sweep["spearman"],
+        "spearman_overall": sweep["spearman_overall"],
+    }
+    for score in score_names:
+        path = plot_uncertainty_vs_severity(
+            {name: by_score[score] for name, by_score in sweep["mean"].items()},
+            out_dir / f"uncertainty_vs_severity_{score}.png", score_name=score,
+            spearman={name: rho[score] for name, rho in sweep["spearman"].items()})
+        ctx.figures[f"uncertainty_vs_severity_{score}"] = path.name
+    ctx.timing["uncertainty"] = time.perf_counter() - tic
+
+    tic = time.perf_counter()
+    # Severity 0 (the clean images) is shared by every corruption's entry.
+    clean = {score: next(iter(sweep["scores"].values()))[score][0] for score in score_names}
+    far_sets = {"uniform_noise": torch.randint(0, 256, tuple(images.shape), generator=generator,
+                                               device=ctx.device, dtype=torch.uint8)}
+    descriptions = {"uniform_noise": "i.i.d. uniform 0..255 pixels, the test images' shape (far OOD)"}
+    if ctx.config.data == "cifar10":
+        far_sets["digits"] = _digits_as_cifar(images.shape[0], ctx.generator, ctx.device)
+        descriptions["digits"] = "scikit-learn digits, box-upsampled to 32x32, grey repeated to RGB"
+    else:
+        ctx.skip("ood.other_dataset", f"a {ctx.config.data} run has no second data set available offline "
+                                      "(CIFAR-10 needs a data folder); far OOD uses uniform noise only")
+    far_scores = {name: score_images(model, x, normalize, batch_size=ctx.batch_size)
+                  for name, x in far_sets.items()}
+    for name in sweep["scores"]:
+        descriptions[f"{name}_s5"] = f"the same test images under {name} at severity 5 (near OOD)"
+    aurocs: dict[str, dict[str, float]] = {}
+    for score in score_names:
+        aurocs[score] = {name: auroc(clean[score], s[score]) for name, s in far_scores.items()}
+        for name, by_score in sweep["scores"].items():
+            if 5 in by_score[score]:
+                aurocs[score][f"{name}_s5"] = auroc(clean[score], by_score[score][5])
+        path = plot_score_histograms(clean[score], {name: s[score] for name, s in far_scores.items()},
+                                     out_dir / f"score_histograms_{score}.png", score_name=score,
+                                     in_label=f"{ctx.config.data} test")
+        ctx.figures[f"score_histograms_{score}"] = path.name
+    ood = {"num_images": int(images.shape[0]), "sets": descriptions, "auroc": aurocs,
+           "convention": "AUROC of telling the set from the clean test images, higher score = more OOD; "
+                         "0.5 = chance"}
+    ctx.timing["ood"] = time.perf_counter() - tic
+    return uncertainty, ood
+
+
+def _posterior_and_geometry(ctx: _Context, images: Tensor, labels: Tensor, image_index: Tensor,
+                            centroids: Tensor, num_samples: int, num_chains: int) -> tuple[dict, dict, dict]:
+    """Posterior draws (Predictive) to arviz (summary, netCDF) and geomstats geometry, per image."""
+    from vprob.plots import plot_sphere_samples
+
+    tic = time.perf_counter()
+    config, out_dir, x = ctx.config, ctx.out_dir, ctx.augment.normalize(images)
+    samples = posterior_samples(ctx.model, x, num_samples=num_samples, num_chains=num_chains,
+                                batch_size=ctx.batch_size)  # (C, S, N, d)
+    chains, draws, n, d = samples.shape
+    per_image = samples.permute(2, 0, 1, 3).reshape(n, chains * draws, d)
+    geometry = posterior_geometry(per_image)
+    idata = to_inference_data(samples, labels, centroids, means=geometry["frechet_mean"],
+                              image_index=image_index, include_samples=d <= 3,
+                              attrs={"method": config.method, "data": config.data, "dim": d,
+                                     "chains": "independent guide draws (pyro.infer.Predictive)"})
+    summary = posterior_summary(idata)
+    summary.to_csv(out_dir / "posterior_summary.csv")
+    netcdf = write_netcdf(idata, out_dir / NETCDF_NAME)
+    posterior = {
+        "num_images": n, "num_chains": chains, "num_draws": draws,
+        "views": "the clean test image passed as both views; view 0's draws",
+        "quantities": summary_statistics(summary),
+        "netcdf": netcdf.name, "summary_csv": "posterior_summary.csv",
+    }
+    spread = geometry["geodesic_spread"]
+    geometry_report = {
+        "num_images": n,
+        "on_manifold": geometry["on_manifold"],
+        "geodesic_spread_mean": float(spread.mean()),
+        "geodesic_spread_median": float(spread.median()),
+        "geodesic_spread_max": float(spread.max()),
+        "frechet_extrinsic_angle_max": float(geometry["frechet_extrinsic_angle"].max()),
+        "frechet_gradient_norm_max": float(geometry["frechet_gradient_norm"].max()),
+        "spread_vs_log_det_spearman": _spread_vs_score(ctx.model, x, spread),
+    }
+    if d == 3:
+        names = [f"test {int(i)} (y={int(y)})" for i, y in zip(image_index, labels.cpu(), strict=True)]
+        path = plot_sphere_samples(per_image, out_dir / "posterior_sphere.png",
+                                   means=geometry["frechet_mean"], labels=names)
+        ctx.figures["posterior_sphere"] = path.name
+    ctx.timing["posterior_and_geometry"] = time.perf_counter() - tic
+    return posterior, geometry_report, spectrum_report(samples.reshape(-1, d))
+
+
+def _common_figures(ctx: _Context, run_dir: Path, collapse: dict, images: Tensor) -> None:
+    """The spectrum, the training curves (when logged) and, for CCT, its weights."""
+    from vprob.plots import plot_spectrum, plot_training_curves
+
+    config = ctx.config
+    spectra = {name: torch.tensor(entry["singular_values"]) for name, entry in collapse.items()
+               if "singular_values" in entry}
+    ctx.figures["spectrum"] = plot_spectrum(spectra, ctx.out_dir / "spectrum.png",
+                                            title=f"{config.method} on {config.data}: centred spectra").name
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.is_file() and metrics.read_text().strip():
+        path = plot_training_curves(metrics, ctx.out_dir / "training_curves.png")
+        ctx.figures["training_curves"] = path.name
+    else:
+        ctx.skip("figures.training_curves", f"no metrics in {metrics}")
+    if config.method == "cct":
+        path = _plot_cct_weights(ctx.model, images, ctx.augment, ctx.out_dir, ctx.seed)
+        ctx.figures["cct_weights"] = path.name
+    else:
+        ctx.skip("figures.cct_weights", f"CCT weights exist for method 'cct' only, not {config.method!r}")
+
+
+def _has_spherical_posterior(model: nn.Module) -> bool:
+    from vprob.models import VCL
+
+    return isinstance(model, VCL)
+
+
+@torch.no_grad()
+def _spread_vs_score(model: nn.Module, x: Tensor, spread: Tensor) -> float:
+    """Spearman between each image's geodesic spread and its log det Sigma (do they agree on which inputs
+    are uncertain?)."""
+    from scipy.stats import spearmanr
+
+    log_det = model.uncertainty(x)["log_det"].cpu().double().numpy()
+    values = spread.cpu().double().numpy()
+    if len(set(log_det.tolist())) < 2 or len(set(values.tolist())) < 2:
+        return float("nan")
+    return float(spearmanr(values, log_det).statistic)
+
+
+@torch.no_grad()
+def _plot_cct_weights(model: nn.Module, images: Tensor, augment: SimCLRAugment, out_dir: Path,
+                      seed: int, batch: int = 32) -> Path:
+    """CCT's weights on V augmented views of a few test images (the model's own V, t+ and t-)."""
+    from vprob.losses import cct
+    from vprob.plots import plot_cct_weights
+
+    images = images[:batch]
+    generator = torch.Generator(images.device).manual_seed(seed)
+    views = torch.stack([augment(images, generator) for _ in range(model.num_views)])
+    z = F.normalize(model(views.flatten(0, 1)), dim=-1).view(model.num_views, images.shape[0], -1)
+    _, weights = cct(z, t_pos=model.t_pos, t_neg=model.t_neg, return_weights=True)
+    return plot_cct_weights(images, weights, out_dir / "cct_weights.png")

@@ -1,0 +1,207 @@
+"""Variational contrastive learning (VCL): VSimCLR and VSupCon as Pyro model/guide pairs.
+
+Each view of an image gets a posterior over its embedding on the sphere,
+
+    q(z | x) = ProjectedNormal(mu(x), diag sigma(x)^2),     p(z) = Uniform(S^{d-1}),
+
+and the ELBO's reconstruction term is replaced by a contrastive surrogate computed on the posterior
+*samples* (InfoNCE for VSimCLR, SupCon for VSupCon). Per batch of B images and two views the objective is
+
+    L = L_con(z) + beta * (1 / 2B) * sum_{views, i} KL(q(z_i | x_i) || p(z)) / d        ("normalized KL")
+
+In Pyro terms the guide samples ``z`` from the projected normal inside two plates (views x images), the
+model samples it from the uniform prior and adds ``pyro.factor("contrastive", -2B * L_con)``, and the KL
+weight ``beta / d`` is a ``poutine.scale`` on both ``z`` sites. ``Trace_ELBO().differentiable_loss`` of the
+pair is therefore ``2B * L``.
+
+Two KL modes:
+
+* ``kl="bound"`` (the VCL paper's): the KL is replaced by its data-processing upper bound
+  KL(N(mu, Sigma) || N(0, I)), which is analytic. Both sites are reparameterized with
+  :class:`distributions.ProjectedNormalReparam` (the uniform prior is written as its equal,
+  ``ProjectedNormal(0, 1)``), so the latent becomes the pre-projection Gaussian ``z_normal`` and
+  ``TraceMeanField_ELBO`` computes the bound in closed form (``Trace_ELBO`` estimates the same bound by
+  Monte Carlo).
+* ``kl="exact"``: the true KL(PN || U), estimated by Monte Carlo through ``ProjectedNormal.log_prob`` in the
+  full dimension d (one sample per view and step: log q(z) + log|S^{d-1}|).
+
+Reference: "Variational contrastive learning" (VCL: VSimCLR, VSupCon); SimCLR (Chen et al., 2020);
+SupCon (Khosla et al., 2020).
+
+Example with a plain Pyro loop::
+
+    vcl = VCL(DigitsConvNet(), dim=16)
+    svi = pyro.infer.SVI(vcl.model, vcl.guide, pyro.optim.Adam({"lr": 1e-3}), vcl.elbo())
+    loss = svi.step(x1, x2)   # x1, x2: two augmented views, (B, C, H, W)
+"""
+
+from __future__ import annotations
+
+import pyro
+import torch
+import torch.nn.functional as F
+from pyro import poutine
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from torch import Tensor, nn
+
+from distributions import HypersphericalUniform, ProjectedNormal, ProjectedNormalReparam
+from vprob.losses import info_nce, supcon
+from vprob.nets import MLPHead
+
+KL_MODES = ("bound", "exact")
+
+# The head predicts log sigma^2; clamping keeps exp() finite in bf16/fp32 during the first unstable steps.
+LOG_VARIANCE_RANGE = (-12.0, 8.0)
+
+
+class VCL(nn.Module):
+    """VSimCLR (``supervised=False``) or VSupCon (``supervised=True``).
+
+    Args:
+        encoder: backbone mapping images (N, C, H, W) to features (N, F); must have ``feature_dim``.
+        dim: embedding dimension d (the sphere is S^{d-1} in R^d), d >= 2.
+        supervised: use SupCon on the samples (labels required) instead of InfoNCE.
+        kl: ``"bound"`` (Gaussian data-processing bound, the paper's) or ``"exact"`` (Monte Carlo KL to the
+            uniform prior through the projected normal's log-density).
+        beta: weight of the normalized KL term (the KL is divided by d; beta = 1 by default, a choice).
+        tau: temperature of the contrastive surrogate.
+        head_hidden: hidden width of the MLP head; defaults to ``encoder.feature_dim``.
+        chunk_size: passed to the contrastive loss (``None`` = automatic memory-lean path).
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        dim: int,
+        supervised: bool = False,
+        kl: str = "bound",
+        beta: float = 1.0,
+        tau: float = 0.07,
+        head_hidden: int | None = None,
+        chunk_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(dim, int) or dim < 2:
+            raise ValueError(f"dim must be an integer >= 2, got {dim!r}")
+        if kl not in KL_MODES:
+            raise ValueError(f"kl must be one of {KL_MODES}, got {kl!r}")
+        if not beta >= 0:
+            raise ValueError(f"beta must be >= 0, got {beta!r}")
+        if not tau > 0:
+            raise ValueError(f"tau must be > 0, got {tau!r}")
+        feature_dim = getattr(encoder, "feature_dim", None)
+        if not isinstance(feature_dim, int):
+            raise TypeError("encoder must have an integer attribute feature_dim (its output width)")
+        self.encoder = encoder
+        self.head = MLPHead(feature_dim, head_hidden or feature_dim, 2 * dim)
+        self.dim = dim
+        self.supervised = supervised
+        self.kl = kl
+        self.beta = beta
+        self.tau = tau
+        self.chunk_size = chunk_size
+        self.num_views = 2
+        self.last_stats: dict[str, Tensor] = {}
+
+    # ----------------------------------------------------------------------------------------------
+    # Posterior
+    def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Posterior parameters of images x (N, C, H, W): (loc (N, d), scale (N, d)), float32."""
+        out = self.head(self.encoder(x)).float()
+        loc, log_variance = out.split(self.dim, dim=-1)
+        scale = torch.exp(0.5 * log_variance.clamp(*LOG_VARIANCE_RANGE))
+        return loc, scale
+
+    @torch.no_grad()
+    def embed(self, x: Tensor) -> Tensor:
+        """Point embedding mu / |mu| of images x: (N, d)."""
+        loc, _ = self.posterior(x)
+        return F.normalize(loc, dim=-1)
+
+    @torch.no_grad()
+    def uncertainty(self, x: Tensor) -> dict[str, Tensor]:
+        """Per-image uncertainty scores, each (N,): ``log_det`` = sum_k log sigma_k^2 and the scale-free
+        ``log_det_scale_free`` = sum_k log sigma_k^2 - 2 d log|mu| (invariant to rescaling mu and sigma)."""
+        loc, scale = self.posterior(x)
+        log_det = 2 * scale.log().sum(-1)
+        return {"log_det": log_det, "log_det_scale_free": log_det - 2 * self.dim * loc.norm(dim=-1).log()}
+
+    # ----------------------------------------------------------------------------------------------
+    # Pyro model / guide
+    def _prior(self, like: Tensor):
+        if self.kl == "bound":
+            # PN(0, I) is exactly the uniform distribution; written this way its reparameterized
+            # pre-projection site is N(0, I), which makes the KL the analytic Gaussian bound.
+            return ProjectedNormal(torch.zeros_like(like), 1.0)
+        return HypersphericalUniform(self.dim, device=like.device, dtype=like.dtype)
+
+    def _model(self, x1: Tensor, x2: Tensor, labels: Tensor | None = None) -> Tensor:
+        batch = x1.shape[0]
+        anchor = torch.zeros(self.dim, device=x1.device)
+        with (
+            pyro.plate("views", 2, dim=-2),
+            pyro.plate("images", batch, dim=-1),
+            poutine.scale(scale=self.beta / self.dim),
+        ):
+            z = pyro.sample("z", self._prior(anchor).expand([2, batch]))
+        contrastive = self._contrastive(z, labels)
+        self.last_stats["contrastive"] = contrastive.detach()
+        pyro.factor("contrastive", -2 * batch * contrastive)
+        return z
+
+    def _guide(self, x1: Tensor, x2: Tensor, labels: Tensor | None = None) -> Tensor:
+        pyro.module("vcl", self)
+        batch = x1.shape[0]
+        loc, scale = self.posterior(torch.cat([x1, x2]))
+        loc, scale = loc.view(2, batch, self.dim), scale.view(2, batch, self.dim)
+        self.last_stats["log_det"] = 2 * scale.detach().log().sum(-1).mean()
+        self.last_stats["loc_norm"] = loc.detach().norm(dim=-1).mean()
+        with (
+            pyro.plate("views", 2, dim=-2),
+            pyro.plate("images", batch, dim=-1),
+            poutine.scale(scale=self.beta / self.dim),
+        ):
+            # With the bound's reparameterization, the guide's "z" is a deterministic function of its
+            # Gaussian site "z_normal"; marking it auxiliary tells Pyro it has no model counterpart.
+            infer = {"is_auxiliary": True} if self.kl == "bound" else {}
+            return pyro.sample("z", ProjectedNormal(loc, scale), infer=infer)
+
+    def _reparam(self, fn):
+        if self.kl == "bound":
+            return poutine.reparam(fn, config={"z": ProjectedNormalReparam()})
+        return fn
+
+    def model(self, x1: Tensor, x2: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Prior over the embeddings z (2, B, d) of both views and the contrastive surrogate factor."""
+        return self._reparam(self._model)(x1, x2, labels)
+
+    def guide(self, x1: Tensor, x2: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Projected-normal posterior over z (2, B, d) given the two views x1, x2 (B, C, H, W)."""
+        return self._reparam(self._guide)(x1, x2, labels)
+
+    def elbo(self, **kwargs) -> Trace_ELBO:
+        """The ELBO that computes this mode's KL best: analytic bound or Monte Carlo exact KL."""
+        return TraceMeanField_ELBO(**kwargs) if self.kl == "bound" else Trace_ELBO(**kwargs)
+
+    # ----------------------------------------------------------------------------------------------
+    def _contrastive(self, z: Tensor, labels: Tensor | None) -> Tensor:
+        if self.supervised:
+            if labels is None:
+                raise ValueError("labels are required for VSupCon (supervised=True)")
+            return supcon(z, labels, tau=self.tau, chunk_size=self.chunk_size)
+        return info_nce(z, tau=self.tau, chunk_size=self.chunk_size)
+
+    def training_loss(
+        self, views: Tensor, labels: Tensor | None = None, elbo: Trace_ELBO | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Per-batch objective L = -ELBO / 2B for views (2, B, C, H, W), with its parts for logging."""
+        if views.shape[0] != 2:
+            raise ValueError(f"VCL takes exactly 2 views, got {views.shape[0]}")
+        if elbo is None:
+            elbo = self.elbo()
+        batch = views.shape[1]
+        loss = elbo.differentiable_loss(self.model, self.guide, views[0], views[1], labels) / (2 * batch)
+        stats = dict(self.last_stats)
+        stats["kl_term"] = loss.detach() - stats["contrastive"]
+        return loss, stats
+

@@ -1,0 +1,417 @@
+"""Variational joint embedding (VJE): the non-contrastive member of the family, as a Pyro model/guide pair.
+
+Two augmented views x_1, x_2 of each image go through the encoder f, with **no projector**, to
+h_1, h_2 in R^D (D = ``encoder.feature_dim``). An inference network g maps h_a to (mu_a, log nu_a) and
+defines a diagonal Gaussian posterior over a latent z in the same space; the latent predicts the
+*other* view's embedding, used as a stop-gradient target y_b = sg(h_b) (METHODS.md 3.2):
+
+    q(z | h_a)     = N(mu_a, diag nu_a)
+    p(z)           = N(0, I)                                                        (choice)
+    p(y_b | z)     = PolarStudentT(direction = z / |z|, df, scale = nu_a,             (METHODS.md 1.3)
+                                   radial_loc = log|z| (choice), radial_scale, radial_df)
+    ELBO_{a->b}    = E_q[log p(y_b | z; nu_a)] - KL(q(z | h_a) || p(z))
+    L              = -1/2 (ELBO_{1->2} + ELBO_{2->1})        averaged over the B images of a batch.
+
+The directional scale of the likelihood **is** the posterior variance nu_a, not detached: the gradient
+reaches nu (and through it g and f) from both the KL and the likelihood. The targets carry no gradient.
+
+In Pyro terms, both directions are the two slices of one latent site ``"z"`` of shape (2, B, D) inside
+the plates ``"directions"`` (dim -2; slice 0 is 1->2, slice 1 is 2->1) and ``"images"`` (dim -1):
+
+* ``guide(x1, x2)`` runs the encoder and g and samples z ~ N(mu, diag nu) (``Normal(...).to_event(1)``);
+* ``model(x1, x2)`` is a *conditional* model: it samples z from the N(0, I) prior and observes the targets
+  ``pyro.sample("y", PolarStudentT(...), obs=sg([h_2, h_1]))``; it needs nu_a and the targets, which are
+  network outputs of x1, x2. The guide caches them for the model call that follows it with the same
+  inputs (so the encoder runs once per SVI step); a model called on its own (Predictive without a guide,
+  ``poutine.trace(model)``) computes them itself. Both paths give the same values.
+
+``TraceMeanField_ELBO`` (what :meth:`VJE.elbo` returns) computes the KL of the two diagonal Gaussians
+analytically; ``Trace_ELBO`` estimates it by Monte Carlo. ``ELBO.differentiable_loss`` of the pair is the
+sum over the 2B (direction, image) terms, i.e. ``2B * L``; :meth:`VJE.training_loss` divides by 2B and so
+returns the **per-image, per-direction mean** L (the scale of VCL's ``training_loss``).
+
+``radial_weight`` w multiplies the radial log-factor:
+``log p_w(y | z) = log p_dir(u) + w log p_rad(log r) - D log r``. With w = 1 (default) this is the
+polar Student-t density on R^D and the objective is a true ELBO. With w != 1 the radial factor is raised
+to the power w and the likelihood is no longer normalized: the objective becomes a tempered ("power
+likelihood") ELBO, no longer a bound on a model's evidence, and w = 0 drops the radial factor so that
+only the direction of the target is modelled. The Jacobian ``-D log r`` is kept at any w (it carries no
+gradient, the targets being stop-gradient, and it keeps w = 1 a density). In the Pyro model the site
+``"y"`` stays the exact density and the tempering is a separate ``pyro.factor("y_radial_weight",
+(w - 1) log p_rad)``.
+
+Heavy tails matter: as df -> infinity (the Gaussian limit, e.g. ``df=1e6``) VJE is reported to collapse;
+df = 5 (a moderate value) is the default **(choice)**. ``directional="euclidean"`` is the earlier version's
+ablation (a D-dimensional t at u - m, not a density on the sphere).
+
+Reference: the VJE paper, "Variational Joint Embedding" (published version; the Euclidean directional
+factor is its earlier version's).
+
+Example with a plain Pyro loop::
+
+    vje = VJE(DigitsConvNet())
+    svi = pyro.infer.SVI(vje.model, vje.guide, pyro.optim.Adam({"lr": 1e-3}), TraceMeanField_ELBO())
+    loss = svi.step(x1, x2)   # x1, x2: two augmented views, (B, C, H, W); loss = 2B * L
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from pyro.infer import TraceMeanField_ELBO
+from torch import Tensor, nn
+
+from distributions import PolarStudentT
+from vprob.nets import MLPHead
+
+DIRECTIONAL_MODES = ("geodesic", "euclidean")
+
+# g predicts log nu; clamping keeps exp() finite (and the tangent t proper) in the first unstable steps.
+LOG_VARIANCE_RANGE = (-12.0, 8.0)
+
+
+class Posterior(NamedTuple):
+    """Network outputs of one call on both views, each (2, B, D) float32: the embeddings ``h`` (slice 0
+    = view 1), the posterior means ``mu`` and variances ``nu`` computed from them."""
+
+    h: Tensor
+    mu: Tensor
+    nu: Tensor
+
+
+def _finite_number(value: float, name: str, minimum: float, strict: bool, hint: str = "") -> float:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > minimum if strict else value >= minimum)
+    if not ok:
+        relation = ">" if strict else ">="
+        raise ValueError(f"{name} must be a finite number {relation} {minimum:g}, got {value!r}{hint}")
+    return float(value)
+
+
+def check_options(
+    df: float = 5.0,
+    radial_df: float | None = None,
+    radial_weight: float = 1.0,
+    radial_scale: float = 1.0,
+    directional: str = "geodesic",
+    num_particles: int = 1,
+    prefix: str = "",
+) -> None:
+    """Raise ValueError, naming the option (with ``prefix``, e.g. "vje_"), if a VJE option is invalid."""
+    _finite_number(df, f"{prefix}df", 0.0, True, " (use a large value such as 1e6 for the Gaussian limit)")
+    if radial_df is not None:
+        _finite_number(radial_df, f"{prefix}radial_df", 0.0, True)
+    _finite_number(radial_scale, f"{prefix}radial_scale", 0.0, True)
+    _finite_number(radial_weight, f"{prefix}radial_weight", 0.0, False)
+    if directional not in DIRECTIONAL_MODES:
+        raise ValueError(f"{prefix}directional must be one of {DIRECTIONAL_MODES}, got {directional!r}")
+    if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
+        raise ValueError(f"{prefix}num_particles must be an integer >= 1, got {num_particles!r}")
+
+
+def _first_conv_channels(module: nn.Module) -> int | None:
+    """Input channels of the first convolution of ``module`` (what its images must have), if any."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Conv2d):
+            return layer.in_channels
+    return None
+
+
+class VJE(nn.Module):
+    """Variational joint embedding with the polar Student-t likelihood (module docstring for the maths).
+
+    Args:
+        encoder: backbone mapping images (N, C, H, W) to features (N, D); must have an integer
+            ``feature_dim`` = D >= 2. It is used without a projector: h is the representation.
+        df: degrees of freedom of the directional t (default 5.0, a moderate value (choice); very large
+            values, e.g. 1e6, give the Gaussian-limit ablation). Must be finite and > 0.
+        radial_df: degrees of freedom of the t on log r (default ``None``: the same as ``df``).
+        radial_weight: weight w >= 0 of the radial log-factor (default 1.0: the exact density; see the
+            module docstring for w != 1).
+        radial_scale: scale of the t on log r, standard-deviation-like (default 1.0 (choice)).
+        directional: ``"geodesic"`` (default, the sphere sub-density of METHODS.md 1.3) or ``"euclidean"``
+            (the earlier version's ablation).
+        num_particles: posterior samples per (direction, image) and step (default 1), vectorized in
+            :meth:`elbo`.
+        hidden: hidden width of the inference network g (default D).
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        df: float = 5.0,
+        radial_df: float | None = None,
+        radial_weight: float = 1.0,
+        directional: str = "geodesic",
+        num_particles: int = 1,
+        hidden: int | None = None,
+        radial_scale: float = 1.0,
+    ) -> None:
+        super().__init__()
+        check_options(df, radial_df, radial_weight, radial_scale, directional, num_particles)
+        self.df = float(df)
+        self.radial_df = None if radial_df is None else float(radial_df)
+        self.radial_scale = float(radial_scale)
+        self.radial_weight = float(radial_weight)
+        self.directional = directional
+        self.num_particles = num_particles
+        feature_dim = getattr(encoder, "feature_dim", None)
+        if not isinstance(feature_dim, int):
+            raise TypeError("encoder must have an integer attribute feature_dim (its output width)")
+        if feature_dim < 2:
+            raise ValueError(f"encoder.feature_dim must be >= 2 (directions on S^(D-1)), got {feature_dim}")
+        if hidden is not None and (isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1):
+            raise ValueError(f"hidden must be a positive integer or None, got {hidden!r}")
+        self.encoder = encoder
+        self.head = MLPHead(feature_dim, hidden or feature_dim, 2 * feature_dim)
+        self.dim = feature_dim
+        self.num_views = 2
+        self._in_channels = _first_conv_channels(encoder)
+        self.last_stats: dict[str, Tensor] = {}
+        # (x1, x2, grad mode, training flag, outputs) of the last guide call, taken by the model call that
+        # follows it with the same inputs. Holding x1 and x2 themselves keeps their identity unambiguous.
+        self._cache: tuple[Tensor, Tensor, bool, bool, Posterior] | None = None
+
+    # ----------------------------------------------------------------------------------------------
+    # Networks
+    def _check_images(self, x: Tensor, name: str = "x") -> None:
+        if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim != 4 or x.shape[0] == 0:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"{name} must be a non-empty float image batch (N, C, H, W), got {shape}")
+        if self._in_channels is not None and x.shape[1] != self._in_channels:
+            raise ValueError(
+                f"{name} has {x.shape[1]} channels but the encoder takes {self._in_channels} "
+                f"(got shape {tuple(x.shape)})"
+            )
+
+    def features(self, x: Tensor) -> Tensor:
+        """Embeddings h = f(x) of normalized images x (N, C, H, W): (N, D), float32."""
+        self._check_images(x)
+        return self.encoder(x).float()
+
+    def posterior_from_features(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        """(mu, nu) of q(z | h) for embeddings h (..., D): both (..., D), float32, nu > 0."""
+        out = self.head(h.reshape(-1, self.dim)).float().view(*h.shape[:-1], 2 * self.dim)
+        mu, log_nu = out.split(self.dim, dim=-1)
+        return mu, torch.exp(log_nu.clamp(*LOG_VARIANCE_RANGE))
+
+    def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Posterior mean and variance (mu, nu) of images x (N, C, H, W): both (N, D), float32."""
+        return self.posterior_from_features(self.features(x))
+
+    def _forward(self, x1: Tensor, x2: Tensor) -> Posterior:
+        self._check_images(x1, "x1")
+        self._check_images(x2, "x2")
+        if x1.shape != x2.shape:
+            raise ValueError(f"x1 and x2 must have one shape, got {tuple(x1.shape)} and {tuple(x2.shape)}")
+        batch = x1.shape[0]
+        # One encoder call on both views (BatchNorm sees the 2B images together, as in training).
+        h = self.encoder(torch.cat([x1, x2])).float().view(2, batch, self.dim)
+        mu, nu = self.posterior_from_features(h)
+        return Posterior(h, mu, nu)
+
+    def _take_cached(self, x1: Tensor, x2: Tensor) -> Posterior:
+        """The guide's outputs for exactly these inputs (consumed once), else a fresh computation."""
+        cache, self._cache = self._cache, None
+        if cache is not None:
+            c1, c2, grad_mode, training, outputs = cache
+            if c1 is x1 and c2 is x2 and grad_mode == torch.is_grad_enabled() and training == self.training:
+                return outputs
+        return self._forward(x1, x2)
+
+    # ----------------------------------------------------------------------------------------------
+    # Likelihood
+    def likelihood(self, z: Tensor, nu: Tensor) -> PolarStudentT:
+        """p(y | z; nu): PolarStudentT around z / |z| with directional scale nu and radial location log|z|.
+
+        ``z`` (..., D) and ``nu`` (..., D) broadcast; the batch shape is their broadcast without D.
+        """
+        z = z.float()
+        radius = torch.linalg.vector_norm(z, dim=-1)
+        return PolarStudentT(
+            z / radius.unsqueeze(-1), df=self.df, scale=nu, radial_loc=radius.log(),
+            radial_scale=self.radial_scale, radial_df=self.radial_df, directional=self.directional,
+        )
+
+    def log_likelihood(self, y: Tensor, z: Tensor, nu: Tensor) -> Tensor:
+        """The (radially weighted) log-likelihood log p_w(y | z; nu) of targets y (..., D): shape (...).
+
+        = log p_dir(u) + w log p_rad(log r) - D log r, the PolarStudentT log-density when w = 1.
+        """
+        likelihood = self.likelihood(z, nu)
+        log_p = likelihood.log_prob(y)
+        if self.radial_weight != 1.0:
+            log_p = log_p + (self.radial_weight - 1.0) * likelihood.radial_log_prob(_log_radius(y))
+        return log_p
+
+    # ----------------------------------------------------------------------------------------------
+    # Pyro model / guide
+    def model(self, x1: Tensor, x2: Tensor, labels: Tensor | None = None) -> Tensor:
+        """N(0, I) prior over z (2, B, D) and the polar Student-t likelihood of the swapped, stop-gradient
+        targets [h_2, h_1] given z and the posterior variances nu (a conditional model of x1, x2)."""
+        pyro.module("vje", self)
+        outputs = self._take_cached(x1, x2)
+        targets = outputs.h.detach().flip(0)  # direction a -> b predicts the other view's embedding
+        batch = x1.shape[0]
+        prior = dist.Normal(outputs.h.new_zeros(self.dim), 1.0).expand([2, batch, self.dim]).to_event(1)
+        with pyro.plate("directions", 2, dim=-2), pyro.plate("images", batch, dim=-1):
+            z = pyro.sample("z", prior)
+            likelihood = self.likelihood(z, outputs.nu)
+            pyro.sample("y", likelihood, obs=targets)
+            if self.radial_weight != 1.0:
+                tempering = (self.radial_weight - 1.0) * likelihood.radial_log_prob(_log_radius(targets))
+                pyro.factor("y_radial_weight", tempering)
+        return z
+
+    def guide(self, x1: Tensor, x2: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Diagonal Gaussian posterior over z (2, B, D), slice a = q(z | h_a); views x1, x2 (B, C, H, W)."""
+        pyro.module("vje", self)
+        outputs = self._forward(x1, x2)
+        self._cache = (x1, x2, torch.is_grad_enabled(), self.training, outputs)
+        mu, nu = outputs.mu.detach(), outputs.nu.detach()
+        self.last_stats.update(self._collapse_stats(outputs.h.detach(), nu, mu))
+        self.last_stats["kl"] = gaussian_kl_to_standard(mu, nu).mean()
+        with pyro.plate("directions", 2, dim=-2), pyro.plate("images", x1.shape[0], dim=-1):
+            return pyro.sample("z", dist.Normal(outputs.mu, outputs.nu.sqrt()).to_event(1))
+
+    def elbo(self, **kwargs) -> TraceMeanField_ELBO:
+        """``TraceMeanField_ELBO`` (analytic Gaussian KL) with ``num_particles`` vectorized posterior samples;
+        keyword arguments override these settings."""
+        settings = dict(num_particles=self.num_particles, vectorize_particles=self.num_particles > 1,
+                        max_plate_nesting=2)
+        return TraceMeanField_ELBO(**{**settings, **kwargs})
+
+    def training_loss(
+        self, views: Tensor, labels: Tensor | None = None, elbo: TraceMeanField_ELBO | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Per-batch objective L = -ELBO / 2B (mean over images and both directions) for views
+        (2, B, C, H, W), and its parts for logging (detached scalars): ``kl`` (the analytic mean KL),
+        ``nll`` = L - kl (the likelihood term, exactly so with the analytic-KL ELBO of :meth:`elbo`), and
+        the collapse monitors of :meth:`collapse_stats`."""
+        if views.ndim != 5 or views.shape[0] != 2:
+            raise ValueError(f"VJE takes views of shape (2, B, C, H, W), got {tuple(views.shape)}")
+        if elbo is None:
+            elbo = self.elbo()
+        batch = views.shape[1]
+        loss = elbo.differentiable_loss(self.model, self.guide, views[0], views[1], labels) / (2 * batch)
+        stats = dict(self.last_stats)
+        stats["nll"] = loss.detach() - stats["kl"]
+        return loss, stats
+
+    # ----------------------------------------------------------------------------------------------
+    # Monitors and scores
+    @staticmethod
+    def _collapse_stats(h: Tensor, nu: Tensor, mu: Tensor | None = None) -> dict[str, Tensor]:
+        h = h.reshape(-1, h.shape[-1]).float()
+        stats = {
+            "embedding_std": F.normalize(h, dim=-1).std(dim=0).mean(),
+            "mean_nu": nu.float().mean(),
+            "mean_radius": torch.linalg.vector_norm(h, dim=-1).mean(),
+        }
+        if mu is not None:
+            stats["mean_loc_radius"] = torch.linalg.vector_norm(mu.float(), dim=-1).mean()
+        return stats
+
+    @torch.no_grad()
+    def collapse_stats(self, h: Tensor, nu: Tensor | None = None) -> dict[str, Tensor]:
+        """Collapse monitors of embeddings h (N, D) (or (2, B, D)), scalars:
+
+        * ``embedding_std``: std across the batch of h / |h|, averaged over the D coordinates; about
+          1/sqrt(D) for directions spread over the sphere, 0 when every image has the same direction
+          (complete collapse), small under dimensional collapse;
+        * ``mean_nu``: mean posterior variance; ``mean_radius``: mean |h|; ``mean_loc_radius``: mean |mu|.
+
+        ``nu`` defaults to g(h) evaluated in eval mode (running BatchNorm statistics; the module's mode is
+        restored), so that monitoring never changes the running statistics.
+        """
+        was_training = self.head.training
+        self.head.eval()
+        try:
+            mu, nu_h = self.posterior_from_features(h.float())
+        finally:
+            self.head.train(was_training)
+        return self._collapse_stats(h, nu_h if nu is None else nu, mu)
+
+    @torch.no_grad()
+    def embed(self, x: Tensor) -> Tensor:
+        """Point embedding h / |h| of images x (N, C, H, W): (N, D).
+
+        VJE's representation is the encoder output h itself (no projector; h is what the targets are and
+        what kNN and linear probes read), so the point embedding is its direction, not mu / |mu| (mu is the
+        prediction of the *other* view's embedding; :meth:`posterior` gives it).
+        """
+        return F.normalize(self.features(x), dim=-1)
+
+    @torch.no_grad()
+    def uncertainty(self, x: Tensor) -> dict[str, Tensor]:
+        """Per-image scores of images x (N, C, H, W), each (N,), higher = more uncertain:
+
+        * ``log_det``: log det of the posterior covariance, sum_k log nu_k (VCL's score);
+        * ``nll``: -log p_w(h | z = mu; nu) of the image's own embedding under the likelihood centred at
+          its posterior mean (no augmentation; :meth:`anomaly_score` averages over augmented pairs).
+        """
+        h = self.features(x)
+        mu, nu = self.posterior_from_features(h)
+        return {"log_det": nu.log().sum(-1), "nll": -self.log_likelihood(h, mu, nu)}
+
+    @torch.no_grad()
+    def pair_nll(self, x1: Tensor, x2: Tensor) -> Tensor:
+        """Symmetric negative log-likelihood of two views x1, x2 (N, C, H, W) of the same images: (N,).
+
+        -1/2 [log p_w(h_2 | z = mu_1; nu_1) + log p_w(h_1 | z = mu_2; nu_2)], the likelihood term of the
+        objective with the posterior mean plugged in for z (choice: deterministic, no sampling noise).
+        """
+        outputs = self._forward(x1, x2)
+        log_p = self.log_likelihood(outputs.h.flip(0), outputs.mu, outputs.nu)
+        return -0.5 * log_p.sum(0)
+
+    @torch.no_grad()
+    def anomaly_score(
+        self,
+        images: Tensor,
+        augment: Callable[[Tensor, torch.Generator | None], Tensor],
+        num_pairs: int = 8,
+        generator: torch.Generator | None = None,
+        batch_size: int = 512,
+    ) -> Tensor:
+        """Anomaly score of uint8 images (N, C, H, W): the negative representation-space log-likelihood
+        (:meth:`pair_nll`) averaged over ``num_pairs`` pairs of augmented views (METHODS.md 3.2), (N,),
+        higher = more anomalous.
+
+        ``augment(images_uint8, generator)`` draws one normalized view (e.g. a ``SimCLRAugment``);
+        ``generator`` (on the images' device) makes the views reproducible. Uses the module's current mode:
+        call it in eval mode (running BatchNorm statistics) so that an image's score does not depend on
+        the other images of its batch.
+        """
+        if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.ndim != 4:
+            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+            raise ValueError(f"images must be a uint8 batch (N, C, H, W), got {shape}")
+        if isinstance(num_pairs, bool) or not isinstance(num_pairs, int) or num_pairs < 1:
+            raise ValueError(f"num_pairs must be a positive integer, got {num_pairs!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        parts = []
+        for start in range(0, images.shape[0], batch_size):
+            chunk = images[start:start + batch_size]
+            total = torch.zeros(chunk.shape[0], device=images.device)
+            for _ in range(num_pairs):
+                total += self.pair_nll(augment(chunk, generator), augment(chunk, generator)).to(total.device)
+            parts.append(total / num_pairs)
+        if not parts:
+            raise ValueError("anomaly_score got no images")
+        return torch.cat(parts)
+
+
+def gaussian_kl_to_standard(mu: Tensor, nu: Tensor) -> Tensor:
+    """KL(N(mu, diag nu) || N(0, I)) = 1/2 sum_k (nu_k + mu_k^2 - 1 - log nu_k), over the last dimension."""
+    return 0.5 * (nu + mu.square() - 1.0 - nu.log()).sum(-1)
+
+
+def _log_radius(y: Tensor) -> Tensor:
+    return torch.linalg.vector_norm(y, dim=-1).log()

@@ -1,0 +1,479 @@
+"""The training engine: one loop for every method, the data set on the device, augmentation batched there.
+
+Following airbench, the whole training set lives on the device as uint8; each step indexes a batch, draws
+V augmented views with per-sample random parameters on the device, and takes one optimizer step on the
+method's objective (for VCL the Pyro model/guide pair through ``ELBO.differentiable_loss``). Checkpoints
+are atomic and hold everything needed to resume bit-for-bit on CPU (model, optimizer, scheduler, every RNG
+state, the step). Metrics go to ``metrics.jsonl``, one JSON object a line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from vprob.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
+from vprob.data import ImageSet, SimCLRAugment, load_dataset
+from vprob.evaluate import extract_features, knn_accuracy, linear_probe
+from vprob.losses import value_checks
+from vprob.models import KL_MODES, METHODS, VARIATIONAL_METHODS, build_model
+from vprob.models.vje import check_options as check_vje_options
+from vprob.nets import make_backbone
+from vprob.optim import OPTIMIZERS, build_optimizer, warmup_cosine
+
+DATASETS = ("digits", "cifar10")
+
+# Defaults per data set; every one can be overridden from the command line.
+DATA_DEFAULTS: dict[str, dict[str, Any]] = {
+    "digits": dict(backbone="digits_convnet", epochs=30, batch_size=256, dim=32, head_hidden=256,
+                   optimizer="adamw", lr=2e-3, weight_decay=1e-4, warmup_epochs=2, tau=0.2),
+    "cifar10": dict(backbone="resnet18_cifar", epochs=100, batch_size=512, dim=128, head_hidden=2048,
+                    optimizer="lars", lr=0.6, weight_decay=1e-5, warmup_epochs=10, tau=0.2),
+}
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss or gradient."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run. ``None`` fields take the data set's default (``DATA_DEFAULTS``).
+
+    ``vje_*`` are the options of :class:`vprob.models.VJE` (``df``, ``radial_df``, ``radial_scale``,
+    ``radial_weight``, ``directional``, ``num_particles``; VJE has no projector, so ``dim`` does not apply
+    to it). ``normal_class``, if set, trains on the training images of that class only (the one-class
+    anomaly protocol of :mod:`vprob.anomaly`); evaluation still uses the whole test split.
+    """
+
+    method: str = "vsimclr"
+    data: str = "digits"
+    data_dir: str | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    dim: int | None = None
+    head_hidden: int | None = None
+    backbone: str | None = None
+    optimizer: str | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    warmup_epochs: int | None = None
+    tau: float | None = None
+    kl: str = "bound"
+    beta: float = 1.0
+    num_views: int = 2
+    projection: str = "centroid"
+    t_pos: float = 1.0
+    t_neg: float = 0.9
+    detach_weights: bool = False
+    chunk_size: int | None = None
+    device: str = "auto"
+    seed: int = 0
+    amp: bool | None = None
+    channels_last: bool | None = None
+    compile: bool = False
+    checkpoint_every: int = 1
+    log_every: int = 10
+    skip_nonfinite: bool = False
+    max_steps: int | None = None
+    run_dir: str | None = None
+    knn_k: tuple[int, ...] = field(default=(200, 10))
+    vje_df: float = 5.0
+    vje_radial_df: float | None = None
+    vje_radial_scale: float = 1.0
+    vje_radial_weight: float = 1.0
+    vje_directional: str = "geodesic"
+    vje_num_particles: int = 1
+    normal_class: int | None = None
+
+    def resolved(self) -> TrainConfig:
+        """A copy with data-set defaults filled in and every choice validated."""
+        if self.data not in DATASETS:
+            raise ValueError(f"data must be one of {DATASETS}, got {self.data!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.kl not in KL_MODES:
+            raise ValueError(f"kl must be one of {KL_MODES}, got {self.kl!r}")
+        values = asdict(self)
+        for key, default in DATA_DEFAULTS[self.data].items():
+            if values[key] is None:
+                values[key] = default
+        config = TrainConfig(**values)
+        if config.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {config.optimizer!r}")
+        for name in ("epochs", "batch_size", "dim", "checkpoint_every", "log_every"):
+            value = getattr(config, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("lr", "tau"):
+            if not getattr(config, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(config, name)!r}")
+        if config.method in VARIATIONAL_METHODS and config.num_views != 2:
+            raise ValueError(f"{config.method} uses exactly 2 views, got num_views={config.num_views}")
+        if config.method != "cct" and config.num_views != 2 and config.method not in ("simclr", "supcon"):
+            raise ValueError(f"num_views != 2 is supported for simclr, supcon and cct, not {config.method}")
+        check_vje_options(df=config.vje_df, radial_df=config.vje_radial_df,
+                          radial_weight=config.vje_radial_weight, radial_scale=config.vje_radial_scale,
+                          directional=config.vje_directional, num_particles=config.vje_num_particles,
+                          prefix="vje_")
+        if config.normal_class is not None and (
+            isinstance(config.normal_class, bool) or not isinstance(config.normal_class, int)
+            or config.normal_class < 0
+        ):
+            raise ValueError(f"normal_class must be a class index >= 0 or None, got {config.normal_class!r}")
+        return config
+
+
+def one_class_subset(image_set: ImageSet, normal_class: int) -> ImageSet:
+    """The images of one class; ValueError naming the index and the valid range if there is no such class."""
+    if isinstance(normal_class, bool) or not isinstance(normal_class, int) or not (
+        0 <= normal_class < image_set.num_classes
+    ):
+        raise ValueError(
+            f"normal class {normal_class!r} does not exist: valid class indices are "
+            f"0..{image_set.num_classes - 1} ({', '.join(image_set.classes)})"
+        )
+    return image_set.subset(image_set.labels == normal_class)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but no CUDA device is available")
+    return device
+
+
+def default_run_dir(config: TrainConfig) -> Path:
+    return Path("runs") / f"{config.method}-{config.data}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def build_run_model(config: TrainConfig) -> nn.Module:
+    """The model of a resolved config (backbone + method), on CPU."""
+    encoder = make_backbone(config.backbone)
+    return build_model(
+        config.method, encoder, config.dim, kl=config.kl, beta=config.beta, tau=config.tau,
+        head_hidden=config.head_hidden, num_views=config.num_views, projection=config.projection,
+        t_pos=config.t_pos, t_neg=config.t_neg, detach_weights=config.detach_weights,
+        chunk_size=config.chunk_size, df=config.vje_df, radial_df=config.vje_radial_df,
+        radial_scale=config.vje_radial_scale, radial_weight=config.vje_radial_weight,
+        directional=config.vje_directional, num_particles=config.vje_num_particles,
+    )
+
+
+class Trainer:
+    """One training run. ``Trainer(config).fit()`` trains, checkpoints, evaluates and returns the results."""
+
+    def __init__(self, config: TrainConfig, resume: bool = False, progress: bool | None = None) -> None:
+        self.config = config = config.resolved()
+        self.device = resolve_device(config.device)
+        on_cuda = self.device.type == "cuda"
+        self.amp = on_cuda if config.amp is None else config.amp
+        self.channels_last = on_cuda if config.channels_last is None else config.channels_last
+        self.progress = progress
+        self.run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config)
+        self.checkpoint_path = self.run_dir / CHECKPOINT_NAME
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self._prepare_run_dir(resume)
+
+        torch.manual_seed(config.seed)
+        self.generator = torch.Generator(self.device).manual_seed(config.seed)
+        self.train_set, self.test_set = load_dataset(config.data, config.data_dir, device=self.device)
+        if config.normal_class is not None:
+            self.train_set = one_class_subset(self.train_set, config.normal_class)
+        if len(self.train_set) < config.batch_size:
+            raise ValueError(
+                f"batch_size {config.batch_size} exceeds the {len(self.train_set)} training images"
+            )
+        self.augment = SimCLRAugment.for_dataset(config.data, self.train_set)
+        self.model = build_run_model(config).to(self.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if config.compile:
+            self.model.encoder.compile()
+        self.elbo = self.model.elbo() if config.method in VARIATIONAL_METHODS else None
+        self.steps_per_epoch = len(self.train_set) // config.batch_size
+        # The schedule always spans every epoch; max_steps only stops early (so a run stopped by it and
+        # resumed later follows the same learning-rate curve as one that never stopped).
+        schedule_steps = self.steps_per_epoch * config.epochs
+        self.total_steps = schedule_steps
+        if config.max_steps is not None:
+            self.total_steps = min(self.total_steps, config.max_steps)
+        self.optimizer = build_optimizer(config.optimizer, self.model, config.lr, config.weight_decay)
+        warmup = config.warmup_epochs * self.steps_per_epoch
+        self.scheduler = warmup_cosine(self.optimizer, schedule_steps, min(warmup, schedule_steps // 2))
+        self.step = 0
+        self._nonfinite: Tensor | None = None
+        if resume:
+            self._restore(load_checkpoint(self.checkpoint_path, map_location=self.device))
+
+    # ----------------------------------------------------------------------------------------------
+    def _prepare_run_dir(self, resume: bool) -> None:
+        run_dir = self.run_dir
+        if resume:
+            if not self.checkpoint_path.is_file():
+                raise CheckpointError(f"--resume: no checkpoint at {self.checkpoint_path}")
+            return
+        if self.checkpoint_path.exists():
+            raise CheckpointError(
+                f"{run_dir} already holds a checkpoint; pass --resume to continue it or choose another "
+                "--run-dir (it is never overwritten by a new run)"
+            )
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            probe = run_dir / ".write-test"
+            probe.write_bytes(b"0" * 4096)
+            probe.unlink()
+        except OSError as exc:
+            raise OSError(f"run folder {run_dir} is not writable: {exc}") from exc
+        (run_dir / "config.json").write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+        self.metrics_path.write_text("")
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "config": asdict(self.config),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "generator": self.generator.get_state(),
+            },
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        saved = state.get("config", {})
+        for key in ("method", "data", "dim", "backbone", "batch_size", "epochs", "kl", "num_views",
+                    "normal_class"):
+            if saved.get(key) != getattr(self.config, key):
+                raise CheckpointError(
+                    f"checkpoint was written with {key}={saved.get(key)!r}, this run has "
+                    f"{key}={getattr(self.config, key)!r}; resume with the same settings"
+                )
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint does not match this model: {exc}") from exc
+        self.step = int(state["step"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"].cpu())
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+        self.generator.set_state(rng["generator"].cpu())
+        self._truncate_metrics(self.step)
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop metric lines written after the checkpoint we resume from (they will be written again)."""
+        if not self.metrics_path.exists():
+            return
+        kept = [line for line in self.metrics_path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        tmp = self.metrics_path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, self.metrics_path)
+
+    def save(self) -> None:
+        save_checkpoint(self.checkpoint_path, self._state())
+
+    # ----------------------------------------------------------------------------------------------
+    def views(self, images: Tensor) -> Tensor:
+        """V augmented views (V, B, C, H, W) of a uint8 batch (B, C, H, W)."""
+        views = torch.stack([self.augment(images, self.generator) for _ in range(self.config.num_views)])
+        if self.channels_last:
+            # channels_last applies to 4-D tensors: keep each view's (B, C, H, W) slice in that layout.
+            views = views.flatten(0, 1).contiguous(memory_format=torch.channels_last).view_as(views)
+        return views
+
+    def training_step(self, images: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """One optimizer step; returns the loss and its parts (detached, on the device)."""
+        views = self.views(images)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            if self.elbo is not None:
+                loss, stats = self.model.training_loss(views, labels, elbo=self.elbo)
+            else:
+                loss, stats = self.model.training_loss(views, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), float("inf"))
+        stats = {"loss": loss.detach(), **stats, "grad_norm": grad_norm.detach()}
+        if self.config.skip_nonfinite and not bool(torch.isfinite(loss) & torch.isfinite(grad_norm)):
+            stats["skipped"] = torch.ones((), device=loss.device)
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        return loss, stats
+
+    def fit(self) -> dict[str, Any]:
+        """Train to the end (or ``max_steps``), checkpoint, evaluate; returns the results dict."""
+        from tqdm.auto import tqdm
+
+        config = self.config
+        self.model.train()
+        show = sys.stderr.isatty() if self.progress is None else self.progress
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not show, unit="step",
+                   desc=f"{config.method} {config.data}", dynamic_ncols=True)
+        start_step = self.step
+        window_start, window_step = time.perf_counter(), self.step
+        epoch = self.step // self.steps_per_epoch
+        # On CUDA the finiteness check is deferred to log and checkpoint boundaries (no host sync per
+        # step); a device-side record keeps the first bad step and its terms, so the message stays exact
+        # and no checkpoint is ever written after a non-finite step.
+        check_every = 1 if self.device.type == "cpu" else config.log_every
+        # The losses' own NaN check would sync every step and raise before the engine can name the step.
+        with self.metrics_path.open("a") as metrics, value_checks(False):
+            while self.step < self.total_steps:
+                order = torch.randperm(len(self.train_set), generator=self.generator, device=self.device)
+                first = self.step - epoch * self.steps_per_epoch
+                for index in range(first, self.steps_per_epoch):
+                    if self.step >= self.total_steps:
+                        break
+                    batch = order[index * config.batch_size:(index + 1) * config.batch_size]
+                    _, stats = self.training_step(self.train_set.images[batch], self.train_set.labels[batch])
+                    self.step += 1
+                    if not config.skip_nonfinite:
+                        self._record_nonfinite(stats)
+                        if self.step % check_every == 0:
+                            self._raise_if_nonfinite()
+                    if self.step % config.log_every == 0 or self.step == self.total_steps:
+                        if self.device.type == "cuda":
+                            torch.cuda.synchronize()
+                        now = time.perf_counter()
+                        rate = (self.step - window_step) * config.batch_size / max(now - window_start, 1e-9)
+                        window_start, window_step = now, self.step
+                        record = {"step": self.step, "epoch": self.step / self.steps_per_epoch,
+                                  "lr": self.scheduler.get_last_lr()[0], "images_per_s": rate}
+                        record.update({k: float(v) for k, v in stats.items()})
+                        metrics.write(json.dumps(record) + "\n")
+                        metrics.flush()
+                        bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{rate:,.0f}")
+                    bar.update(1)
+                epoch += 1
+                if epoch % config.checkpoint_every == 0 or self.step >= self.total_steps:
+                    self._raise_if_nonfinite()
+                    self.save()
+        bar.close()
+        elapsed_steps = self.step - start_step
+        results = self.evaluate()
+        results.update(steps=self.step, steps_this_session=elapsed_steps, run_dir=str(self.run_dir))
+        write_json_atomic(self.run_dir / "results.json", results)
+        from vprob.plots import plot_training_curves
+
+        plot_training_curves(self.metrics_path, self.run_dir / "loss_curve.png")
+        return results
+
+    def _record_nonfinite(self, stats: dict[str, Tensor]) -> None:
+        names = [name for name in stats if name != "skipped"]
+        nonfinite = torch.stack([~torch.isfinite(stats[name]).all() for name in names])
+        if self._nonfinite is None:
+            self._nonfinite_names = names
+            self._nonfinite = torch.zeros_like(nonfinite)
+            self._nonfinite_step = torch.zeros((), dtype=torch.long, device=nonfinite.device)
+        first = ~self._nonfinite.any() & nonfinite.any()
+        self._nonfinite = torch.where(first, nonfinite, self._nonfinite)
+        self._nonfinite_step = torch.where(first, torch.full_like(self._nonfinite_step, self.step),
+                                           self._nonfinite_step)
+
+    def _raise_if_nonfinite(self) -> None:
+        if self._nonfinite is None or not bool(self._nonfinite.any()):
+            return
+        flags = self._nonfinite.tolist()
+        bad = [name for name, flag in zip(self._nonfinite_names, flags, strict=True) if flag]
+        raise NonFiniteLossError(
+            f"non-finite value at step {int(self._nonfinite_step)} in {', '.join(bad)}; the last good "
+            f"checkpoint ({self.checkpoint_path}) is left untouched. Lower the learning rate, or pass "
+            "--skip-nonfinite to skip such steps."
+        )
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, Any]:
+        """kNN (cosine; weighted k = 200 and majority k = 10 by default) and linear-probe accuracy on
+        frozen backbone features."""
+        return evaluate_backbone(self.model.encoder, self.train_set, self.test_set, self.augment,
+                                 self.config, self.device, self.amp)
+
+
+def evaluate_backbone(encoder: nn.Module, train_set: ImageSet, test_set: ImageSet, augment: SimCLRAugment,
+                      config: TrainConfig, device: torch.device, amp: bool) -> dict[str, Any]:
+    dtype = torch.bfloat16 if amp else None
+    train_features = extract_features(encoder, train_set.images, augment.normalize, device=device,
+                                      autocast_dtype=dtype)
+    test_features = extract_features(encoder, test_set.images, augment.normalize, device=device,
+                                     autocast_dtype=dtype)
+    results: dict[str, Any] = {}
+    for k in config.knn_k:
+        weighted = k > 10
+        key = f"knn_top1_k{k}_{'weighted' if weighted else 'majority'}"
+        results[key] = knn_accuracy(train_features, train_set.labels, test_features, test_set.labels,
+                                    k=k, weighted=weighted, num_classes=train_set.num_classes)
+    results["linear_top1"] = linear_probe(train_features, train_set.labels, test_features, test_set.labels,
+                                          device=device, seed=config.seed)
+    return results
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=_jsonable) + "\n")
+    os.replace(tmp, path)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def config_from_dict(values: dict[str, Any]) -> TrainConfig:
+    """A TrainConfig from a dict (e.g. a run's config.json); unknown keys are refused."""
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"unknown config keys: {sorted(unknown)}")
+    values = dict(values)
+    if "knn_k" in values:
+        values["knn_k"] = tuple(values["knn_k"])
+    return TrainConfig(**values)
+
+
+def evaluate_run(run_dir: str | Path, data_dir: str | None = None, device: str = "auto") -> dict[str, Any]:
+    """Evaluate the checkpoint of a finished or interrupted run; writes ``eval.json`` beside it."""
+    run_dir = Path(run_dir)
+    state = load_checkpoint(run_dir / CHECKPOINT_NAME)
+    config = config_from_dict(state["config"])
+    if data_dir is not None:
+        config.data_dir = data_dir
+    config = config.resolved()
+    torch_device = resolve_device(device)
+    model = build_run_model(config)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint does not match its own config: {exc}") from exc
+    model.to(torch_device)
+    train_set, test_set = load_dataset(config.data, config.data_dir, device=torch_device)
+    augment = SimCLRAugment.for_dataset(config.data, train_set)
+    results = evaluate_backbone(model.encoder, train_set, test_set, augment, config, torch_device,
+                                amp=torch_device.type == "cuda")
+    results.update({"steps": int(state["step"]), "run_dir": str(run_dir)})
+    write_json_atomic(run_dir / "eval.json", results)
+    return results
+
+
+def train(config: TrainConfig, resume: bool = False, progress: bool | None = None) -> dict[str, Any]:
+    """Run (or resume) one training run and return its results (accuracies, run folder)."""
+    return Trainer(config, resume=resume, progress=progress).fit()
