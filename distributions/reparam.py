@@ -28,6 +28,11 @@ class ProjectedNormalReparam(Reparam):
     bound :func:`~distributions.kl.gaussian_kl_bound`. It also makes sphere-valued latents acceptable to
     autoguides, which then see the Euclidean site ``{name}_normal``.
 
+    When the guide is reparameterized too (as for the analytic KL), Pyro's model/guide consistency check
+    warns that the guide's deterministic site ``name`` is not a latent site of the model ("Found
+    non-auxiliary vars in guide but not model"), as it does for ``pyro.deterministic`` in a guide; the
+    warning is harmless here (the site is a masked ``Delta`` on both sides).
+
     Works for latent sites only (observed sites raise ``NotImplementedError``). When the site already has
     a value (initialization, replay of a value on the sphere), the auxiliary value is that direction scaled
     to the most probable radius along its ray, :math:`r_* = (t + \sqrt{t^2 + 4(d-1)}) / (2\sqrt A)`

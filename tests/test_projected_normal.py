@@ -66,13 +66,22 @@ def fast_cases():
 
 
 def slow_cases():
-    for d, loc_norm, scale_kind in itertools.product(DIMS, LOC_NORMS, SCALE_KINDS):
-        yield d, loc_norm, scale_kind
+    yield from itertools.product(DIMS, LOC_NORMS, SCALE_KINDS)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Under ``pytest -n 2`` each worker would otherwise run torch with every core's thread (oversubscribed):
+    small tensor ops then wait on thread wake-ups and the SVI tests get ~5x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def ours(loc, scale, value, dtype=torch.float64):
-    pn = ProjectedNormal(torch.tensor(loc, dtype=dtype), torch.tensor(scale, dtype=dtype), validate_args=False)
-    return pn.log_prob(torch.tensor(value, dtype=dtype))
+    loc, scale, value = (torch.tensor(x, dtype=dtype) for x in (loc, scale, value))
+    return ProjectedNormal(loc, scale, validate_args=False).log_prob(value)
 
 
 def check_float64(d, loc_norm, scale_kind):
@@ -132,14 +141,13 @@ def test_agrees_with_pyro_near_the_mean(d):
     concentration = 3.0 * torch.randn(20, d, dtype=torch.float64)
     value = dist.ProjectedNormal(concentration).sample()
     expected = dist.ProjectedNormal(concentration).log_prob(value)
-    torch.testing.assert_close(ProjectedNormal(concentration).log_prob(value), expected, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(
-        ProjectedNormal(concentration=concentration).log_prob(value), expected, rtol=1e-10, atol=1e-10
-    )
-    # PN(mu, s^2 I) = PN(mu / s, I)
-    torch.testing.assert_close(
-        ProjectedNormal(0.25 * concentration, 0.25).log_prob(value), expected, rtol=1e-10, atol=1e-10
-    )
+    # positional as in Pyro, by Pyro's keyword, and PN(mu, s^2 I) = PN(mu / s, I)
+    for pn in (
+        ProjectedNormal(concentration),
+        ProjectedNormal(concentration=concentration),
+        ProjectedNormal(0.25 * concentration, 0.25),
+    ):
+        torch.testing.assert_close(pn.log_prob(value), expected, rtol=1e-10, atol=1e-10)
 
 
 def test_uniform_when_loc_is_zero():
@@ -158,23 +166,24 @@ def test_uniform_when_loc_is_zero():
 # Normalization
 def test_normalized_on_the_circle_by_quadrature():
     # The trapezoidal rule is spectrally accurate for a smooth periodic integrand.
-    theta = torch.arange(4000, dtype=torch.float64) * (2 * math.pi / 4000)
+    theta = torch.arange(1000, dtype=torch.float64) * (2 * math.pi / 1000)
     value = torch.stack([theta.cos(), theta.sin()], dim=-1)
     for loc, scale in [([3.0, -1.0], [0.5, 2.0]), ([0.3, 0.2], [1.0]), ([-8.0, 2.0], [0.3, 0.1])]:
         pn = ProjectedNormal(torch.tensor(loc, dtype=torch.float64), torch.tensor(scale, dtype=torch.float64))
-        total = pn.log_prob(value).exp().sum() * (2 * math.pi / 4000)
+        total = pn.log_prob(value).exp().sum() * (2 * math.pi / 1000)
         assert total.item() == pytest.approx(1.0, abs=1e-12)
 
 
 def test_normalized_on_the_sphere_by_quadrature():
     # Gauss-Legendre in cos(theta) times the trapezoidal rule in phi.
-    x, w = np.polynomial.legendre.leggauss(300)
-    phi = torch.arange(600, dtype=torch.float64) * (2 * math.pi / 600)
+    x, w = np.polynomial.legendre.leggauss(120)
+    phi = torch.arange(240, dtype=torch.float64) * (2 * math.pi / 240)
     z = torch.tensor(x).unsqueeze(-1)
     rho = (1 - z**2).sqrt()
     value = torch.stack(torch.broadcast_tensors(rho * phi.cos(), rho * phi.sin(), z), dim=-1)
-    weights = torch.tensor(w).unsqueeze(-1) * (2 * math.pi / 600)
-    for loc, scale in [([2.0, -1.0, 0.5], [0.5, 2.0, 1.0]), ([0.0, 0.0, 1.0], [1.0]), ([4.0, 1.0, -3.0], [1.5])]:
+    weights = torch.tensor(w).unsqueeze(-1) * (2 * math.pi / 240)
+    cases = [([2.0, -1.0, 0.5], [0.5, 2.0, 1.0]), ([0.0, 0.0, 1.0], [1.0]), ([4.0, 1.0, -3.0], [1.5])]
+    for loc, scale in cases:
         pn = ProjectedNormal(torch.tensor(loc, dtype=torch.float64), torch.tensor(scale, dtype=torch.float64))
         total = (pn.log_prob(value).exp() * weights).sum()
         assert total.item() == pytest.approx(1.0, abs=1e-10)
@@ -184,22 +193,25 @@ def test_normalized_on_the_sphere_by_quadrature():
 def test_normalized_by_monte_carlo(d):
     loc = torch.linspace(1.0, -0.5, d, dtype=torch.float64)
     scale = torch.linspace(0.6, 1.5, d, dtype=torch.float64)
-    value = uniform_sphere(200_000, d)
+    value = uniform_sphere(100_000, d)
     weights = (ProjectedNormal(loc, scale).log_prob(value) + log_sphere_area(d)).exp()
     std_err = weights.std() / math.sqrt(len(weights))
     assert abs(weights.mean().item() - 1.0) < 4 * std_err.item()
     assert std_err.item() < 0.01  # the check has power
 
 
-@pytest.mark.parametrize("d,loc,scale", [(2, [1.5, -0.5], [0.7, 1.3]), (3, [2.0, 0.5, -1.0], [0.5, 1.0, 2.0])])
+@pytest.mark.parametrize(
+    "d,loc,scale", [(2, [1.5, -0.5], [0.7, 1.3]), (3, [2.0, 0.5, -1.0], [0.5, 1.0, 2.0])]
+)
 def test_samples_fit_density(d, loc, scale):
-    pn = ProjectedNormal(torch.tensor(loc, dtype=torch.float64), torch.tensor(scale, dtype=torch.float64))
+    loc, scale = torch.tensor(loc, dtype=torch.float64), torch.tensor(scale, dtype=torch.float64)
+    pn = ProjectedNormal(loc, scale)
     samples = pn.sample((1200 * d,))
     probs = pn.log_prob(samples).exp()
     # The sphere is a (d-1)-manifold: nearest-neighbour volumes use its dimension.
     assert auto_goodness_of_fit(samples, probs, dim=d - 1) > TEST_FAILURE_RATE
     # ... and a wrong density fails the same test (the test has power).
-    wrong = ProjectedNormal(torch.tensor(loc, dtype=torch.float64) * 1.3, torch.tensor(scale, dtype=torch.float64))
+    wrong = ProjectedNormal(1.3 * loc, scale)
     assert auto_goodness_of_fit(samples, wrong.log_prob(samples).exp(), dim=d - 1) < TEST_FAILURE_RATE
 
 
@@ -356,15 +368,15 @@ def test_bad_values_raise_with_validation():
 def test_svi_recovers_direction_and_concentration():
     pyro.clear_param_store()
     true_loc = 4.0 * torch.tensor([1.0, -2.0, 0.5]) / math.sqrt(5.25)
-    data = ProjectedNormal(true_loc).sample((3000,))
+    data = ProjectedNormal(true_loc).sample((1500,))
 
     def model(data):
         loc = pyro.param("loc", torch.tensor([0.1, 0.1, 0.1]))
         with pyro.plate("data", len(data)):
             pyro.sample("obs", ProjectedNormal(loc, 1.0), obs=data)
 
-    svi = SVI(model, lambda data: None, pyro.optim.Adam({"lr": 0.05}), Trace_ELBO())
-    for _ in range(400):
+    svi = SVI(model, lambda data: None, pyro.optim.Adam({"lr": 0.1}), Trace_ELBO())
+    for _ in range(200):
         svi.step(data)
     loc = pyro.param("loc").detach()
     assert torch.dot(loc / loc.norm(), true_loc / true_loc.norm()) > math.cos(0.05)
@@ -376,7 +388,7 @@ def test_svi_recovers_diagonal_scale():
     pyro.clear_param_store()
     true_loc = torch.tensor([2.0, 1.0, -1.0])
     true_scale = torch.tensor([1.0, 0.5, 2.0])
-    data = ProjectedNormal(true_loc, true_scale).sample((4000,))
+    data = ProjectedNormal(true_loc, true_scale).sample((2000,))
 
     def model(data):
         loc = pyro.param("loc", torch.tensor([0.5, 0.5, -0.5]))
@@ -385,13 +397,13 @@ def test_svi_recovers_diagonal_scale():
         with pyro.plate("data", len(data)):
             pyro.sample("obs", ProjectedNormal(loc, scale), obs=data)
 
-    svi = SVI(model, lambda data: None, pyro.optim.Adam({"lr": 0.05}), Trace_ELBO())
-    for _ in range(500):
+    svi = SVI(model, lambda data: None, pyro.optim.Adam({"lr": 0.08}), Trace_ELBO())
+    for _ in range(300):
         svi.step(data)
     scale = pyro.param("log_rest").detach().exp()
     loc = pyro.param("loc").detach()
     torch.testing.assert_close(scale, true_scale[1:], rtol=0.15, atol=0)
-    torch.testing.assert_close(loc, true_loc, rtol=0, atol=0.3)
+    torch.testing.assert_close(loc, true_loc, rtol=0, atol=0.2)
 
 
 def test_latent_projected_normal_in_model_and_guide():
@@ -413,7 +425,36 @@ def test_latent_projected_normal_in_model_and_guide():
             pyro.sample("z", ProjectedNormal(loc, scale))
 
     svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.05}), Trace_ELBO())
-    losses = [svi.step(data) for _ in range(300)]
+    losses = [svi.step(data) for _ in range(150)]
     assert np.mean(losses[-20:]) < np.mean(losses[:20])
     mode = ProjectedNormal(pyro.param("q_loc").detach()).mode
     assert ((mode * data).sum(-1) > 0.9).all()
+
+
+# --------------------------------------------------------------------------------------------------
+# CUDA (skipped without a device)
+@pytest.mark.cuda
+def test_cuda_matches_cpu_without_host_synchronization():
+    from distributions.log_radial_integral import log_radial_integral
+
+    device = torch.device("cuda")
+    for d in (3, 128):
+        loc = 3 * torch.randn(256, d)
+        scale = 0.5 + torch.rand(256, d)
+        value = ProjectedNormal(loc, scale).sample()
+        expected = ProjectedNormal(loc, scale).log_prob(value)
+        args = [x.to(device) for x in (loc, scale, value)]
+        # First calls copy the quadrature nodes to the device (cached afterwards).
+        ProjectedNormal(*args[:2], validate_args=False).log_prob(args[2])
+        log_radial_integral(d - 1, args[2][:, 0])
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            pn = ProjectedNormal(*args[:2], validate_args=False)
+            actual = pn.log_prob(args[2])
+            sample = pn.rsample((2,))
+            log_radial_integral(d - 1, args[2][:, 0] * 100)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        torch.testing.assert_close(actual.cpu(), expected, rtol=1e-5, atol=1e-4)
+        assert sample.shape == (2, 256, d)

@@ -8,7 +8,9 @@ the run folder, checkpoints and metrics are those of an ordinary run.
 Scores, all "higher = more anomalous", computed side by side on the same trained model:
 
 * ``likelihood`` (VJE only): the negative representation-space log-likelihood of a test image,
-  averaged over ``num_pairs`` pairs of augmented views (:meth:`vprob.models.VJE.anomaly_score`);
+  averaged over ``num_pairs`` pairs of augmented views (:meth:`vprob.models.VJE.anomaly_scores`), as the
+  density of the target's polar coordinates (log r, u) **(choice)**; ``likelihood_cartesian``: the same
+  as a density on R^D, which adds D log r (see :meth:`vprob.models.VJE.pair_nll` for why that is worse);
 * ``log_det`` (models with a posterior: VJE, VSimCLR): the log determinant of the posterior covariance,
   VCL's uncertainty score (VJE: sum_k log nu_k; VCL: sum_k log sigma_k^2), on the clean image;
 * ``knn`` (every model): a baseline on the same point embeddings (``model.embed``): the cosine distance
@@ -17,13 +19,17 @@ Scores, all "higher = more anomalous", computed side by side on the same trained
 AUROC (:func:`vprob.diagnostics.uncertainty.auroc`): in = the normal class, out = every other class;
 0.5 is chance. Results go to ``anomaly.json`` in the run folder (one subfolder ``class_K`` per trained
 model).
+
+Measured on digits (CPU, seed 0, the defaults below: 100 epochs of batch 32, 8 pairs, k = 1), mean AUROC
+over the 10 classes: likelihood 0.80 (per class 0.71-0.93), likelihood_cartesian 0.76 (0.52-0.94),
+log_det 0.68, knn 0.88: on digits the kNN baseline beats both of VJE's own scores.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -34,16 +40,16 @@ from torch import Tensor, nn
 
 from vprob.data import SimCLRAugment
 from vprob.diagnostics.uncertainty import auroc
-from vprob.train import TrainConfig, Trainer, write_json_atomic
+from vprob.train import TrainConfig, Trainer, check_class_index, write_json_atomic
 
 ANOMALY_METHODS = ("vje", "vsimclr", "simclr")
-SCORES = ("likelihood", "log_det", "knn")
+SCORES = ("likelihood", "likelihood_cartesian", "log_det", "knn")
 RESULTS_NAME = "anomaly.json"
 
 # One class of digits has about 144 training images: small batches keep a few steps per epoch.
 # The CIFAR-10 values are a starting point for the 5,000 images of one class (not tuned).
 ANOMALY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "digits": dict(epochs=40, batch_size=32),
+    "digits": dict(epochs=100, batch_size=32),
     "cifar10": dict(epochs=200, batch_size=256),
 }
 
@@ -65,7 +71,9 @@ def _check_images(images: Tensor, name: str) -> None:
         raise ValueError(f"{name} must be a non-empty uint8 image batch (N, C, H, W), got {shape}")
 
 
-def _map_batches(fn, images: Tensor, normalize, batch_size: int) -> Tensor:
+def _map_batches(fn: Callable[[Tensor], Tensor], images: Tensor, normalize: Callable[[Tensor], Tensor],
+                 batch_size: int) -> Tensor:
+    """fn(normalize(batch)) over uint8 images in batches, concatenated."""
     return torch.cat([fn(normalize(images[i:i + batch_size])) for i in range(0, len(images), batch_size)])
 
 
@@ -91,8 +99,8 @@ def anomaly_scores(
     _check_images(normal_images, "normal_images")
     _check_images(test_images, "test_images")
     if test_images.shape[1:] != normal_images.shape[1:]:
-        raise ValueError(f"test images have shape (C, H, W) = {tuple(test_images.shape[1:])} but the model was "
-                         f"trained on {tuple(normal_images.shape[1:])}")
+        raise ValueError(f"test images have shape (C, H, W) = {tuple(test_images.shape[1:])} but the model "
+                         f"was trained on {tuple(normal_images.shape[1:])}")
     expected = (augment.channels, augment.image_size, augment.image_size)
     if tuple(test_images.shape[1:]) != expected:
         raise ValueError(f"images of shape (C, H, W) = {tuple(test_images.shape[1:])} do not match the "
@@ -102,12 +110,16 @@ def anomaly_scores(
     try:
         normalize = augment.normalize
         scores: dict[str, Tensor] = {}
-        if callable(getattr(model, "anomaly_score", None)):
-            scores["likelihood"] = model.anomaly_score(test_images, augment, num_pairs=num_pairs,
-                                                       generator=generator, batch_size=batch_size)
+        if callable(getattr(model, "anomaly_scores", None)):
+            likelihood = model.anomaly_scores(test_images, augment, num_pairs=num_pairs, generator=generator,
+                                              batch_size=batch_size)
+            scores["likelihood"] = likelihood["nll"]
+            scores["likelihood_cartesian"] = likelihood["nll_cartesian"]
         if callable(getattr(model, "uncertainty", None)):
-            scores["log_det"] = _map_batches(lambda x: model.uncertainty(x)["log_det"], test_images, normalize,
-                                             batch_size)
+            def log_det(x: Tensor) -> Tensor:
+                return model.uncertainty(x)["log_det"]
+
+            scores["log_det"] = _map_batches(log_det, test_images, normalize, batch_size)
         normal = _map_batches(model.embed, normal_images, normalize, batch_size)
         test = _map_batches(model.embed, test_images, normalize, batch_size)
         scores["knn"] = knn_distance(normal, test, knn_k)
@@ -187,8 +199,9 @@ def run_anomaly(
     from vprob.data import load_dataset
 
     config = _anomaly_config(config).resolved()
-    if isinstance(num_pairs, bool) or not isinstance(num_pairs, int) or num_pairs < 1:
-        raise ValueError(f"num_pairs must be a positive integer, got {num_pairs!r}")
+    for name, value in (("num_pairs", num_pairs), ("knn_k", knn_k)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
     # The class names (and count) of the data set, to check the classes before any training.
     classes = load_dataset(config.data, config.data_dir)[1].classes
     if normal_classes is None:
@@ -197,9 +210,7 @@ def run_anomaly(
     if not normal_classes:
         raise ValueError("normal_classes is empty")
     for k in normal_classes:
-        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < len(classes):
-            raise ValueError(f"normal class {k!r} does not exist: valid class indices are 0..{len(classes) - 1} "
-                             f"({', '.join(classes)})")
+        check_class_index(k, classes)
     run_dir = Path(config.run_dir) if config.run_dir else (
         Path("runs") / f"anomaly-{config.method}-{config.data}-{time.strftime('%Y%m%d-%H%M%S')}")
     per_class = []

@@ -1,4 +1,5 @@
-"""The ``vprob`` command: ``vprob train``, ``vprob evaluate RUN_DIR``."""
+"""The ``vprob`` command: ``vprob train``, ``vprob evaluate RUN_DIR``, ``vprob diagnose RUN_DIR``,
+``vprob anomaly``."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from vprob.anomaly import ANOMALY_METHODS
 from vprob.checkpoint import CHECKPOINT_NAME, CheckpointError
 from vprob.losses import PROJECTIONS
-from vprob.models import KL_MODES, METHODS
+from vprob.models import DIRECTIONAL_MODES, KL_MODES, METHODS
 from vprob.optim import OPTIMIZERS
 from vprob.train import DATASETS, NonFiniteLossError, TrainConfig
 
@@ -30,6 +32,35 @@ def _positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _add_vje_options(parser: argparse.ArgumentParser) -> None:
+    """VJE's options (vprob.models.VJE), shared by ``train`` and ``anomaly``."""
+    parser.add_argument("--vje-df", type=_positive_float, default=5.0,
+                        help="VJE: degrees of freedom of the directional t (1e6: the Gaussian limit)")
+    parser.add_argument("--vje-radial-df", type=_positive_float,
+                        help="VJE: degrees of freedom of the radial t (default: --vje-df)")
+    parser.add_argument("--vje-radial-scale", type=_positive_float, default=1.0,
+                        help="VJE: scale of the radial t on log r")
+    parser.add_argument("--vje-radial-weight", type=_non_negative_float, default=1.0,
+                        help="VJE: weight of the radial log-factor (1: the exact density)")
+    parser.add_argument("--vje-directional", choices=DIRECTIONAL_MODES, default="geodesic",
+                        help="VJE: directional factor (euclidean: the earlier version's ablation)")
+    parser.add_argument("--vje-num-particles", type=_positive_int, default=1,
+                        help="VJE: posterior samples per image and step")
+
+
+def _vje_config(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(vje_df=args.vje_df, vje_radial_df=args.vje_radial_df, vje_radial_scale=args.vje_radial_scale,
+                vje_radial_weight=args.vje_radial_weight, vje_directional=args.vje_directional,
+                vje_num_particles=args.vje_num_particles)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="ProjNCE's projection function")
     train.add_argument("--t-pos", type=float, default=1.0, help="CCT attraction temperature")
     train.add_argument("--t-neg", type=float, default=0.9, help="CCT repulsion temperature")
+    _add_vje_options(train)
     train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--compile", action="store_true", help="torch.compile the encoder")
@@ -84,6 +116,31 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_argument("--device", default="auto")
     diagnose.add_argument("--max-images", type=_positive_int, default=5000,
                           help="cap on the images used for spectra and the MI bound")
+
+    anomaly = commands.add_parser(
+        "anomaly", help="one-class anomaly detection: train on one class, AUROC on the whole test set",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    anomaly.add_argument("--method", choices=ANOMALY_METHODS, default="vje")
+    anomaly.add_argument("--data", choices=DATASETS, default="digits")
+    which = anomaly.add_mutually_exclusive_group(required=True)
+    which.add_argument("--normal-class", type=int, help="index of the normal class (0..9)")
+    which.add_argument("--all-classes", action="store_true",
+                       help="one run per class, and the mean AUROC over the classes")
+    anomaly.add_argument("--data-dir", help="CIFAR-10 folder with train.npz and test.npz (JPEG archives)")
+    anomaly.add_argument("--run-dir", help="output folder (default: runs/anomaly-METHOD-DATA-TIMESTAMP)")
+    anomaly.add_argument("--epochs", type=_positive_int, help="default: 100 (digits), 200 (cifar10)")
+    anomaly.add_argument("--batch-size", type=_positive_int, help="default: 32 (digits), 256 (cifar10)")
+    anomaly.add_argument("--lr", type=_positive_float)
+    anomaly.add_argument("--num-pairs", type=_positive_int, default=8,
+                         help="augmented view pairs averaged by the likelihood score")
+    anomaly.add_argument("--knn-k", type=_positive_int, default=1,
+                         help="the kNN baseline's neighbour rank (distance to the k-th nearest)")
+    _add_vje_options(anomaly)
+    anomaly.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    anomaly.add_argument("--seed", type=int, default=0)
+    anomaly.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
+    anomaly.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
@@ -97,7 +154,7 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         beta=args.beta, num_views=args.num_views, projection=args.projection, t_pos=args.t_pos,
         t_neg=args.t_neg, device=args.device, seed=args.seed, compile=args.compile,
         amp=False if args.no_amp else None, checkpoint_every=args.checkpoint_every, max_steps=args.max_steps,
-        skip_nonfinite=args.skip_nonfinite, run_dir=args.run_dir,
+        skip_nonfinite=args.skip_nonfinite, run_dir=args.run_dir, **_vje_config(args),
     )
     if args.resume and not args.run_dir:
         raise ValueError("--resume needs --run-dir (the folder of the run to continue)")
@@ -128,7 +185,29 @@ def _diagnose(args: argparse.Namespace) -> dict[str, Any]:
     return {**report, "run_dir": str(args.run_dir)}
 
 
-COMMANDS = {"train": _train, "evaluate": _evaluate, "diagnose": _diagnose}
+def _anomaly(args: argparse.Namespace) -> dict[str, Any]:
+    from vprob.anomaly import run_anomaly
+
+    config = TrainConfig(
+        method=args.method, data=args.data, data_dir=args.data_dir, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, device=args.device, seed=args.seed,
+        amp=False if args.no_amp else None, run_dir=args.run_dir, **_vje_config(args),
+    )
+    classes = None if args.all_classes else [args.normal_class]
+    summary = run_anomaly(config, classes, num_pairs=args.num_pairs, knn_k=args.knn_k,
+                          progress=False if args.no_progress else None)
+    # One line per class and score, then the means: main() prints every float of this dict.
+    results: dict[str, Any] = {}
+    for entry in summary["classes"]:
+        for score, value in entry["auroc"].items():
+            results[f"class_{entry['normal_class']}_auroc_{score}"] = value
+    if len(summary["classes"]) > 1:
+        results.update({f"mean_auroc_{score}": value for score, value in summary["mean_auroc"].items()})
+    results["run_dir"] = summary["run_dir"]
+    return results
+
+
+COMMANDS = {"train": _train, "evaluate": _evaluate, "diagnose": _diagnose, "anomaly": _anomaly}
 
 
 def main(argv: list[str] | None = None) -> int:

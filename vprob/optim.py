@@ -31,30 +31,38 @@ class LARS(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad
-                if p.ndim > 1:
-                    grad = grad.add(p, alpha=group["weight_decay"])
-                    param_norm, grad_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(grad)
-                    trust = torch.where(
-                        (param_norm > 0) & (grad_norm > 0),
-                        group["trust_coefficient"] * param_norm / grad_norm,
-                        torch.ones_like(param_norm),
-                    )
-                    grad = grad.mul(trust)
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            # Multi-tensor (foreach) ops: a handful of kernel launches per step instead of several per
+            # parameter, which matters when the GPU step is only ~20 ms.
+            adapted = [p for p in params if p.ndim > 1]
+            grads = [p.grad for p in params]
+            if adapted:
+                adapted_grads = torch._foreach_add([p.grad for p in adapted], adapted,
+                                                   alpha=group["weight_decay"])
+                param_norms = torch.stack(torch._foreach_norm(adapted))
+                grad_norms = torch.stack(torch._foreach_norm(adapted_grads))
+                trust = torch.where((param_norms > 0) & (grad_norms > 0),
+                                    group["trust_coefficient"] * param_norms / grad_norms,
+                                    torch.ones_like(param_norms))
+                torch._foreach_mul_(adapted_grads, list(trust.unbind()))
+                scaled = iter(adapted_grads)
+                grads = [next(scaled) if p.ndim > 1 else p.grad for p in params]
+            buffers = []
+            for p in params:
                 state = self.state[p]
                 if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = grad.clone()
-                else:
-                    state["momentum_buffer"].mul_(group["momentum"]).add_(grad)
-                p.add_(state["momentum_buffer"], alpha=-group["lr"])
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                buffers.append(state["momentum_buffer"])
+            torch._foreach_mul_(buffers, group["momentum"])
+            torch._foreach_add_(buffers, grads)
+            torch._foreach_add_(params, buffers, alpha=-group["lr"])
         return loss
 
 
 def build_optimizer(name: str, module: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW, SGD (momentum 0.9, nesterov) or LARS over ``module``'s trainable parameters.
+    """AdamW, SGD (momentum 0.9) or LARS over ``module``'s trainable parameters.
 
     Weight decay skips biases and normalization parameters (1-D tensors) for AdamW and SGD too.
     """
@@ -69,7 +77,7 @@ def build_optimizer(name: str, module: nn.Module, lr: float, weight_decay: float
     ]
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr)
-    return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
+    return torch.optim.SGD(groups, lr=lr, momentum=0.9)
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int,

@@ -71,14 +71,15 @@ from distributions import PolarStudentT
 from vprob.nets import MLPHead
 
 DIRECTIONAL_MODES = ("geodesic", "euclidean")
+SCORE_COORDINATES = ("polar", "cartesian")
 
 # g predicts log nu; clamping keeps exp() finite (and the tangent t proper) in the first unstable steps.
 LOG_VARIANCE_RANGE = (-12.0, 8.0)
 
 
 class Posterior(NamedTuple):
-    """Network outputs of one call on both views, each (2, B, D) float32: the embeddings ``h`` (slice 0
-    = view 1), the posterior means ``mu`` and variances ``nu`` computed from them."""
+    """Network outputs of one call on both views, each (2, B, D), float32 (float64 for a float64 model):
+    the embeddings ``h`` (slice 0 = view 1), the posterior means ``mu`` and variances ``nu`` from them."""
 
     h: Tensor
     mu: Tensor
@@ -191,28 +192,31 @@ class VJE(nn.Module):
             )
 
     def features(self, x: Tensor) -> Tensor:
-        """Embeddings h = f(x) of normalized images x (N, C, H, W): (N, D), float32."""
+        """Embeddings h = f(x) of normalized images x (N, C, H, W): (N, D), float32 (float64 for a float64
+        model): lower-precision outputs (autocast) are cast up, so every log-density is in float32."""
         self._check_images(x)
-        return self.encoder(x).float()
+        return _full_precision(self.encoder(x))
 
     def posterior_from_features(self, h: Tensor) -> tuple[Tensor, Tensor]:
-        """(mu, nu) of q(z | h) for embeddings h (..., D): both (..., D), float32, nu > 0."""
-        out = self.head(h.reshape(-1, self.dim)).float().view(*h.shape[:-1], 2 * self.dim)
+        """(mu, nu) of q(z | h) for embeddings h (..., D): both (..., D), at least float32, nu > 0."""
+        out = _full_precision(self.head(h.reshape(-1, self.dim))).view(*h.shape[:-1], 2 * self.dim)
         mu, log_nu = out.split(self.dim, dim=-1)
         return mu, torch.exp(log_nu.clamp(*LOG_VARIANCE_RANGE))
 
     def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Posterior mean and variance (mu, nu) of images x (N, C, H, W): both (N, D), float32."""
+        """Posterior mean and variance (mu, nu) of images x (N, C, H, W): both (N, D), at least float32."""
         return self.posterior_from_features(self.features(x))
 
     def _forward(self, x1: Tensor, x2: Tensor) -> Posterior:
         self._check_images(x1, "x1")
         self._check_images(x2, "x2")
         if x1.shape != x2.shape:
-            raise ValueError(f"x1 and x2 must have one shape, got {tuple(x1.shape)} and {tuple(x2.shape)}")
+            raise ValueError(
+                f"x1 and x2 must have the same shape, got {tuple(x1.shape)} and {tuple(x2.shape)}"
+            )
         batch = x1.shape[0]
         # One encoder call on both views (BatchNorm sees the 2B images together, as in training).
-        h = self.encoder(torch.cat([x1, x2])).float().view(2, batch, self.dim)
+        h = _full_precision(self.encoder(torch.cat([x1, x2]))).view(2, batch, self.dim)
         mu, nu = self.posterior_from_features(h)
         return Posterior(h, mu, nu)
 
@@ -232,23 +236,12 @@ class VJE(nn.Module):
 
         ``z`` (..., D) and ``nu`` (..., D) broadcast; the batch shape is their broadcast without D.
         """
-        z = z.float()
+        z = _full_precision(z)
         radius = torch.linalg.vector_norm(z, dim=-1)
         return PolarStudentT(
             z / radius.unsqueeze(-1), df=self.df, scale=nu, radial_loc=radius.log(),
             radial_scale=self.radial_scale, radial_df=self.radial_df, directional=self.directional,
         )
-
-    def log_likelihood(self, y: Tensor, z: Tensor, nu: Tensor) -> Tensor:
-        """The (radially weighted) log-likelihood log p_w(y | z; nu) of targets y (..., D): shape (...).
-
-        = log p_dir(u) + w log p_rad(log r) - D log r, the PolarStudentT log-density when w = 1.
-        """
-        likelihood = self.likelihood(z, nu)
-        log_p = likelihood.log_prob(y)
-        if self.radial_weight != 1.0:
-            log_p = log_p + (self.radial_weight - 1.0) * likelihood.radial_log_prob(_log_radius(y))
-        return log_p
 
     # ----------------------------------------------------------------------------------------------
     # Pyro model / guide
@@ -308,14 +301,14 @@ class VJE(nn.Module):
     # Monitors and scores
     @staticmethod
     def _collapse_stats(h: Tensor, nu: Tensor, mu: Tensor | None = None) -> dict[str, Tensor]:
-        h = h.reshape(-1, h.shape[-1]).float()
+        h = _full_precision(h.reshape(-1, h.shape[-1]))
         stats = {
             "embedding_std": F.normalize(h, dim=-1).std(dim=0).mean(),
-            "mean_nu": nu.float().mean(),
+            "mean_nu": nu.mean(),
             "mean_radius": torch.linalg.vector_norm(h, dim=-1).mean(),
         }
         if mu is not None:
-            stats["mean_loc_radius"] = torch.linalg.vector_norm(mu.float(), dim=-1).mean()
+            stats["mean_loc_radius"] = torch.linalg.vector_norm(mu, dim=-1).mean()
         return stats
 
     @torch.no_grad()
@@ -333,7 +326,7 @@ class VJE(nn.Module):
         was_training = self.head.training
         self.head.eval()
         try:
-            mu, nu_h = self.posterior_from_features(h.float())
+            mu, nu_h = self.posterior_from_features(_full_precision(h))
         finally:
             self.head.train(was_training)
         return self._collapse_stats(h, nu_h if nu is None else nu, mu)
@@ -353,23 +346,95 @@ class VJE(nn.Module):
         """Per-image scores of images x (N, C, H, W), each (N,), higher = more uncertain:
 
         * ``log_det``: log det of the posterior covariance, sum_k log nu_k (VCL's score);
-        * ``nll``: -log p_w(h | z = mu; nu) of the image's own embedding under the likelihood centred at
-          its posterior mean (no augmentation; :meth:`anomaly_score` averages over augmented pairs).
+        * ``nll``: the polar negative log-likelihood (:meth:`pair_nll`) of the image's own embedding
+          under the likelihood centred at its posterior mean (no augmentation; :meth:`anomaly_score`
+          averages over augmented pairs instead).
         """
         h = self.features(x)
         mu, nu = self.posterior_from_features(h)
-        return {"log_det": nu.log().sum(-1), "nll": -self.log_likelihood(h, mu, nu)}
+        return {"log_det": nu.log().sum(-1), "nll": self._combine(self._nll_parts(h, mu, nu), "polar")}
+
+    def _nll_parts(self, y: Tensor, z: Tensor, nu: Tensor) -> dict[str, Tensor]:
+        """-log p_dir(u), -log p_rad(log r) (unweighted) and log r of targets y (..., D) given z, nu."""
+        likelihood = self.likelihood(z, nu)
+        radius = torch.linalg.vector_norm(y, dim=-1)
+        log_r = radius.log()
+        return {
+            "directional": -likelihood.directional_log_prob(y / radius.unsqueeze(-1)),
+            "radial": -likelihood.radial_log_prob(log_r),
+            "log_radius": log_r,
+        }
+
+    def _pair_nll_parts(self, x1: Tensor, x2: Tensor) -> dict[str, Tensor]:
+        """The parts of :meth:`_nll_parts` for both directions of a pair of views, averaged: each (N,)."""
+        outputs = self._forward(x1, x2)
+        parts = self._nll_parts(outputs.h.flip(0), outputs.mu, outputs.nu)
+        return {name: value.mean(0) for name, value in parts.items()}
+
+    def _combine(self, parts: dict[str, Tensor], coordinates: str) -> Tensor:
+        if coordinates not in SCORE_COORDINATES:
+            raise ValueError(f"coordinates must be one of {SCORE_COORDINATES}, got {coordinates!r}")
+        nll = parts["directional"] + self.radial_weight * parts["radial"]
+        return nll + self.dim * parts["log_radius"] if coordinates == "cartesian" else nll
 
     @torch.no_grad()
-    def pair_nll(self, x1: Tensor, x2: Tensor) -> Tensor:
+    def pair_nll(self, x1: Tensor, x2: Tensor, coordinates: str = "polar") -> Tensor:
         """Symmetric negative log-likelihood of two views x1, x2 (N, C, H, W) of the same images: (N,).
 
-        -1/2 [log p_w(h_2 | z = mu_1; nu_1) + log p_w(h_1 | z = mu_2; nu_2)], the likelihood term of the
+        -1/2 [log p(h_2 | z = mu_1; nu_1) + log p(h_1 | z = mu_2; nu_2)]: the likelihood term of the
         objective with the posterior mean plugged in for z (choice: deterministic, no sampling noise).
+
+        ``coordinates`` chooses the base measure of the density **(choice)**:
+
+        * ``"polar"`` (default): the density of the polar coordinates (log r, u) of the target w.r.t.
+          d(log r) x the sphere's surface measure, -[log p_dir(u) + w log p_rad(log r)], the coordinates
+          in which the polar Student-t is defined;
+        * ``"cartesian"``: the density on R^D, which adds D log r (the volume factor of y -> (log r, u)).
+          That term carries no information about the fit but makes the score move with |h| at a weight
+          D (128 to 512 here), re-coupling norm and direction that the model keeps apart; on one-class
+          digits its AUROC is lower on average and far less stable across classes (:mod:`vprob.anomaly`).
         """
-        outputs = self._forward(x1, x2)
-        log_p = self.log_likelihood(outputs.h.flip(0), outputs.mu, outputs.nu)
-        return -0.5 * log_p.sum(0)
+        return self._combine(self._pair_nll_parts(x1, x2), coordinates)
+
+    @torch.no_grad()
+    def anomaly_scores(
+        self,
+        images: Tensor,
+        augment: Callable[[Tensor, torch.Generator | None], Tensor],
+        num_pairs: int = 8,
+        generator: torch.Generator | None = None,
+        batch_size: int = 512,
+    ) -> dict[str, Tensor]:
+        """The likelihood scores of uint8 images (N, C, H, W), averaged over ``num_pairs`` pairs of augmented
+        views, each (N,), higher = more anomalous: ``nll`` (polar coordinates, the default score),
+        ``nll_cartesian`` (density on R^D) and ``nll_directional`` (the directional factor alone).
+
+        ``augment(images_uint8, generator)`` draws one normalized view (e.g. a ``SimCLRAugment``);
+        ``generator`` (on the images' device) makes the views reproducible. Uses the module's current mode:
+        call it in eval mode (running BatchNorm statistics) so that an image's score does not depend on
+        the other images of its batch.
+        """
+        valid = isinstance(images, Tensor) and images.dtype == torch.uint8 and images.ndim == 4
+        if not (valid and images.shape[0] > 0):
+            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+            raise ValueError(f"images must be a non-empty uint8 batch (N, C, H, W), got {shape}")
+        if isinstance(num_pairs, bool) or not isinstance(num_pairs, int) or num_pairs < 1:
+            raise ValueError(f"num_pairs must be a positive integer, got {num_pairs!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        chunks: list[dict[str, Tensor]] = []
+        for start in range(0, images.shape[0], batch_size):
+            chunk = images[start:start + batch_size]
+            total: dict[str, Tensor] = {}
+            for _ in range(num_pairs):
+                parts = self._pair_nll_parts(augment(chunk, generator), augment(chunk, generator))
+                total = {name: total.get(name, 0.0) + value / num_pairs for name, value in parts.items()}
+            chunks.append({
+                "nll": self._combine(total, "polar"),
+                "nll_cartesian": self._combine(total, "cartesian"),
+                "nll_directional": total["directional"],
+            })
+        return {name: torch.cat([c[name] for c in chunks]) for name in chunks[0]}
 
     @torch.no_grad()
     def anomaly_score(
@@ -379,38 +444,25 @@ class VJE(nn.Module):
         num_pairs: int = 8,
         generator: torch.Generator | None = None,
         batch_size: int = 512,
+        coordinates: str = "polar",
     ) -> Tensor:
         """Anomaly score of uint8 images (N, C, H, W): the negative representation-space log-likelihood
-        (:meth:`pair_nll`) averaged over ``num_pairs`` pairs of augmented views (METHODS.md 3.2), (N,),
-        higher = more anomalous.
-
-        ``augment(images_uint8, generator)`` draws one normalized view (e.g. a ``SimCLRAugment``);
-        ``generator`` (on the images' device) makes the views reproducible. Uses the module's current mode:
-        call it in eval mode (running BatchNorm statistics) so that an image's score does not depend on
-        the other images of its batch.
-        """
-        if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.ndim != 4:
-            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-            raise ValueError(f"images must be a uint8 batch (N, C, H, W), got {shape}")
-        if isinstance(num_pairs, bool) or not isinstance(num_pairs, int) or num_pairs < 1:
-            raise ValueError(f"num_pairs must be a positive integer, got {num_pairs!r}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        parts = []
-        for start in range(0, images.shape[0], batch_size):
-            chunk = images[start:start + batch_size]
-            total = torch.zeros(chunk.shape[0], device=images.device)
-            for _ in range(num_pairs):
-                total += self.pair_nll(augment(chunk, generator), augment(chunk, generator)).to(total.device)
-            parts.append(total / num_pairs)
-        if not parts:
-            raise ValueError("anomaly_score got no images")
-        return torch.cat(parts)
+        (:meth:`pair_nll` in ``coordinates``) averaged over ``num_pairs`` pairs of augmented views
+        (METHODS.md 3.2): (N,), higher = more anomalous. Arguments as in :meth:`anomaly_scores`."""
+        if coordinates not in SCORE_COORDINATES:
+            raise ValueError(f"coordinates must be one of {SCORE_COORDINATES}, got {coordinates!r}")
+        scores = self.anomaly_scores(images, augment, num_pairs, generator, batch_size)
+        return scores["nll" if coordinates == "polar" else "nll_cartesian"]
 
 
 def gaussian_kl_to_standard(mu: Tensor, nu: Tensor) -> Tensor:
     """KL(N(mu, diag nu) || N(0, I)) = 1/2 sum_k (nu_k + mu_k^2 - 1 - log nu_k), over the last dimension."""
     return 0.5 * (nu + mu.square() - 1.0 - nu.log()).sum(-1)
+
+
+def _full_precision(x: Tensor) -> Tensor:
+    """x in float32 if it is in a lower precision (bf16 / fp16 under autocast); float64 stays float64."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
 def _log_radius(y: Tensor) -> Tensor:
