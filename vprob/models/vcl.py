@@ -46,6 +46,7 @@ from torch import Tensor, nn
 
 from distributions import HypersphericalUniform, ProjectedNormal, ProjectedNormalReparam
 from vprob.losses import info_nce, supcon
+from vprob.models.elbo import differentiable_loss
 from vprob.nets import MLPHead
 
 KL_MODES = ("bound", "exact")
@@ -200,7 +201,8 @@ class VCL(nn.Module):
         if elbo is None:
             elbo = self.elbo()
         batch = views.shape[1]
-        loss = elbo.differentiable_loss(self.model, self.guide, views[0], views[1], labels) / (2 * batch)
+        # Same estimator as elbo.differentiable_loss, without its host-device synchronizations.
+        loss = differentiable_loss(elbo, self.model, self.guide, views[0], views[1], labels) / (2 * batch)
         stats = dict(self.last_stats)
         stats["kl_term"] = loss.detach() - stats["contrastive"]
         return loss, stats

@@ -68,6 +68,7 @@ from pyro.infer import TraceMeanField_ELBO
 from torch import Tensor, nn
 
 from distributions import PolarStudentT
+from vprob.models.elbo import differentiable_loss
 from vprob.nets import MLPHead
 
 DIRECTIONAL_MODES = ("geodesic", "euclidean")
@@ -292,7 +293,8 @@ class VJE(nn.Module):
         if elbo is None:
             elbo = self.elbo()
         batch = views.shape[1]
-        loss = elbo.differentiable_loss(self.model, self.guide, views[0], views[1], labels) / (2 * batch)
+        # Same estimator as elbo.differentiable_loss, without its host-device synchronizations.
+        loss = differentiable_loss(elbo, self.model, self.guide, views[0], views[1], labels) / (2 * batch)
         stats = dict(self.last_stats)
         stats["nll"] = loss.detach() - stats["kl"]
         return loss, stats
