@@ -163,7 +163,14 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         from vprob.checkpoint import load_checkpoint
         from vprob.train import config_from_dict
 
-        saved = load_checkpoint(Path(args.run_dir) / CHECKPOINT_NAME)["config"]
+        checkpoint = Path(args.run_dir) / CHECKPOINT_NAME
+        if not checkpoint.exists():
+            # A run stopped before the end of its first epoch has no checkpoint yet: say so plainly.
+            raise CheckpointError(
+                f"--resume: nothing to resume in {args.run_dir}: no checkpoint yet (a run writes its first "
+                "at the end of its first epoch); start the run again without --resume"
+            )
+        saved = load_checkpoint(checkpoint)["config"]
         saved.update(run_dir=args.run_dir, device=args.device, max_steps=args.max_steps)
         if args.data_dir:
             saved["data_dir"] = args.data_dir

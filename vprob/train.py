@@ -157,7 +157,10 @@ def one_class_subset(image_set: ImageSet, normal_class: int) -> ImageSet:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:  # torch's own message; a user error, not a crash
+        raise ValueError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:1, ...): {exc}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for but no CUDA device is available")
     return device
