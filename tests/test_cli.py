@@ -21,6 +21,11 @@ def test_train_then_evaluate(tmp_path, capsys):
     assert "knn_top1_k200_weighted" in out and "linear_top1" in out and str(run_dir) in out
     assert main(["evaluate", str(run_dir), "--device", "cpu"]) == 0
     assert (run_dir / "eval.json").is_file()
+    capsys.readouterr()
+    assert main(["diagnose", str(run_dir), "--device", "cpu", "--max-images", "300"]) == 0
+    out = capsys.readouterr().out
+    assert "effective_rank_backbone" in out and "mi_lower_bound_nats_embedding" in out
+    assert (run_dir / "report" / "report.json").is_file()
 
 
 @pytest.mark.parametrize(

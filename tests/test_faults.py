@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -37,10 +38,25 @@ def run_cli(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
                           env=ENV, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
 
 
-def start_and_kill(run_dir: Path, delay_s: float) -> int | None:
-    """Start a run and SIGKILL it after ``delay_s``; returns its exit code if it finished first, else None."""
-    process = subprocess.Popen([sys.executable, "-m", "vprob", *TRAIN_ARGS, "--run-dir", str(run_dir)],
-                               env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def start_run(run_dir: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "vprob", *TRAIN_ARGS, "--run-dir", str(run_dir)],
+                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_checkpoint(process: subprocess.Popen, run_dir: Path) -> float | None:
+    """Poll until the run's first checkpoint appears; its time since now, or None if the run ended first."""
+    start = time.perf_counter()
+    while not (run_dir / CHECKPOINT_NAME).exists():
+        if process.poll() is not None:
+            return None
+        if time.perf_counter() - start > RUN_TIMEOUT_S:
+            raise TimeoutError("no checkpoint within the time limit")
+        time.sleep(0.01)
+    return time.perf_counter() - start
+
+
+def kill_after(process: subprocess.Popen, delay_s: float) -> int | None:
+    """SIGKILL ``process`` after ``delay_s``; its exit code if it finished first, else None."""
     try:
         return process.wait(timeout=delay_s)
     except subprocess.TimeoutExpired:
@@ -56,27 +72,52 @@ def final_numbers(run_dir: Path) -> tuple[dict[str, float], dict[str, torch.Tens
     return accuracies, state["model"], int(state["step"])
 
 
+@dataclass
+class Reference:
+    """The uninterrupted run (same seed) and its timing: when its first checkpoint appeared (end of epoch
+    1, after start-up and data loading) and how long after that it ran to its end."""
+
+    numbers: tuple[dict[str, float], dict[str, torch.Tensor], int]
+    first_checkpoint_s: float
+    after_first_checkpoint_s: float
+
+
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> tuple[tuple[dict[str, float], dict[str, torch.Tensor], int], float]:
-    """The uninterrupted run (same seed) and how long it took."""
+def reference(tmp_path_factory) -> Reference:
     run_dir = tmp_path_factory.mktemp("reference") / "run"
+    process = start_run(run_dir)
+    first_checkpoint_s = wait_for_checkpoint(process, run_dir)
     start = time.perf_counter()
-    completed = run_cli(run_dir)
-    duration = time.perf_counter() - start
-    assert completed.returncode == 0, completed.stderr
-    return final_numbers(run_dir), duration
+    _, stderr = process.communicate(timeout=RUN_TIMEOUT_S)
+    assert process.returncode == 0, stderr
+    assert first_checkpoint_s is not None
+    return Reference(final_numbers(run_dir), first_checkpoint_s, time.perf_counter() - start)
 
 
-def kill_and_resume_trial(run_dir: Path, delay_s: float, reference_numbers) -> str:
+@dataclass
+class KillPoint:
+    """Where a trial kills the run: ``delay_s`` after its start or, with ``after_checkpoint``, after its
+    first checkpoint appeared (the random points then fall in epochs 2-3, the last save and evaluation,
+    which a delay from the start would rarely hit: start-up dominates a run this small)."""
+
+    after_checkpoint: bool
+    delay_s: float
+
+
+def kill_and_resume_trial(run_dir: Path, kill_point: KillPoint, reference_numbers) -> str:
     """One trial; returns what happened ("finished", "no checkpoint yet" or "resumed from step N")."""
-    code = start_and_kill(run_dir, delay_s)
+    process = start_run(run_dir)
+    if kill_point.after_checkpoint and wait_for_checkpoint(process, run_dir) is None:
+        code = process.wait()
+    else:
+        code = kill_after(process, kill_point.delay_s)
     checkpoint = run_dir / CHECKPOINT_NAME
     resumed_from = None
     if checkpoint.exists():
         # Never corrupt: the atomic write leaves the previous complete checkpoint or the new one.
         resumed_from = int(load_checkpoint(checkpoint)["step"])
     if code is not None:
-        assert code == 0, f"the run failed on its own (exit {code}) before the kill"
+        assert code == 0, f"the run failed on its own (exit {code}): {process.stderr.read()}"
         outcome = "finished"
     elif resumed_from is None:
         completed = run_cli(run_dir, "--resume")
@@ -103,19 +144,25 @@ def kill_and_resume_trial(run_dir: Path, delay_s: float, reference_numbers) -> s
     return outcome
 
 
-def kill_delays(trials: int, duration_s: float, seed: int) -> list[float]:
-    """Random kill times stratified over the run (0.1 s .. its whole length), so a few trials still cover
-    the start (before the first checkpoint), the middle and the end."""
+def kill_points(trials: int, reference: Reference, seed: int) -> list[KillPoint]:
+    """Random kill points: the first trial early (within the first half of the reference's start-up, so
+    most likely before the first checkpoint), the others uniformly over the rest of the run after the
+    first checkpoint, a quarter of the later ones early again. Timing varies on a shared machine, so the
+    outcome of each point is recorded, not assumed: every outcome must end with the reference numbers."""
     rng = random.Random(seed)
-    edges = [0.1 + (duration_s - 0.1) * k / trials for k in range(trials + 1)]
-    return [rng.uniform(lo, hi) for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+    points = []
+    for trial in range(trials):
+        if trial == 0 or (trial >= 3 and rng.random() < 0.25):
+            points.append(KillPoint(False, rng.uniform(0.1, 0.5 * reference.first_checkpoint_s)))
+        else:
+            points.append(KillPoint(True, rng.uniform(0.0, reference.after_first_checkpoint_s)))
+    return points
 
 
-def run_trials(tmp_path: Path, reference, trials: int, seed: int) -> list[str]:
-    numbers, duration = reference
+def run_trials(tmp_path: Path, reference: Reference, trials: int, seed: int) -> list[str]:
     outcomes = []
-    for trial, delay in enumerate(kill_delays(trials, duration, seed)):
-        outcomes.append(kill_and_resume_trial(tmp_path / f"trial{trial}", delay, numbers))
+    for trial, kill_point in enumerate(kill_points(trials, reference, seed)):
+        outcomes.append(kill_and_resume_trial(tmp_path / f"trial{trial}", kill_point, reference.numbers))
     print(f"kill -9 trials: {len(outcomes)}, outcomes: {outcomes}")
     return outcomes
 

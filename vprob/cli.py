@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--skip-nonfinite", action="store_true",
                        help="skip steps with a non-finite loss or gradient instead of stopping")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--sync-bn", action="store_true",
+                       help="with torchrun on CUDA: synchronize BatchNorm statistics across processes")
 
     evaluate = commands.add_parser("evaluate", help="kNN and linear-probe accuracy of a run's checkpoint")
     evaluate.add_argument("run_dir")
@@ -154,7 +156,7 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         beta=args.beta, num_views=args.num_views, projection=args.projection, t_pos=args.t_pos,
         t_neg=args.t_neg, device=args.device, seed=args.seed, compile=args.compile,
         amp=False if args.no_amp else None, checkpoint_every=args.checkpoint_every, max_steps=args.max_steps,
-        skip_nonfinite=args.skip_nonfinite, run_dir=args.run_dir, **_vje_config(args),
+        skip_nonfinite=args.skip_nonfinite, sync_bn=args.sync_bn, run_dir=args.run_dir, **_vje_config(args),
     )
     if args.resume and not args.run_dir:
         raise ValueError("--resume needs --run-dir (the folder of the run to continue)")
@@ -189,7 +191,17 @@ def _diagnose(args: argparse.Namespace) -> dict[str, Any]:
 
     report = diagnose_run(args.run_dir, out_dir=args.out_dir, device=args.device, data_dir=args.data_dir,
                           max_images=args.max_images)
-    return {**report, "run_dir": str(args.run_dir)}
+    # The headline numbers on the terminal; every number is in report.json.
+    headline: dict[str, Any] = {}
+    for part in ("backbone", "embedding", "posterior_samples"):
+        rank = report.get("collapse", {}).get(part, {}).get("effective_rank")
+        if isinstance(rank, float):
+            headline[f"effective_rank_{part}"] = rank
+        bound = report.get("mutual_information", {}).get(part, {}).get("mi_lower_bound_nats")
+        if isinstance(bound, float):
+            headline[f"mi_lower_bound_nats_{part}"] = bound
+    print(f"report: {Path(report['out_dir']) / 'report.json'}")
+    return {**headline, "run_dir": str(args.run_dir)}
 
 
 def _anomaly(args: argparse.Namespace) -> dict[str, Any]:

@@ -14,6 +14,8 @@ single-process gradient ∂L/∂θ.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -77,3 +79,53 @@ def all_gather_nograd(x: Tensor) -> Tensor:
     parts = [torch.empty_like(x) for _ in range(world_size())]
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts, dim=0)
+
+
+def launched_by_torchrun() -> bool:
+    """True when the environment describes a process group of more than one process (torchrun sets RANK,
+    WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT)."""
+    return "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def local_rank() -> int:
+    """This process's index on its machine (torchrun's LOCAL_RANK; 0 when not launched by torchrun)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def init_from_env(device_type: str) -> bool:
+    """Join the process group the environment describes (gloo on CPU, nccl on CUDA); True if distributed."""
+    if is_initialized():
+        return world_size() > 1
+    if not launched_by_torchrun():
+        return False
+    dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    return True
+
+
+def all_reduce_mean_(tensors: list[Tensor]) -> None:
+    """Average ``tensors`` in place over all ranks, in one collective (a flat buffer), the way DDP averages
+    gradients; the identity when not distributed."""
+    if world_size() == 1 or not tensors:
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= world_size()
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset : offset + t.numel()].view_as(t))
+        offset += t.numel()
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
+def broadcast_error(message: str | None) -> str | None:
+    """Rank 0's error message (or None) on every rank, so that every rank stops when rank 0 cannot go on
+    instead of waiting for it in the next collective."""
+    if world_size() == 1:
+        return message
+    box = [message]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -22,8 +22,10 @@ import pyro
 import torch
 from torch import Tensor, nn
 
+from vprob import distributed
 from vprob.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
 from vprob.data import ImageSet, SimCLRAugment, load_dataset
+from vprob.data.augment import AugmentParams
 from vprob.evaluate import extract_features, knn_accuracy, linear_probe
 from vprob.losses import value_checks
 from vprob.models import KL_MODES, METHODS, VARIATIONAL_METHODS, build_model
@@ -32,6 +34,8 @@ from vprob.nets import make_backbone
 from vprob.optim import OPTIMIZERS, build_optimizer, warmup_cosine
 
 DATASETS = ("digits", "cifar10")
+# Methods whose loss has a gathered (multi-process) form: the SupCon family. CCT and VJE have none yet.
+DISTRIBUTED_METHODS = ("simclr", "supcon", "projnce", "vsimclr", "vsupcon")
 
 # Defaults per data set; every one can be overridden from the command line.
 DATA_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -88,6 +92,7 @@ class TrainConfig:
     checkpoint_every: int = 1
     log_every: int = 10
     skip_nonfinite: bool = False
+    sync_bn: bool = False
     max_steps: int | None = None
     run_dir: str | None = None
     knn_k: tuple[int, ...] = field(default=(200, 10))
@@ -170,8 +175,9 @@ def default_run_dir(config: TrainConfig) -> Path:
     return Path("runs") / f"{config.method}-{config.data}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def build_run_model(config: TrainConfig) -> nn.Module:
-    """The model of a resolved config (backbone + method), on CPU."""
+def build_run_model(config: TrainConfig, gather: bool = False) -> nn.Module:
+    """The model of a resolved config (backbone + method), on CPU; ``gather``: contrast against every
+    process's embeddings (multi-process training)."""
     encoder = make_backbone(config.backbone)
     return build_model(
         config.method, encoder, config.dim, kl=config.kl, beta=config.beta, tau=config.tau,
@@ -180,6 +186,7 @@ def build_run_model(config: TrainConfig) -> nn.Module:
         chunk_size=config.chunk_size, df=config.vje_df, radial_df=config.vje_radial_df,
         radial_scale=config.vje_radial_scale, radial_weight=config.vje_radial_weight,
         directional=config.vje_directional, num_particles=config.vje_num_particles,
+        **({"gather": True} if gather else {}),
     )
 
 
@@ -189,6 +196,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, resume: bool = False, progress: bool | None = None) -> None:
         self.config = config = config.resolved()
         self.device = resolve_device(config.device)
+        self._init_distributed()
         on_cuda = self.device.type == "cuda"
         self.amp = on_cuda if config.amp is None else config.amp
         self.channels_last = on_cuda if config.channels_last is None else config.channels_last
@@ -210,7 +218,10 @@ class Trainer:
         self.augment = SimCLRAugment.for_dataset(config.data, self.train_set)
         # The colour jitter is dozens of small elementwise kernels: compiling fuses them.
         self._augment_apply = torch.compile(self.augment.apply) if config.compile else self.augment.apply
-        self.model = build_run_model(config).to(self.device)
+        self.model = build_run_model(config, gather=self.world_size > 1)
+        if config.sync_bn and self.world_size > 1:
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.model = self.model.to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if config.compile:
@@ -232,7 +243,44 @@ class Trainer:
             self._restore(load_checkpoint(self.checkpoint_path, map_location=self.device))
 
     # ----------------------------------------------------------------------------------------------
+    def _init_distributed(self) -> None:
+        """Join torchrun's process group, if launched by it: each rank then trains on its shard of every
+        global batch (``batch_size`` is global) on its own device (``cuda:LOCAL_RANK``)."""
+        config = self.config
+        if distributed.launched_by_torchrun() and self.device.type == "cuda":
+            self.device = torch.device("cuda", distributed.local_rank())
+            torch.cuda.set_device(self.device)
+        distributed.init_from_env(self.device.type)
+        self.world_size, self.rank = distributed.world_size(), distributed.rank()
+        if self.world_size == 1:
+            return
+        if config.method not in DISTRIBUTED_METHODS:
+            raise ValueError(f"{config.method} has no multi-process form; use one of {DISTRIBUTED_METHODS}")
+        if config.batch_size % self.world_size:
+            raise ValueError(f"batch_size {config.batch_size} (global) must be divisible by the "
+                             f"{self.world_size} processes")
+        if config.sync_bn and self.device.type != "cuda":
+            raise ValueError("--sync-bn needs CUDA devices (torch's SyncBatchNorm does not run on CPU)")
+
     def _prepare_run_dir(self, resume: bool) -> None:
+        """Rank 0 checks and prepares the run folder; every rank stops with its error if it fails."""
+        error = None
+        if self.rank == 0:
+            try:
+                self._prepare_run_dir_here(resume)
+            except (OSError, CheckpointError) as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                if self.world_size == 1:
+                    raise
+        error = distributed.broadcast_error(error)
+        if error is not None:
+            raise CheckpointError(f"rank 0 could not prepare the run folder: {error}")
+        if resume and not self.checkpoint_path.is_file():
+            # Every rank reads the checkpoint: on several machines the run folder must be shared storage.
+            raise CheckpointError(f"--resume: rank {self.rank} sees no checkpoint at {self.checkpoint_path} "
+                                  "(several machines need the run folder on shared storage)")
+
+    def _prepare_run_dir_here(self, resume: bool) -> None:
         run_dir = self.run_dir
         if resume:
             if not self.checkpoint_path.is_file():
@@ -288,7 +336,8 @@ class Trainer:
         if rng["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
         self.generator.set_state(rng["generator"].cpu())
-        self._truncate_metrics(self.step)
+        if self.rank == 0:
+            self._truncate_metrics(self.step)
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop metric lines written after the checkpoint we resume from (they will be written again)."""
@@ -301,7 +350,10 @@ class Trainer:
         os.replace(tmp, self.metrics_path)
 
     def save(self) -> None:
-        save_checkpoint(self.checkpoint_path, self._state())
+        """Rank 0 writes the checkpoint (every rank holds the same state)."""
+        if self.rank == 0:
+            save_checkpoint(self.checkpoint_path, self._state())
+        distributed.barrier()
 
     # ----------------------------------------------------------------------------------------------
     def views(self, images: Tensor) -> Tensor:
@@ -309,10 +361,34 @@ class Trainer:
         num_views, (batch, _, height, width) = self.config.num_views, images.shape
         # All views in one batched call (each copy draws its own parameters): half the kernel launches.
         copies = images.repeat(num_views, 1, 1, 1)
-        params = self.augment.sample_params(len(copies), height, width, self.generator, images.device)
+        # Every rank draws the parameters of the whole global batch (same generator state everywhere) and
+        # takes its rows: its views are exactly those a single process would make of its images.
+        params = self.augment.sample_params(len(copies) * self.world_size, height, width, self.generator,
+                                            images.device)
+        if self.world_size > 1:
+            params = _take_rows(params, self._shard_rows(num_views, batch, images.device))
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         views = self._augment_apply(copies, params, memory_format=memory_format)
         return views.view(num_views, batch, *views.shape[1:])
+
+    def _shard_rows(self, num_views: int, batch: int, device: torch.device) -> Tensor:
+        """Rows of this rank's images in the (V x global batch) parameter table of ``views``."""
+        global_batch = batch * self.world_size
+        own = self.rank * batch + torch.arange(batch, device=device)
+        return (torch.arange(num_views, device=device).unsqueeze(1) * global_batch + own).flatten()
+
+    def _shard(self, global_batch: Tensor) -> Tensor:
+        """This rank's contiguous share of a global batch of indices (the whole batch in one process)."""
+        per_rank = len(global_batch) // self.world_size
+        return global_batch[self.rank * per_rank:(self.rank + 1) * per_rank]
+
+    def _reduce_stats(self, stats: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The mean of each scalar stat over ranks (equal shards: the global batch's mean), one collective."""
+        if self.world_size == 1:
+            return stats
+        values = torch.stack([value.float().reshape(()) for value in stats.values()])
+        distributed.all_reduce_mean_([values])
+        return dict(zip(stats, values.unbind(), strict=True))
 
     def training_step(self, images: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """One optimizer step; returns the loss and its parts (detached, on the device)."""
@@ -332,8 +408,13 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        # Average over ranks (what DDP does; plain all_reduce also works for the Pyro pairs). With the
+        # gathered losses this is the single-process gradient of the whole global batch.
+        distributed.all_reduce_mean_(grads)
         grad_norm = torch.nn.utils.get_total_norm(grads)
-        stats = {"loss": loss.detach(), **stats, "grad_norm": grad_norm.detach()}
+        stats = self._reduce_stats({"loss": loss.detach(), **stats})
+        stats["grad_norm"] = grad_norm.detach()
+        loss = stats["loss"]
         if self.config.skip_nonfinite and not bool(torch.isfinite(loss) & torch.isfinite(grad_norm)):
             stats["skipped"] = torch.ones((), device=loss.device)
         else:
@@ -357,14 +438,15 @@ class Trainer:
         # step); a device-side record keeps the first bad step and its terms, so the message stays exact
         # and no checkpoint is ever written after a non-finite step.
         check_every = 1 if self.device.type == "cpu" else config.log_every
-        with self.metrics_path.open("a") as metrics:
+        # Rank 0 writes the metrics (already reduced over ranks); the others write nowhere.
+        with (self.metrics_path if self.rank == 0 else Path(os.devnull)).open("a") as metrics:
             while self.step < self.total_steps:
                 order = torch.randperm(len(self.train_set), generator=self.generator, device=self.device)
                 first = self.step - epoch * self.steps_per_epoch
                 for index in range(first, self.steps_per_epoch):
                     if self.step >= self.total_steps:
                         break
-                    batch = order[index * config.batch_size:(index + 1) * config.batch_size]
+                    batch = self._shard(order[index * config.batch_size:(index + 1) * config.batch_size])
                     _, stats = self.training_step(self.train_set.images[batch], self.train_set.labels[batch])
                     self.step += 1
                     if not config.skip_nonfinite:
@@ -392,10 +474,11 @@ class Trainer:
         elapsed_steps = self.step - start_step
         results = self.evaluate()
         results.update(steps=self.step, steps_this_session=elapsed_steps, run_dir=str(self.run_dir))
-        write_json_atomic(self.run_dir / "results.json", results)
-        from vprob.plots import plot_training_curves
+        if self.rank == 0:
+            write_json_atomic(self.run_dir / "results.json", results)
+            from vprob.plots import plot_training_curves
 
-        plot_training_curves(self.metrics_path, self.run_dir / "loss_curve.png")
+            plot_training_curves(self.metrics_path, self.run_dir / "loss_curve.png")
         return results
 
     def _record_nonfinite(self, stats: dict[str, Tensor]) -> None:
@@ -445,6 +528,10 @@ def evaluate_backbone(encoder: nn.Module, train_set: ImageSet, test_set: ImageSe
     results["linear_top1"] = linear_probe(train_features, train_set.labels, test_features, test_set.labels,
                                           device=device, seed=config.seed)
     return results
+
+
+def _take_rows(params: AugmentParams, rows: Tensor) -> AugmentParams:
+    return AugmentParams(**{f.name: getattr(params, f.name)[rows] for f in fields(params)})
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:

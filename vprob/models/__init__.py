@@ -27,11 +27,11 @@ def build_model(method: str, encoder: nn.Module, dim: int, **options) -> nn.Modu
         kwargs = {k: options[k] for k in keys if k in options}
         return VJE(encoder, hidden=options.get("head_hidden"), **kwargs)
     if method in VARIATIONAL_METHODS:
-        keys = ("kl", "beta", "tau", "head_hidden", "chunk_size")
+        keys = ("kl", "beta", "tau", "head_hidden", "chunk_size", "gather")
         kwargs = {k: options[k] for k in keys if k in options}
         return VCL(encoder, dim, supervised=method == "vsupcon", **kwargs)
     keys = ("tau", "head_hidden", "num_views", "projection", "beta", "t_pos", "t_neg", "detach_weights",
-            "chunk_size")
+            "chunk_size", "gather")
     kwargs = {k: options[k] for k in keys if k in options}
     return ContrastiveBaseline(encoder, dim, objective=method, **kwargs)
 

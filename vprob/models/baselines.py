@@ -30,6 +30,8 @@ class ContrastiveBaseline(nn.Module):
         projection, beta: ProjNCE's projection function and weight of its adjustment term.
         t_pos, t_neg, detach_weights: CCT's attraction/repulsion temperatures and weight detaching.
         chunk_size: passed to InfoNCE/SupCon (``None`` = automatic memory-lean path).
+        gather: contrast against every process's embeddings (``torch.distributed`` data parallelism) for
+            the SupCon family (simclr, supcon, projnce); CCT has no distributed form and refuses it.
     """
 
     def __init__(
@@ -46,6 +48,7 @@ class ContrastiveBaseline(nn.Module):
         t_neg: float = 0.9,
         detach_weights: bool = False,
         chunk_size: int | None = None,
+        gather: bool = False,
     ) -> None:
         super().__init__()
         if objective not in OBJECTIVES:
@@ -69,7 +72,10 @@ class ContrastiveBaseline(nn.Module):
         self.t_pos = t_pos
         self.t_neg = t_neg
         self.detach_weights = detach_weights
+        if gather and objective == "cct":
+            raise ValueError("cct has no distributed (gathered) form; train it in a single process")
         self.chunk_size = chunk_size
+        self.gather = gather
         self.projection_mlp = MLPProjection(dim) if objective == "projnce" and projection == "mlp" else None
 
     def forward(self, x: Tensor) -> Tensor:
@@ -88,12 +94,13 @@ class ContrastiveBaseline(nn.Module):
             raise ValueError(f"labels are required for objective {self.objective!r}")
         z = self(views.flatten(0, 1)).view(num_views, batch, self.dim)
         if self.objective == "simclr":
-            loss = info_nce(z, tau=self.tau, chunk_size=self.chunk_size)
+            loss = info_nce(z, tau=self.tau, chunk_size=self.chunk_size, gather=self.gather)
         elif self.objective == "supcon":
-            loss = supcon(z, labels, tau=self.tau, chunk_size=self.chunk_size)
+            loss = supcon(z, labels, tau=self.tau, chunk_size=self.chunk_size, gather=self.gather)
         elif self.objective == "projnce":
             loss = proj_nce(
-                z, labels, tau=self.tau, projection=self.projection, beta=self.beta, mlp=self.projection_mlp
+                z, labels, tau=self.tau, projection=self.projection, beta=self.beta, mlp=self.projection_mlp,
+                gather=self.gather,
             )
         else:
             loss = cct(z, t_pos=self.t_pos, t_neg=self.t_neg, detach_weights=self.detach_weights)

@@ -68,6 +68,8 @@ class VCL(nn.Module):
         tau: temperature of the contrastive surrogate.
         head_hidden: hidden width of the MLP head; defaults to ``encoder.feature_dim``.
         chunk_size: passed to the contrastive loss (``None`` = automatic memory-lean path).
+        gather: contrast against every process's samples (``torch.distributed`` data parallelism; see
+            ``vprob.losses.info_nce``); a no-op in a single process.
     """
 
     def __init__(
@@ -80,6 +82,7 @@ class VCL(nn.Module):
         tau: float = 0.07,
         head_hidden: int | None = None,
         chunk_size: int | None = None,
+        gather: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(dim, int) or dim < 2:
@@ -101,6 +104,7 @@ class VCL(nn.Module):
         self.beta = beta
         self.tau = tau
         self.chunk_size = chunk_size
+        self.gather = gather
         self.num_views = 2
         self.last_stats: dict[str, Tensor] = {}
 
@@ -189,8 +193,8 @@ class VCL(nn.Module):
         if self.supervised:
             if labels is None:
                 raise ValueError("labels are required for VSupCon (supervised=True)")
-            return supcon(z, labels, tau=self.tau, chunk_size=self.chunk_size)
-        return info_nce(z, tau=self.tau, chunk_size=self.chunk_size)
+            return supcon(z, labels, tau=self.tau, chunk_size=self.chunk_size, gather=self.gather)
+        return info_nce(z, tau=self.tau, chunk_size=self.chunk_size, gather=self.gather)
 
     def training_loss(
         self, views: Tensor, labels: Tensor | None = None, elbo: Trace_ELBO | None = None
