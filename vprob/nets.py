@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-__all__ = ["BACKBONE_NAMES", "DigitsConvNet", "MLPHead", "make_backbone", "resnet18_cifar"]
+__all__ = ["BACKBONE_NAMES", "DigitsConvNet", "MLPHead", "feature_dim_of", "make_backbone", "resnet18_cifar"]
 
 BACKBONE_NAMES = ("resnet18_cifar", "digits_convnet")
 
@@ -93,6 +93,14 @@ class MLPHead(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+
+def feature_dim_of(encoder: nn.Module) -> int:
+    """The output width F of a backbone (N, C, H, W) -> (N, F), from its ``feature_dim`` attribute."""
+    feature_dim = getattr(encoder, "feature_dim", None)
+    if isinstance(feature_dim, bool) or not isinstance(feature_dim, int):
+        raise TypeError("encoder must have an integer attribute feature_dim (its output width)")
+    return feature_dim
 
 
 def make_backbone(name: str, **kwargs) -> nn.Module:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vprob.losses import MLPProjection, cct, info_nce, proj_nce, supcon
-from vprob.nets import MLPHead
+from vprob.nets import MLPHead, feature_dim_of
 
 OBJECTIVES = ("simclr", "supcon", "projnce", "cct")
 SUPERVISED_OBJECTIVES = ("supcon", "projnce")
@@ -57,9 +57,7 @@ class ContrastiveBaseline(nn.Module):
             raise ValueError(f"dim must be an integer >= 2, got {dim!r}")
         if not isinstance(num_views, int) or num_views < 2:
             raise ValueError(f"num_views must be an integer >= 2, got {num_views!r}")
-        feature_dim = getattr(encoder, "feature_dim", None)
-        if not isinstance(feature_dim, int):
-            raise TypeError("encoder must have an integer attribute feature_dim (its output width)")
+        feature_dim = feature_dim_of(encoder)
         self.encoder = encoder
         self.head = MLPHead(feature_dim, head_hidden or feature_dim, dim)
         self.objective = objective

@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from distributions import HypersphericalUniform, ProjectedNormal, ProjectedNormalReparam
 from vprob.losses import info_nce, supcon
 from vprob.models.elbo import differentiable_loss
-from vprob.nets import MLPHead
+from vprob.nets import MLPHead, feature_dim_of
 
 KL_MODES = ("bound", "exact")
 
@@ -93,9 +93,7 @@ class VCL(nn.Module):
             raise ValueError(f"beta must be >= 0, got {beta!r}")
         if not tau > 0:
             raise ValueError(f"tau must be > 0, got {tau!r}")
-        feature_dim = getattr(encoder, "feature_dim", None)
-        if not isinstance(feature_dim, int):
-            raise TypeError("encoder must have an integer attribute feature_dim (its output width)")
+        feature_dim = feature_dim_of(encoder)
         self.encoder = encoder
         self.head = MLPHead(feature_dim, head_hidden or feature_dim, 2 * dim)
         self.dim = dim

@@ -69,7 +69,7 @@ from torch import Tensor, nn
 
 from distributions import PolarStudentT
 from vprob.models.elbo import differentiable_loss
-from vprob.nets import MLPHead
+from vprob.nets import MLPHead, feature_dim_of
 
 DIRECTIONAL_MODES = ("geodesic", "euclidean")
 SCORE_COORDINATES = ("polar", "cartesian")
@@ -163,9 +163,7 @@ class VJE(nn.Module):
         self.radial_weight = float(radial_weight)
         self.directional = directional
         self.num_particles = num_particles
-        feature_dim = getattr(encoder, "feature_dim", None)
-        if not isinstance(feature_dim, int):
-            raise TypeError("encoder must have an integer attribute feature_dim (its output width)")
+        feature_dim = feature_dim_of(encoder)
         if feature_dim < 2:
             raise ValueError(f"encoder.feature_dim must be >= 2 (directions on S^(D-1)), got {feature_dim}")
         if hidden is not None and (isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1):
