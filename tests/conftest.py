@@ -1,21 +1,18 @@
-import os
-
 import pytest
 import torch
 
-# Under pytest-xdist every worker is a process of its own: one intra-op thread each keeps 2 workers on
-# 2 cores from oversubscribing them (which made the suite several times slower).
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    torch.set_num_threads(1)
-
 
 @pytest.fixture(autouse=True)
-def _seed_and_restore_dtype():
-    """Each test starts from a fixed seed and float32 default (geomstats may switch it to float64)."""
+def _seed_dtype_and_threads():
+    """Each test starts from a fixed seed and float32 default (geomstats may switch it to float64), with one
+    intra-op thread: under ``pytest -n 2`` two workers with two threads each oversubscribed the 2 cores and
+    made small-tensor tests several times slower (subprocesses and notebook kernels set their own)."""
     torch.manual_seed(0)
-    dtype = torch.get_default_dtype()
+    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
     torch.set_default_dtype(dtype)
+    torch.set_num_threads(threads)
 
 
 def pytest_collection_modifyitems(config, items):

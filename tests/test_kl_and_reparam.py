@@ -25,13 +25,6 @@ from distributions.reparam import ProjectedNormalReparam
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Avoid oversubscribing the cores under ``pytest -n 2`` (small ops would wait on thread wake-ups)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # --------------------------------------------------------------------------------------------------

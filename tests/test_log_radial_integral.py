@@ -31,13 +31,6 @@ T_SLOW = sorted(
 TOL64 = 1e-12  # measured worst case about 1.5e-13
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Avoid oversubscribing the cores under ``pytest -n 2`` (small ops would wait on thread wake-ups)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _ours(k, t, dtype=torch.float64):

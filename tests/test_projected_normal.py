@@ -69,14 +69,6 @@ def slow_cases():
     yield from itertools.product(DIMS, LOC_NORMS, SCALE_KINDS)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Under ``pytest -n 2`` each worker would otherwise run torch with every core's thread (oversubscribed):
-    small tensor ops then wait on thread wake-ups and the SVI tests get ~5x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def ours(loc, scale, value, dtype=torch.float64):
