@@ -2,7 +2,8 @@
 
 Following airbench, the whole training set lives on the device as uint8; each step indexes a batch, draws
 V augmented views with per-sample random parameters on the device, and takes one optimizer step on the
-method's objective (for VCL the Pyro model/guide pair through ``ELBO.differentiable_loss``). Checkpoints
+method's objective (for VCL and VJE the Pyro model/guide pair, through
+:func:`vprob.models.elbo.differentiable_loss`, Pyro's estimator without its per-step host syncs). Checkpoints
 are atomic and hold everything needed to resume bit-for-bit on CPU (model, optimizer, scheduler, every RNG
 state, the step). Metrics go to ``metrics.jsonl``, one JSON object a line.
 """
@@ -42,8 +43,8 @@ DATA_DEFAULTS: dict[str, dict[str, Any]] = {
     "digits": dict(backbone="digits_convnet", epochs=30, batch_size=256, dim=32, head_hidden=256,
                    optimizer="adamw", lr=2e-3, weight_decay=1e-4, warmup_epochs=2, tau=0.2),
     # The recipe of the single-file SimCLR yardstick (dkobak/simclr-cifar10): SGD, lr 0.03 x batch/256,
-    # weight decay 5e-4, tau 0.5, a 1024-wide projector; LARS (tau 0.2, lr 0.6) gave 2 points less kNN at
-    # 100 epochs here (BENCHMARKS.md).
+    # weight decay 5e-4, tau 0.5, a 1024-wide projector; LARS (tau 0.2, lr 0.6) gave 1.8 points less kNN
+    # (k = 10) at 100 epochs on an H100 (BENCHMARKS.md).
     "cifar10": dict(backbone="resnet18_cifar", epochs=100, batch_size=512, dim=128, head_hidden=1024,
                     optimizer="sgd", lr=0.06, weight_decay=5e-4, warmup_epochs=2, tau=0.5),
 }
