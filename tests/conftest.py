@@ -15,6 +15,14 @@ def _seed_dtype_and_threads():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="module")
+def digits():
+    """The training split of scikit-learn's bundled digits (an ImageSet)."""
+    from vprob.data import load_digits
+
+    return load_digits()[0]
+
+
 def pytest_collection_modifyitems(config, items):
     if not torch.cuda.is_available():
         skip = pytest.mark.skip(reason="needs a CUDA device")

@@ -5,28 +5,14 @@ import math
 import pyro
 import pytest
 import torch
+from _digits import two_views
 from pyro import poutine
 from pyro.infer import SVI, Predictive, Trace_ELBO
 
 from distributions import ProjectedNormal, gaussian_kl_bound
-from vprob.data import SimCLRAugment, load_digits
 from vprob.losses import info_nce, supcon
 from vprob.models import VCL, build_model
 from vprob.nets import DigitsConvNet
-
-
-@pytest.fixture(scope="module")
-def digits():
-    train, _ = load_digits()
-    return train
-
-
-def two_views(digits, batch=64, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    augment = SimCLRAugment.for_dataset("digits", digits)
-    index = torch.randperm(len(digits), generator=generator)[:batch]
-    x = digits.images[index]
-    return augment(x, generator), augment(x, generator), digits.labels[index]
 
 
 def log_sphere_area(d):

@@ -4,6 +4,7 @@ the encoder cache, the scores, the engine, and bad options."""
 import json
 import math
 
+import _digits
 import pyro
 import pytest
 import torch
@@ -11,24 +12,14 @@ from pyro import poutine
 from pyro.infer import SVI, Predictive, Trace_ELBO, TraceMeanField_ELBO
 from scipy import stats
 
-from vprob.data import SimCLRAugment, load_digits
+from vprob.data import SimCLRAugment
 from vprob.models import VJE, build_model
 from vprob.nets import DigitsConvNet
 from vprob.train import TrainConfig, build_run_model, train
 
 
-@pytest.fixture(scope="module")
-def digits():
-    train_set, _ = load_digits()
-    return train_set
-
-
 def two_views(digits, batch=64, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    augment = SimCLRAugment.for_dataset("digits", digits)
-    index = torch.randperm(len(digits), generator=generator)[:batch]
-    x = digits.images[index]
-    return augment(x, generator), augment(x, generator)
+    return _digits.two_views(digits, batch, seed)[:2]
 
 
 class CountingEncoder(DigitsConvNet):
