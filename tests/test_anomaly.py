@@ -12,7 +12,7 @@ from vprob.cli import main
 from vprob.data import SimCLRAugment, load_digits
 from vprob.models import VJE
 from vprob.nets import DigitsConvNet
-from vprob.train import TrainConfig, Trainer
+from vprob.train import TrainConfig, Trainer, TrainingPaused
 
 FAST = dict(data="digits", device="cpu", epochs=60, checkpoint_every=60)
 
@@ -123,3 +123,17 @@ def test_cli_anomaly(tmp_path, capsys):
     assert (tmp_path / "run" / "anomaly.json").is_file()
     assert main(["anomaly", "--normal-class", "12", "--run-dir", str(tmp_path / "bad")]) == 2
     assert "normal class 12 does not exist" in capsys.readouterr().err
+
+
+def test_a_time_budget_pauses_the_classes_and_resume_reads_back_the_finished_ones(tmp_path):
+    config = TrainConfig(method="vsimclr", data="digits", device="cpu", epochs=2, run_dir=str(tmp_path))
+    with pytest.raises(TrainingPaused, match="resume"):
+        run_anomaly(config, [0, 1], progress=False, stop_after_s=1e-3)
+    assert not (tmp_path / "class_0" / "anomaly.json").exists()  # paused inside class 0's training
+    first = run_anomaly(config, [0], progress=False, resume=True)
+    mtime = (tmp_path / "class_0" / "anomaly.json").stat().st_mtime_ns
+    both = run_anomaly(config, [0, 1], progress=False, resume=True)
+    assert (tmp_path / "class_0" / "anomaly.json").stat().st_mtime_ns == mtime  # read back, not redone
+    assert both["classes"][0] == first["classes"][0] and both["classes"][1]["normal_class"] == 1
+    with pytest.raises(ValueError, match="run folder"):
+        run_anomaly(TrainConfig(method="vsimclr", data="digits", device="cpu", epochs=2), [0], resume=True)

@@ -1,11 +1,13 @@
 """The `vprob` command: a real run through the entry point, and clear errors for bad input."""
 
+import json
 import subprocess
 import sys
 
 import pytest
 
 from vprob.cli import main
+from vprob.data import load_digits
 
 
 def run_cli(*args):
@@ -70,3 +72,15 @@ def test_default_main_job(tmp_path):
     assert result.returncode == 0, result.stderr
     accuracy = float(result.stdout.split("knn_top1_k200_weighted:")[1].split()[0])
     assert accuracy > 0.85
+
+
+def test_stop_after_pauses_with_exit_75_and_resume_finishes(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    common = ["--device", "cpu", "--run-dir", str(run_dir), "--no-progress"]
+    code = main(["train", "--method", "simclr", "--epochs", "2", "--batch-size", "128", "--dim", "8",
+                 "--stop-after", "0.001", *common])
+    assert code == 75
+    assert "paused at step" in capsys.readouterr().err and not (run_dir / "results.json").exists()
+    assert main(["train", "--resume", *common]) == 0
+    assert json.loads((run_dir / "results.json").read_text())["steps"] == 2 * (len(load_digits()[0]) // 128)
+    assert main(["diagnose", str(run_dir), "--device", "cpu", "--max-images", "200", "--no-posterior"]) == 0

@@ -127,3 +127,15 @@ def test_digits_as_the_cifar_far_ood_set_and_json_safety():
     safe = _json_safe({"a": float("nan"), 1: torch.tensor([1.0, float("inf")]), "b": (True, None, 2)})
     expected = {"a": None, "1": [1.0, None], "b": [True, None, 2]}
     assert json.loads(json.dumps(safe, allow_nan=False)) == expected
+
+
+def test_posterior_false_skips_only_the_posterior_sections(runs, tmp_path):
+    run_dir, _, full = runs["vsimclr"]
+    report = diagnose_run(run_dir, out_dir=tmp_path / "light", device="cpu", posterior=False, **SMALL)
+    for section in ("posterior", "geometry"):
+        assert "not requested" in report[section]["skipped"]
+    assert not (tmp_path / "light" / "posterior.nc").exists()
+    # Every other number is the one of the full report (same seed, same subsets; to rounding).
+    assert report["collapse"]["embedding"]["singular_values"] == pytest.approx(
+        full["collapse"]["embedding"]["singular_values"], rel=1e-6)
+    assert report["uncertainty"]["spearman_overall"] == pytest.approx(full["uncertainty"]["spearman_overall"])

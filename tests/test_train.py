@@ -7,7 +7,14 @@ import torch
 
 from vprob.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
 from vprob.data import load_digits
-from vprob.train import NonFiniteLossError, TrainConfig, Trainer, evaluate_run, train
+from vprob.train import (
+    NonFiniteLossError,
+    TrainConfig,
+    Trainer,
+    TrainingPaused,
+    evaluate_run,
+    train,
+)
 
 TINY = dict(data="digits", epochs=2, batch_size=128, dim=8, device="cpu", log_every=2)
 
@@ -148,3 +155,18 @@ def test_evaluate_run_reproduces_the_final_numbers(tmp_path):
 def test_bad_configs_are_refused_before_training(tmp_path, overrides, match):
     with pytest.raises(ValueError, match=match):
         Trainer(tiny_config(tmp_path, **overrides), progress=False)
+
+
+def test_a_time_budget_pauses_at_a_checkpoint_and_resume_finishes_the_same_run(tmp_path):
+    full = train(tiny_config(tmp_path, "full", method="vsimclr"), progress=False)
+    # A budget shorter than one epoch: the run stops at its first checkpoint, evaluating nothing.
+    with pytest.raises(TrainingPaused, match=r"paused at step (\d+) of \d+ .*resume the run"):
+        train(tiny_config(tmp_path, "cut", method="vsimclr"), progress=False, stop_after_s=1e-3)
+    assert load_checkpoint(tmp_path / "cut" / CHECKPOINT_NAME)["step"] == len(load_digits()[0]) // 128
+    assert not (tmp_path / "cut" / "results.json").exists()
+    resumed = train(tiny_config(tmp_path, "cut", method="vsimclr"), resume=True, progress=False,
+                    stop_after_s=3600)
+    assert resumed["steps"] == full["steps"]
+    assert resumed["knn_top1_k200_weighted"] == full["knn_top1_k200_weighted"]
+    with pytest.raises(ValueError, match="stop_after_s"):
+        Trainer(tiny_config(tmp_path, "bad", method="simclr")).fit(stop_after_s=0)

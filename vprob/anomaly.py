@@ -28,6 +28,7 @@ log_det 0.68, knn 0.88: on digits the kNN baseline beats both of VJE's own score
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -38,9 +39,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vprob.checkpoint import CHECKPOINT_NAME
 from vprob.data import SimCLRAugment
 from vprob.diagnostics.uncertainty import auroc
-from vprob.train import TrainConfig, Trainer, check_class_index, write_json_atomic
+from vprob.train import TrainConfig, Trainer, TrainingPaused, check_class_index, write_json_atomic
 
 ANOMALY_METHODS = ("vje", "vsimclr", "simclr")
 SCORES = ("likelihood", "likelihood_cartesian", "log_det", "knn")
@@ -153,15 +155,20 @@ def run_one_class(
     num_pairs: int = 8,
     knn_k: int = 1,
     progress: bool | None = None,
+    resume: bool = False,
+    stop_after_s: float | None = None,
 ) -> dict[str, Any]:
     """Train on the training images of ``normal_class`` and score the whole test split.
 
     ``config.run_dir`` is the class's run folder. Returns (and writes to ``anomaly.json`` there) the AUROC
-    of each score, the test-set counts and the run folder.
+    of each score, the test-set counts and the run folder. ``resume``: continue the run folder's checkpoint
+    if it has one; ``stop_after_s``: the training time budget of :meth:`vprob.train.Trainer.fit` (raises
+    :class:`vprob.train.TrainingPaused` when it stops early).
     """
     config = replace(_anomaly_config(config), normal_class=normal_class)
-    trainer = Trainer(config, progress=progress)
-    trainer.fit()
+    has_checkpoint = config.run_dir is not None and (Path(config.run_dir) / CHECKPOINT_NAME).is_file()
+    trainer = Trainer(config, resume=resume and has_checkpoint, progress=progress)
+    trainer.fit(stop_after_s=stop_after_s)
     test_set = trainer.test_set
     generator = torch.Generator(trainer.device).manual_seed(config.seed + 1)
     autocast = (torch.autocast(trainer.device.type, dtype=torch.bfloat16) if trainer.amp
@@ -189,12 +196,19 @@ def run_anomaly(
     num_pairs: int = 8,
     knn_k: int = 1,
     progress: bool | None = None,
+    resume: bool = False,
+    stop_after_s: float | None = None,
 ) -> dict[str, Any]:
     """The one-class protocol for each of ``normal_classes`` (``None``: every class of the data set).
 
     Each class trains its own model in ``RUN_DIR/class_K``; ``RUN_DIR/anomaly.json`` gets every class's
     AUROCs and their mean per score (``mean_auroc``). ``RUN_DIR`` is ``config.run_dir`` or
     ``runs/anomaly-METHOD-DATA-TIMESTAMP``. Invalid classes are refused before any training.
+
+    ``resume`` (needs ``config.run_dir``): classes whose ``class_K/anomaly.json`` exists are read back, a
+    class with a checkpoint continues it, the rest start. ``stop_after_s``: a training time budget for the
+    whole call, shared by the classes in turn; when it runs out, :class:`vprob.train.TrainingPaused` is
+    raised at a checkpoint and the same call with ``resume=True`` continues.
     """
     from vprob.data import load_dataset
 
@@ -211,12 +225,24 @@ def run_anomaly(
         raise ValueError("normal_classes is empty")
     for k in normal_classes:
         check_class_index(k, classes)
+    if resume and not config.run_dir:
+        raise ValueError("resume needs the run folder of the one-class runs (config.run_dir / --run-dir)")
     run_dir = Path(config.run_dir) if config.run_dir else (
         Path("runs") / f"anomaly-{config.method}-{config.data}-{time.strftime('%Y%m%d-%H%M%S')}")
+    started = time.perf_counter()
     per_class = []
     for k in normal_classes:
-        class_config = replace(config, run_dir=str(run_dir / f"class_{k}"))
-        per_class.append(run_one_class(class_config, k, num_pairs=num_pairs, knn_k=knn_k, progress=progress))
+        class_dir = run_dir / f"class_{k}"
+        if resume and (class_dir / RESULTS_NAME).is_file():
+            per_class.append(json.loads((class_dir / RESULTS_NAME).read_text()))
+            continue
+        budget = None if stop_after_s is None else stop_after_s - (time.perf_counter() - started)
+        if budget is not None and budget <= 0:
+            raise TrainingPaused(f"time budget of {stop_after_s:.0f} s spent before class {k}; the classes "
+                                 f"before it are done in {run_dir}: run again with resume to continue")
+        class_config = replace(config, run_dir=str(class_dir))
+        per_class.append(run_one_class(class_config, k, num_pairs=num_pairs, knn_k=knn_k, progress=progress,
+                                       resume=resume, stop_after_s=budget))
     names = list(per_class[0]["auroc"])
     summary = {
         "method": config.method,

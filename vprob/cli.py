@@ -13,11 +13,13 @@ from vprob.checkpoint import CHECKPOINT_NAME, CheckpointError
 from vprob.losses import PROJECTIONS
 from vprob.models import DIRECTIONAL_MODES, KL_MODES, METHODS
 from vprob.optim import OPTIMIZERS
-from vprob.train import DATASETS, NonFiniteLossError, TrainConfig
+from vprob.train import DATASETS, NonFiniteLossError, TrainConfig, TrainingPaused
 
 # Errors a user can cause and fix: reported as one line and a non-zero exit, no traceback.
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, PermissionError, OSError,
                CheckpointError, NonFiniteLossError)
+# A time budget (--stop-after) ran out at a checkpoint: not an error; the same command with --resume goes on.
+EXIT_PAUSED = 75  # EX_TEMPFAIL of sysexits.h: "try again later"
 
 
 def _positive_int(text: str) -> int:
@@ -98,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
     train.add_argument("--checkpoint-every", type=_positive_int, default=1, help="epochs between checkpoints")
     train.add_argument("--max-steps", type=_positive_int, help="stop after this many steps (smoke tests)")
+    train.add_argument("--stop-after", type=_positive_float, metavar="SECONDS",
+                       help="training time budget of this call (jobs with a wall-clock limit): stop at the "
+                            f"last checkpoint that fits, exit {EXIT_PAUSED}; --resume continues")
     train.add_argument("--skip-nonfinite", action="store_true",
                        help="skip steps with a non-finite loss or gradient instead of stopping")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -118,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_argument("--device", default="auto")
     diagnose.add_argument("--max-images", type=_positive_int, default=5000,
                           help="cap on the images used for spectra and the MI bound")
+    diagnose.add_argument("--no-posterior", action="store_true",
+                          help="skip posterior sampling (arviz, geomstats): spectra, MI, uncertainty, OOD")
 
     anomaly = commands.add_parser(
         "anomaly", help="one-class anomaly detection: train on one class, AUROC on the whole test set",
@@ -131,6 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="one run per class, and the mean AUROC over the classes")
     anomaly.add_argument("--data-dir", help="CIFAR-10 folder with train.npz and test.npz (JPEG archives)")
     anomaly.add_argument("--run-dir", help="output folder (default: runs/anomaly-METHOD-DATA-TIMESTAMP)")
+    anomaly.add_argument("--resume", action="store_true",
+                         help="continue the runs in --run-dir: finished classes are read back, others resume")
+    anomaly.add_argument("--stop-after", type=_positive_float, metavar="SECONDS",
+                         help=f"training time budget of this call, shared by the classes; exit {EXIT_PAUSED} "
+                              "when it runs out, --resume continues")
     anomaly.add_argument("--epochs", type=_positive_int, help="default: 100 (digits), 200 (cifar10)")
     anomaly.add_argument("--batch-size", type=_positive_int, help="default: 32 (digits), 256 (cifar10)")
     anomaly.add_argument("--lr", type=_positive_float)
@@ -177,7 +189,8 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         if args.data_dir:
             saved["data_dir"] = args.data_dir
         config = config_from_dict(saved)
-    return train(config, resume=args.resume, progress=False if args.no_progress else None)
+    return train(config, resume=args.resume, progress=False if args.no_progress else None,
+                 stop_after_s=args.stop_after)
 
 
 def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
@@ -190,7 +203,7 @@ def _diagnose(args: argparse.Namespace) -> dict[str, Any]:
     from vprob.diagnose import diagnose_run
 
     report = diagnose_run(args.run_dir, out_dir=args.out_dir, device=args.device, data_dir=args.data_dir,
-                          max_images=args.max_images)
+                          max_images=args.max_images, posterior=not args.no_posterior)
     # The headline numbers on the terminal; every number is in report.json.
     headline: dict[str, Any] = {}
     for part in ("backbone", "embedding", "posterior_samples"):
@@ -214,7 +227,8 @@ def _anomaly(args: argparse.Namespace) -> dict[str, Any]:
     )
     classes = None if args.all_classes else [args.normal_class]
     summary = run_anomaly(config, classes, num_pairs=args.num_pairs, knn_k=args.knn_k,
-                          progress=False if args.no_progress else None)
+                          progress=False if args.no_progress else None, resume=args.resume,
+                          stop_after_s=args.stop_after)
     # One line per class and score, then the means: main() prints every float of this dict.
     results: dict[str, Any] = {}
     for entry in summary["classes"]:
@@ -233,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         results = COMMANDS[args.command](args)
+    except TrainingPaused as exc:
+        print(f"vprob {args.command}: {exc}", file=sys.stderr)
+        return EXIT_PAUSED
     except USER_ERRORS as exc:
         print(f"vprob {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -179,6 +179,7 @@ def diagnose_run(
     num_chains: int = 4,
     seed: int = 0,
     batch_size: int = 512,
+    posterior: bool = True,
 ) -> dict[str, Any]:
     """Run every diagnostic that applies to the run in ``run_dir`` and write the report folder.
 
@@ -192,6 +193,9 @@ def diagnose_run(
         max_posterior_images: a random subset of those whose posteriors are sampled (Predictive, arviz,
             geomstats), ``num_chains`` x ``num_samples`` draws each.
         seed: subsampling, corruption noise and OOD noise.
+        posterior: ``False`` skips the posterior and geometry sections (posterior sampling, arviz,
+            geomstats), for environments without those packages or when only the numbers of the other
+            sections are wanted.
 
     Returns:
         The report (also written to ``out_dir / "report.json"``, with NaN written as null).
@@ -228,15 +232,20 @@ def diagnose_run(
     else:
         reason = _deterministic_reason(config.method)
         report["uncertainty"], report["ood"] = ctx.skip("uncertainty", reason), ctx.skip("ood", reason)
-    if _has_spherical_posterior(model):
+    if posterior and _has_spherical_posterior(model):
         centroids = class_centroids(train_embeddings, train[1], num_classes)
-        posterior, geometry, spectrum = _posterior_and_geometry(
+        summary, geometry, spectrum = _posterior_and_geometry(
             ctx, test[0][post_index.to(torch_device)], test[1][post_index.to(torch_device)],
             test_index[post_index], centroids, num_samples, num_chains)
-        report["posterior"], report["geometry"], collapse["posterior_samples"] = posterior, geometry, spectrum
+        report["posterior"], report["geometry"], collapse["posterior_samples"] = summary, geometry, spectrum
     else:
-        reason = _deterministic_reason(config.method) if not has_uncertainty(model) else (
-            f"posterior sampling is implemented for VCL's spherical latent 'z' only, not {config.method!r}")
+        if not posterior:
+            reason = "posterior sections not requested (posterior=False / --no-posterior)"
+        elif not has_uncertainty(model):
+            reason = _deterministic_reason(config.method)
+        else:
+            reason = (f"posterior sampling is implemented for VCL's spherical latent 'z' only, "
+                      f"not {config.method!r}")
         report["posterior"], report["geometry"] = ctx.skip("posterior", reason), ctx.skip("geometry", reason)
         collapse["posterior_samples"] = {"skipped": reason}
     _common_figures(ctx, run_dir, collapse, unc_images)
@@ -246,7 +255,7 @@ def diagnose_run(
         "subsample": {
             "train_images": len(train_index), "test_images": len(test_index),
             "uncertainty_images": len(uncertainty_index),
-            "posterior_images": len(post_index) if _has_spherical_posterior(model) else 0,
+            "posterior_images": len(post_index) if posterior and _has_spherical_posterior(model) else 0,
             "note": "random subsets (seeded) of the train and test splits; the uncertainty images are a "
                     "random subset of those test images, the posterior images a random subset of them",
         },

@@ -15,6 +15,7 @@ single-process gradient ∂L/∂θ.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -121,11 +122,17 @@ def barrier() -> None:
         dist.barrier()
 
 
+def broadcast_from_rank0(value: Any) -> Any:
+    """Rank 0's ``value`` (any picklable object) on every rank: decisions that must agree across ranks
+    (stop, pause) are taken on rank 0 and shared, instead of each rank deciding on its own clock."""
+    if world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def broadcast_error(message: str | None) -> str | None:
     """Rank 0's error message (or None) on every rank, so that every rank stops when rank 0 cannot go on
     instead of waiting for it in the next collective."""
-    if world_size() == 1:
-        return message
-    box = [message]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+    return broadcast_from_rank0(message)

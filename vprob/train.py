@@ -54,6 +54,11 @@ class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss or gradient."""
 
 
+class TrainingPaused(RuntimeError):
+    """A time budget (``Trainer.fit(stop_after_s=...)``) ran out: training stopped at a checkpoint before
+    the end, and resuming the run continues it exactly."""
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a run. ``None`` fields take the data set's default (``DATA_DEFAULTS``).
@@ -423,11 +428,21 @@ class Trainer:
         self.scheduler.step()
         return loss, stats
 
-    def fit(self) -> dict[str, Any]:
-        """Train to the end (or ``max_steps``), checkpoint, evaluate; returns the results dict."""
+    def fit(self, stop_after_s: float | None = None) -> dict[str, Any]:
+        """Train to the end (or ``max_steps``), checkpoint, evaluate; returns the results dict.
+
+        ``stop_after_s``: a time budget in seconds for this call's training (for jobs with a wall-clock
+        limit). After each checkpoint, if the stretch to the next checkpoint (timed as the last one) would end
+        past it, training stops there and :class:`TrainingPaused` is raised; nothing is evaluated and
+        nothing is lost. Under torchrun, rank 0's clock decides for every rank.
+        """
         from tqdm.auto import tqdm
 
+        if stop_after_s is not None and not stop_after_s > 0:
+            raise ValueError(f"stop_after_s must be a positive number of seconds or None, "
+                             f"got {stop_after_s!r}")
         config = self.config
+        fit_start = last_save = time.perf_counter()
         self.model.train()
         show = sys.stderr.isatty() if self.progress is None else self.progress
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not show, unit="step",
@@ -471,6 +486,17 @@ class Trainer:
                 if epoch % config.checkpoint_every == 0 or self.step >= self.total_steps:
                     self._raise_if_nonfinite()
                     self.save()
+                    now = time.perf_counter()
+                    elapsed, last_stretch = now - fit_start, now - last_save
+                    # The stretch to the next checkpoint is assumed to take as long as the last one.
+                    if stop_after_s is not None and self.step < self.total_steps and (
+                            distributed.broadcast_from_rank0(elapsed + last_stretch > stop_after_s)):
+                        bar.close()
+                        raise TrainingPaused(
+                            f"paused at step {self.step} of {self.total_steps} after {elapsed:.0f} s "
+                            f"(budget {stop_after_s:.0f} s); checkpoint saved to {self.checkpoint_path}: "
+                            "resume the run to continue")
+                    last_save = now
         bar.close()
         elapsed_steps = self.step - start_step
         results = self.evaluate()
@@ -585,6 +611,10 @@ def evaluate_run(run_dir: str | Path, data_dir: str | None = None, device: str =
     return results
 
 
-def train(config: TrainConfig, resume: bool = False, progress: bool | None = None) -> dict[str, Any]:
-    """Run (or resume) one training run and return its results (accuracies, run folder)."""
-    return Trainer(config, resume=resume, progress=progress).fit()
+def train(config: TrainConfig, resume: bool = False, progress: bool | None = None,
+          stop_after_s: float | None = None) -> dict[str, Any]:
+    """Run (or resume) one training run and return its results (accuracies, run folder).
+
+    ``stop_after_s``: a training time budget (see :meth:`Trainer.fit`); :class:`TrainingPaused` if it
+    runs out before the end."""
+    return Trainer(config, resume=resume, progress=progress).fit(stop_after_s=stop_after_s)
