@@ -185,31 +185,31 @@ def _overall_spearman(report: dict[str, Any]) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-# (record key, column header, scale): accuracies are printed in percent.
+# (record key, column header, scale, decimals): accuracies are printed in percent.
 COLUMNS = (
-    ("knn_top1_k10_majority", "kNN k=10 %", 100.0),
-    ("knn_top1_k200_weighted", "kNN k=200 %", 100.0),
-    ("linear_top1", "linear %", 100.0),
-    ("effective_rank_embedding", "eff. rank z", 1.0),
-    ("effective_rank_backbone", "eff. rank h", 1.0),
-    ("mi_lower_bound_nats", "MI bound (nats)", 1.0),
-    ("uncertainty_spearman", "Spearman(log det, severity)", 1.0),
-    ("one_class_likelihood", "one-class AUROC likelihood", 1.0),
-    ("one_class_log_det", "one-class AUROC log det", 1.0),
-    ("one_class_knn", "one-class AUROC kNN", 1.0),
-    ("images_per_s_median", "images/s", 1.0),
-    ("wall_min", "wall min", 1.0),
+    ("knn_top1_k10_majority", "kNN k=10 %", 100.0, 1),
+    ("knn_top1_k200_weighted", "kNN k=200 %", 100.0, 1),
+    ("linear_top1", "linear %", 100.0, 1),
+    ("effective_rank_embedding", "eff. rank z", 1.0, 1),
+    ("effective_rank_backbone", "eff. rank h", 1.0, 1),
+    ("mi_lower_bound_nats", "MI bound (nats)", 1.0, 3),
+    ("uncertainty_spearman", "Spearman(log det, severity)", 1.0, 2),
+    ("one_class_likelihood", "one-class AUROC likelihood", 1.0, 3),
+    ("one_class_log_det", "one-class AUROC log det", 1.0, 3),
+    ("one_class_knn", "one-class AUROC kNN", 1.0, 3),
+    ("images_per_s_median", "images/s", 1.0, 0),
+    ("wall_min", "wall min", 1.0, 1),
 )
 
 
-def _cell(values: list[float], scale: float) -> str:
+def _cell(values: list[float], scale: float, decimals: int) -> str:
+    """One value, or mean ± standard deviation over seeds."""
     values = [v * scale for v in values]
     if not values:
         return ""
-    digits = 1 if scale != 1.0 or abs(values[0]) >= 10 else 3
     if len(values) == 1:
-        return f"{values[0]:,.{digits}f}"
-    return f"{statistics.mean(values):,.{digits}f} ± {statistics.stdev(values):,.{digits}f}"
+        return f"{values[0]:,.{decimals}f}"
+    return f"{statistics.mean(values):,.{decimals}f} ± {statistics.stdev(values):,.{decimals}f}"
 
 
 def table(results_dir: Path) -> str:
@@ -235,13 +235,13 @@ def table(results_dir: Path) -> str:
                 row[f"one_class_{score}"] = statistics.mean(values)
     order = [name for name in RECIPES if name in rows]
     lines = [f"Device: {', '.join(sorted(devices))}.", "",
-             "| method | seeds | " + " | ".join(header for _, header, _ in COLUMNS) + " |",
+             "| method | seeds | " + " | ".join(column[1] for column in COLUMNS) + " |",
              "| --- | ---: |" + " ---: |" * len(COLUMNS)]
     for method in order:
         group = rows[method]
         seeds = sum(1 for r in group if "seed" in r)
-        cells = [_cell([r[key] for r in group if isinstance(r.get(key), (int, float))], scale)
-                 for key, _, scale in COLUMNS]
+        cells = [_cell([r[key] for r in group if isinstance(r.get(key), (int, float))], scale, decimals)
+                 for key, _, scale, decimals in COLUMNS]
         lines.append(f"| {method} | {seeds} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
