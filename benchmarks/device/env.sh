@@ -9,6 +9,17 @@
 #   collect        packs what the GPU runs wrote (records, run folders without their checkpoints, benchmark
 #                  outputs) into one archive under $OUT, the folder that comes back.
 set -o pipefail
+posterior_env() {
+    [ -e /tmp/site-diagnose/.installed ] || { echo "carry .whl-diagnose (benchmarks/device/prepare.sh)"; return 1; }
+    export PYTHONPATH="/tmp/site-diagnose:$PYTHONPATH"
+}
+
+collect() {
+    tar czf "$OUT/results-$(date +%H%M%S).tgz" --exclude='*.pt' \
+        benchmarks/results/reproduce benchmarks/results/gpu runs/reproduce 2>/dev/null
+    ls -la "$OUT"
+}
+
 install_wheels() {  # install_wheels FOLDER TARGET
     if [ -d "$1" ] && [ ! -e "$2/.installed" ]; then
         python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$2" \
@@ -21,14 +32,3 @@ export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1
 mkdir -p benchmarks/results/gpu
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 python3 -c "import torch, pyro; print('torch', torch.__version__, 'pyro', pyro.__version__)" || return 1
-
-posterior_env() {
-    [ -e /tmp/site-diagnose/.installed ] || { echo "carry .whl-diagnose (benchmarks/device/prepare.sh)"; return 1; }
-    export PYTHONPATH="/tmp/site-diagnose:$PYTHONPATH"
-}
-
-collect() {
-    tar czf "$OUT/results-$(date +%H%M%S).tgz" --exclude='*.pt' \
-        benchmarks/results/reproduce benchmarks/results/gpu runs/reproduce 2>/dev/null
-    ls -la "$OUT"
-}
