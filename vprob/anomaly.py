@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vprob.checkpoint import CHECKPOINT_NAME
-from vprob.data import SimCLRAugment
+from vprob.data import SimCLRAugment, check_image_batch
 from vprob.diagnostics.uncertainty import auroc
 from vprob.train import TrainConfig, Trainer, TrainingPaused, check_class_index, write_json_atomic
 
@@ -65,12 +65,6 @@ def knn_distance(normal_embeddings: Tensor, test_embeddings: Tensor, k: int = 1)
     normal = F.normalize(normal_embeddings.float(), dim=-1)
     similarity = F.normalize(test_embeddings.float(), dim=-1) @ normal.T
     return 1.0 - similarity.topk(k, dim=1).values[:, -1]
-
-
-def _check_images(images: Tensor, name: str) -> None:
-    if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.ndim != 4 or not len(images):
-        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-        raise ValueError(f"{name} must be a non-empty uint8 image batch (N, C, H, W), got {shape}")
 
 
 def _map_batches(fn: Callable[[Tensor], Tensor], images: Tensor, normalize: Callable[[Tensor], Tensor],
@@ -98,8 +92,8 @@ def anomaly_scores(
     and its ``normalize`` the clean inputs; ``generator`` (on the images' device) draws the views. The
     model is scored in eval mode (its mode is restored afterwards).
     """
-    _check_images(normal_images, "normal_images")
-    _check_images(test_images, "test_images")
+    check_image_batch(normal_images, "normal_images", non_empty=True)
+    check_image_batch(test_images, "test_images", non_empty=True)
     if test_images.shape[1:] != normal_images.shape[1:]:
         raise ValueError(f"test images have shape (C, H, W) = {tuple(test_images.shape[1:])} but the model "
                          f"was trained on {tuple(normal_images.shape[1:])}")

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vprob.data.datasets import check_image_batch
+
 __all__ = [
     "AugmentParams",
     "SimCLRAugment",
@@ -361,8 +363,7 @@ class SimCLRAugment:
         return self._normalize_float(x).to(dtype=dtype, memory_format=memory_format)
 
     def _check(self, images: Tensor) -> None:
-        if images.dtype != torch.uint8 or images.ndim != 4:
-            raise ValueError(f"expected uint8 images (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        check_image_batch(images)
         if images.shape[1] != self.channels:
             raise ValueError(f"expected {self.channels} channels, got {images.shape[1]}")
 

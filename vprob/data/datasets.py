@@ -25,7 +25,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["DATASET_NAMES", "ImageSet", "channel_stats", "load_cifar10", "load_dataset", "load_digits"]
+__all__ = [
+    "DATASET_NAMES",
+    "ImageSet",
+    "channel_stats",
+    "check_image_batch",
+    "load_cifar10",
+    "load_dataset",
+    "load_digits",
+]
 
 DATASET_NAMES = ("digits", "cifar10")
 
@@ -38,6 +46,18 @@ CIFAR10_FORMAT_HELP = (
 
 _CIFAR_SHAPE = (3, 32, 32)
 _DECODE_CHUNK = 8192  # images per decode_jpeg call: bounds the GPU decoder's scratch memory
+
+
+def check_image_batch(images: Tensor, name: str = "images", non_empty: bool = False) -> None:
+    """Raise a ValueError naming ``name`` unless ``images`` is a uint8 image batch (N, C, H, W) (with
+    N > 0 if ``non_empty``): the form every augmentation, corruption and score of vprob takes."""
+    valid = isinstance(images, Tensor) and images.dtype == torch.uint8 and images.ndim == 4
+    if valid and not (non_empty and images.shape[0] == 0):
+        return
+    got = (f"{images.dtype} {tuple(images.shape)}" if isinstance(images, Tensor)
+           else type(images).__name__)
+    kind = "a non-empty uint8 image batch" if non_empty else "a uint8 image batch"
+    raise ValueError(f"{name} must be {kind} (N, C, H, W), got {got}")
 
 
 @dataclass

@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vprob.data import check_image_batch
+
 SEVERITIES = (1, 2, 3, 4, 5)
 
 # make_cifar_c.py's CIFAR parameters, indexed by severity - 1.
@@ -55,11 +57,7 @@ Corruption = Callable[..., Tensor]
 
 
 def _check(images: Tensor, severity: int) -> None:
-    if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.ndim != 4:
-        raise ValueError(
-            f"expected uint8 images (N, C, H, W), got "
-            f"{getattr(images, 'dtype', type(images))} {tuple(getattr(images, 'shape', ()))}"
-        )
+    check_image_batch(images)
     if isinstance(severity, bool) or not isinstance(severity, int) or severity not in SEVERITIES:
         raise ValueError(f"severity must be an integer in 1..5, got {severity!r}")
 

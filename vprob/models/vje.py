@@ -68,6 +68,7 @@ from pyro.infer import TraceMeanField_ELBO
 from torch import Tensor, nn
 
 from distributions import PolarStudentT
+from vprob.data import check_image_batch
 from vprob.models.elbo import differentiable_loss
 from vprob.nets import MLPHead, feature_dim_of
 
@@ -414,10 +415,7 @@ class VJE(nn.Module):
         call it in eval mode (running BatchNorm statistics) so that an image's score does not depend on
         the other images of its batch.
         """
-        valid = isinstance(images, Tensor) and images.dtype == torch.uint8 and images.ndim == 4
-        if not (valid and images.shape[0] > 0):
-            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-            raise ValueError(f"images must be a non-empty uint8 batch (N, C, H, W), got {shape}")
+        check_image_batch(images, non_empty=True)
         if isinstance(num_pairs, bool) or not isinstance(num_pairs, int) or num_pairs < 1:
             raise ValueError(f"num_pairs must be a positive integer, got {num_pairs!r}")
         if batch_size < 1:
