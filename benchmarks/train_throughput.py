@@ -109,12 +109,6 @@ class PyroELBO(ELBO):
     def _get_trace(self, model: Any, guide: Any, args: Any, kwargs: Any) -> Any:
         return self.elbo._get_trace(model, guide, args, kwargs)
 
-    def loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> float:
-        return self.elbo.loss(model, guide, *args, **kwargs)
-
-    def loss_and_grads(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> float:
-        return self.elbo.loss_and_grads(model, guide, *args, **kwargs)
-
     def differentiable_loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
         return self.elbo.differentiable_loss(model, guide, *args, **kwargs)
 
