@@ -47,7 +47,13 @@ from vprob.anomaly import ANOMALY_METHODS, run_anomaly  # noqa: E402
 from vprob.checkpoint import CHECKPOINT_NAME  # noqa: E402
 from vprob.cli import EXIT_PAUSED  # noqa: E402
 from vprob.diagnose import diagnose_run  # noqa: E402
-from vprob.train import TrainConfig, TrainingPaused, resolve_device, train  # noqa: E402
+from vprob.train import (  # noqa: E402
+    TrainConfig,
+    TrainingPaused,
+    resolve_device,
+    train,
+    write_json_atomic,
+)
 
 # Each entry: the engine options that define the method (everything else: the data set's defaults).
 RECIPES: dict[str, dict[str, Any]] = {
@@ -73,15 +79,11 @@ WALL_NAME = "wall.json"  # seconds spent on the run, summed over invocations
 
 def run_one(args: argparse.Namespace) -> dict[str, Any]:
     """Train or resume one (method, seed), diagnose it, and write its JSON record."""
-    name = f"{args.method}-seed{args.seed}"
-    run_dir, out = Path(args.runs) / name, Path(args.results) / f"{name}.json"
+    run_dir, out = _paths(args, f"{args.method}-seed{args.seed}")
     if out.is_file() and not args.force:
         print(f"{out} exists: nothing to do (--force runs the evaluation and diagnostics again)")
         return json.loads(out.read_text())
-    config = TrainConfig(**RECIPES[args.method], data=args.data, data_dir=args.data_dir,
-                         epochs=args.epochs or 100, batch_size=args.batch_size, seed=args.seed,
-                         compile=args.compile, device=args.device, max_steps=args.max_steps,
-                         run_dir=str(run_dir))
+    config = _config(args, run_dir, epochs=args.epochs or 100)
     start = time.perf_counter()
     try:
         results = train(config, resume=(run_dir / CHECKPOINT_NAME).is_file(), progress=False,
@@ -108,24 +110,19 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
         "uncertainty_spearman": _overall_spearman(report),
         "images_per_s_median": statistics.median(rates) if rates else None,
         "wall_s": wall,
-        "device": device_name(args.device),
-        "date": time.strftime("%Y-%m-%d"),
     }
-    return _write_record(out, record)
+    return _write_record(out, record, args)
 
 
 def run_one_class(args: argparse.Namespace) -> dict[str, Any]:
     """The one-class protocol for one (method, seed), resumable class by class; writes its JSON record."""
     if args.method not in ONE_CLASS_RECIPES:
         raise SystemExit(f"--one-class supports {', '.join(ONE_CLASS_RECIPES)}, not {args.method}")
-    name = f"{args.method}-oneclass-seed{args.seed}"
-    run_dir, out = Path(args.runs) / name, Path(args.results) / f"{name}.json"
+    run_dir, out = _paths(args, f"{args.method}-oneclass-seed{args.seed}")
     if out.is_file() and not args.force:
         print(f"{out} exists: nothing to do")
         return json.loads(out.read_text())
-    config = TrainConfig(**RECIPES[args.method], data=args.data, data_dir=args.data_dir, epochs=args.epochs,
-                         batch_size=args.batch_size, seed=args.seed, compile=args.compile, device=args.device,
-                         max_steps=args.max_steps, run_dir=str(run_dir))
+    config = _config(args, run_dir, epochs=args.epochs)  # None: the one-class defaults
     start = time.perf_counter()
     try:
         summary = run_anomaly(config, resume=True, progress=False, stop_after_s=_training_budget(args))
@@ -137,10 +134,20 @@ def run_one_class(args: argparse.Namespace) -> dict[str, Any]:
         "mean_auroc": summary["mean_auroc"],
         "auroc_per_class": {entry["class_name"]: entry["auroc"] for entry in summary["classes"]},
         "wall_s": wall,
-        "device": device_name(args.device),
-        "date": time.strftime("%Y-%m-%d"),
     }
-    return _write_record(out, record)
+    return _write_record(out, record, args)
+
+
+def _paths(args: argparse.Namespace, name: str) -> tuple[Path, Path]:
+    """The run folder and the JSON record of the run called ``name``."""
+    return Path(args.runs) / name, Path(args.results) / f"{name}.json"
+
+
+def _config(args: argparse.Namespace, run_dir: Path, epochs: int | None) -> TrainConfig:
+    """The engine options of ``args.method``'s recipe with the command line's."""
+    return TrainConfig(**RECIPES[args.method], data=args.data, data_dir=args.data_dir, epochs=epochs,
+                       batch_size=args.batch_size, seed=args.seed, compile=args.compile, device=args.device,
+                       max_steps=args.max_steps, run_dir=str(run_dir))
 
 
 def _training_budget(args: argparse.Namespace) -> float | None:
@@ -161,13 +168,16 @@ def _add_wall_time(run_dir: Path, part: str, seconds: float) -> dict[str, float]
     wall = json.loads(path.read_text()) if path.is_file() else {}
     wall[part] = wall.get(part, 0.0) + seconds
     if run_dir.is_dir():
-        path.write_text(json.dumps(wall, indent=2) + "\n")
+        write_json_atomic(path, wall)
     return wall
 
 
-def _write_record(path: Path, record: dict[str, Any]) -> dict[str, Any]:
+def _write_record(path: Path, record: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Write ``record`` with the device and the date, atomically: a record that exists is never redone, so
+    a half-written one must never exist."""
+    record = {**record, "device": device_name(args.device), "date": time.strftime("%Y-%m-%d")}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    write_json_atomic(path, record)
     print(json.dumps(record, indent=2))
     return record
 
