@@ -186,7 +186,7 @@ def test_inside_pyro_plate():
     assert cond.log_prob_sum().item() == pytest.approx(-n * mp_log_area(d), rel=1e-6)
 
 
-@pytest.mark.parametrize("dim", [1, 0, -3, 2.5, 3.0, "3", True, None])
+@pytest.mark.parametrize("dim", [1, 0, -3, 2.5, 3.0, "3", "three", True, None])
 def test_bad_dim(dim):
     with pytest.raises(ValueError, match="dim"):
         HypersphericalUniform(dim)
