@@ -59,6 +59,15 @@ def _add_vje_options(parser: argparse.ArgumentParser) -> None:
                         help="VJE: posterior samples per image and step")
 
 
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """Where and how a training run executes, shared by ``train`` and ``anomaly``."""
+    parser.add_argument("--data-dir", help="CIFAR-10 folder with train.npz and test.npz (JPEG archives)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def _vje_config(args: argparse.Namespace) -> dict[str, Any]:
     return dict(vje_df=args.vje_df, vje_radial_df=args.vje_radial_df, vje_radial_scale=args.vje_radial_scale,
                 vje_radial_weight=args.vje_radial_weight, vje_directional=args.vje_directional,
@@ -75,7 +84,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--method", choices=METHODS, default="vsimclr")
     train.add_argument("--data", choices=DATASETS, default="digits")
-    train.add_argument("--data-dir", help="CIFAR-10 folder with train.npz and test.npz (JPEG archives)")
     train.add_argument("--run-dir", help="output folder (default: runs/METHOD-DATA-TIMESTAMP)")
     train.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     train.add_argument("--epochs", type=_positive_int)
@@ -93,11 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="ProjNCE's projection function")
     train.add_argument("--t-pos", type=float, default=1.0, help="CCT attraction temperature")
     train.add_argument("--t-neg", type=float, default=0.9, help="CCT repulsion temperature")
+    _add_run_options(train)
     _add_vje_options(train)
-    train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    train.add_argument("--seed", type=int, default=0)
     train.add_argument("--compile", action="store_true", help="torch.compile the encoder")
-    train.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
     train.add_argument("--checkpoint-every", type=_positive_int, default=1, help="epochs between checkpoints")
     train.add_argument("--max-steps", type=_positive_int, help="stop after this many steps (smoke tests)")
     train.add_argument("--stop-after", type=_positive_float, metavar="SECONDS",
@@ -105,7 +111,6 @@ def build_parser() -> argparse.ArgumentParser:
                             f"last checkpoint that fits, exit {EXIT_PAUSED}; --resume continues")
     train.add_argument("--skip-nonfinite", action="store_true",
                        help="skip steps with a non-finite loss or gradient instead of stopping")
-    train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--sync-bn", action="store_true",
                        help="with torchrun on CUDA: synchronize BatchNorm statistics across processes")
 
@@ -136,7 +141,6 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--normal-class", type=int, help="index of the normal class (0..9)")
     which.add_argument("--all-classes", action="store_true",
                        help="one run per class, and the mean AUROC over the classes")
-    anomaly.add_argument("--data-dir", help="CIFAR-10 folder with train.npz and test.npz (JPEG archives)")
     anomaly.add_argument("--run-dir", help="output folder (default: runs/anomaly-METHOD-DATA-TIMESTAMP)")
     anomaly.add_argument("--resume", action="store_true",
                          help="continue the runs in --run-dir: finished classes are read back, others resume")
@@ -150,11 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="augmented view pairs averaged by the likelihood score")
     anomaly.add_argument("--knn-k", type=_positive_int, default=1,
                          help="the kNN baseline's neighbour rank (distance to the k-th nearest)")
+    _add_run_options(anomaly)
     _add_vje_options(anomaly)
-    anomaly.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    anomaly.add_argument("--seed", type=int, default=0)
-    anomaly.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
-    anomaly.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
