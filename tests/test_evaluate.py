@@ -1,5 +1,6 @@
 """kNN and linear-probe evaluation, against hand-made answers, a naive kNN and scikit-learn."""
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -136,3 +137,142 @@ def test_extract_features_restores_mode_on_error():
     with pytest.raises(RuntimeError, match="boom"):
         extract_features(net, torch.zeros(2, 3, dtype=torch.uint8), broken)
     assert net.training
+
+
+# ------------------------------------------------------------------------------------ pinned behaviour
+# Settings that decide whether a kNN monitor or a linear probe matches the papers' numbers, pinned
+# against scikit-learn and naive numpy so that a one-line change fails here.
+
+
+def _three_class_problem():
+    """Imbalanced 3-class 2-D data (240/100/60) with anisotropic scales, a shift and a constant column."""
+    rng = np.random.default_rng(0)
+    counts = [240, 100, 60]
+    centres = np.array([[0.0, 0.0], [2.0, 0.5], [0.5, 2.0]])
+    x = np.concatenate([rng.normal(c, 1.0, size=(n, 2)) for c, n in zip(centres, counts, strict=True)])
+    y = np.repeat(np.arange(3), counts)
+    x = np.concatenate([x * [3.0, 0.5] + [1.0, -2.0], np.full((len(x), 1), 7.0)], axis=1)
+    return x, y
+
+
+def _sklearn_grid_labels(x, y, weight_decay):
+    """scikit-learn's multinomial logistic regression on the same standardized features, with
+    C = 1 / (weight_decay * N) (the documented equivalence), and its argmax on a 60 x 60 grid spanning
+    +-3 train standard deviations. Returns the grid (raw units) and sklearn's labels there."""
+    from sklearn.linear_model import LogisticRegression
+
+    mean, std = x.mean(0), x.std(0, ddof=1)
+    std[std == 0] = 1.0  # constant features are only centred
+    ref = LogisticRegression(C=1.0 / (weight_decay * len(x)), tol=1e-12, max_iter=10_000)
+    ref.fit((x - mean) / std, y)
+    g = np.stack(np.meshgrid(np.linspace(-3, 3, 60), np.linspace(-3, 3, 60)), -1).reshape(-1, 2)
+    grid = np.concatenate([g * std[:2] + mean[:2], np.full((len(g), 1), 7.0)], axis=1)
+    labels = ref.decision_function((grid - mean) / std).argmax(1)
+    return grid, labels
+
+
+@pytest.mark.parametrize("solver", ["lbfgs", "adam"])
+def test_linear_probe_decisions_match_sklearn_under_strong_regularisation(solver):
+    """Strong L2 shrinks the weights while the unpenalized biases follow the class priors, so the decision
+    boundaries of this imbalanced problem move with the penalty: the probe's argmax on a dense grid must
+    agree with sklearn's at the same penalty (a doubled penalty agrees on only ~88 % of the grid)."""
+    pytest.importorskip("sklearn")
+    x, y = _three_class_problem()
+    weight_decay = 0.3
+    grid, grid_labels = _sklearn_grid_labels(x, y, weight_decay)
+    assert np.bincount(grid_labels, minlength=3).min() > 100  # all three regions are on the grid
+    kwargs = dict(batch_size=200, epochs=60, lr=0.05) if solver == "adam" else {}
+    as_t = dict(dtype=torch.float32)
+    agreement = linear_probe(
+        torch.tensor(x, **as_t), torch.tensor(y), torch.tensor(grid, **as_t), torch.tensor(grid_labels),
+        weight_decay=weight_decay, **kwargs,
+    )
+    assert agreement >= (0.995 if solver == "lbfgs" else 0.99), agreement
+
+
+def _fan(labels, step=0.004):
+    """Unit vectors at angles step, 2 step, ... from the query e1: rank i (0-based) has label labels[i]."""
+    angles = step * torch.arange(1, len(labels) + 1, dtype=torch.float64)
+    return torch.stack([angles.cos(), angles.sin()], 1).float(), torch.tensor(labels)
+
+
+def test_knn_default_k_is_200():
+    """Neighbours ordered by angle: 20 of class 2, then 89 of class 0, 90 of class 1, one of class 0 (the
+    200th), then class 1. Majority vote: k=20 -> 2, k=199 -> 1, k=200 -> a 90/90 tie won by the class of
+    the nearer neighbour (0), k=201 -> 1."""
+    labels = [2] * 20 + [0] * 89 + [1] * 90 + [0] + [1] * 100
+    train, y = _fan(labels)
+    query = torch.tensor([[1.0, 0.0]])
+    expected = {20: 2, 199: 1, 200: 0, 201: 1}
+    for k, cls in expected.items():
+        assert knn_predict(train, y, query, k=k, weighted=False).item() == cls, k
+    assert knn_predict(train, y, query, weighted=False).item() == 0
+    # Weighted with a huge temperature is a majority vote (ties to the lowest class index, 0 here too).
+    assert knn_predict(train, y, query, temperature=1e6).item() == 0
+    assert knn_predict(train, y, query, k=199, temperature=1e6).item() == 1
+
+
+def _numpy_weighted_knn(train, train_y, test, k, temperature, num_classes):
+    """exp(cosine / temperature) votes of the k most similar, in float64 numpy."""
+    a = train / np.linalg.norm(train, axis=1, keepdims=True)
+    b = test / np.linalg.norm(test, axis=1, keepdims=True)
+    sim = b @ a.T
+    preds = []
+    for row in sim:
+        nearest = np.argsort(-row, kind="stable")[:k]
+        scores = np.zeros(num_classes)
+        np.add.at(scores, train_y[nearest], np.exp(row[nearest] / temperature))
+        preds.append(int(np.argmax(scores)))
+    return np.array(preds)
+
+
+def test_knn_default_temperature_and_weighting_formula():
+    """One class-0 neighbour at cosine 1 against three class-1 neighbours at cosine cos(phi): class 1 wins
+    when 3 exp((cos(phi) - 1) / T) > 1. Sweeping phi puts the switch where numpy's formula puts it, and the
+    default temperature (0.1) switches where T = 0.1 does, not where 0.05 or 0.2 do."""
+    query = torch.tensor([[1.0, 0.0]])
+    labels = torch.tensor([0, 1, 1, 1])
+    phis = np.linspace(0.05, 1.0, 60)
+    results = {}
+    for temperature in (0.05, 0.1, 0.2, None):
+        preds = []
+        for phi in phis:
+            train = np.array([[1.0, 0.0]] + [[np.cos(phi), np.sin(phi)]] * 3)
+            kw = {} if temperature is None else dict(temperature=temperature)
+            preds.append(knn_predict(torch.tensor(train).float(), labels, query, k=4, **kw))
+            if temperature is not None:
+                ref = _numpy_weighted_knn(train, np.array([0, 1, 1, 1]), query.numpy().astype(float), 4,
+                                          temperature, 2)
+                assert preds[-1].item() == ref[0], (temperature, phi)
+        results[temperature] = [int(p) for p in preds]
+    assert results[None] == results[0.1]
+    assert results[0.1] != results[0.05] and results[0.1] != results[0.2]
+    assert 0 < sum(results[0.1]) < len(phis)  # the switch lies inside the sweep
+
+
+def test_knn_uses_cosine_not_dot_product():
+    """Rows scaled by factors from 0.01 to 100: a dot-product kNN (or one normalizing only one side) would
+    vote differently; the votes must equal numpy's cosine kNN at several temperatures and k."""
+    rng = np.random.default_rng(3)
+    train = rng.normal(size=(300, 6)) * np.exp(rng.uniform(np.log(0.01), np.log(100), size=(300, 1)))
+    test = rng.normal(size=(50, 6)) * np.exp(rng.uniform(np.log(0.01), np.log(100), size=(50, 1)))
+    y = rng.integers(0, 4, size=300)
+    for k, temperature in ((10, 0.5), (40, 0.07), (300, 1.0)):
+        ref = _numpy_weighted_knn(train, y, test, k, temperature, 4)
+        ours = knn_predict(torch.tensor(train).float(), torch.tensor(y), torch.tensor(test).float(), k=k,
+                           temperature=temperature)
+        np.testing.assert_array_equal(ours.numpy(), ref)
+    dot = np.argmax(test @ train.T, axis=1)  # sanity: the scaling makes the dot product disagree
+    assert (y[dot] != knn_predict(torch.tensor(train).float(), torch.tensor(y), torch.tensor(test).float(),
+                                  k=1).numpy()).any()
+
+
+def test_knn_accuracy_and_input_checks():
+    train, y = _fan([0, 1, 1, 2])
+    queries = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    assert knn_accuracy(train, y, queries, torch.tensor([0, 1]), k=1) == 0.5
+    with pytest.raises(ValueError, match="k must be positive"):
+        knn_predict(train, y, queries, k=0)
+    with pytest.raises(ValueError, match="rows"):
+        knn_predict(train, y[:3], queries)
+    assert knn_predict(train, y, queries[:0]).shape == (0,)
