@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.functional as TF
+from scipy import stats
 from torchvision.transforms import RandomResizedCrop
 
 from vprob.data import ImageSet, SimCLRAugment
@@ -300,3 +301,169 @@ def test_cuda_matches_cpu_for_the_same_parameters():
     assert torch.equal(a, aug(x.cuda(), g))
     with pytest.raises(ValueError, match="generator"):
         aug(x.cuda(), _gen())
+
+
+# ------------------------------------------------------------------------------------ pinned behaviour
+# Laws of the sampled parameters pinned at non-default settings (where a one-line change shows), with
+# Kolmogorov-Smirnov tests against scipy's uniform law and binomial tolerances of ~5 standard errors.
+
+
+def _ks_uniform(values, lo, hi):
+    """p-value of a KS test of ``values`` against Uniform(lo, hi) (scipy as the oracle)."""
+    return stats.kstest(np.asarray(values, dtype=np.float64), stats.uniform(loc=lo, scale=hi - lo).cdf).pvalue
+
+
+@pytest.mark.parametrize(
+    "scale, ratio",
+    [((0.5, 0.6), (3 / 4, 4 / 3)), ((0.1, 0.25), (0.5, 2.0)), ((0.3, 0.3), (1.0, 3.0))],
+)
+def test_crop_area_and_log_aspect_are_uniform_when_every_box_fits(scale, ratio):
+    """On a square image, scale <= 1 / max(ratio, 1 / ratio) means the first attempt always fits, so the
+    area fraction is exactly Uniform(scale) and log(w / h) exactly Uniform(log ratio), independent."""
+    assert scale[1] * max(ratio[1], 1 / ratio[0]) <= 1
+    aug = _plain(crop_scale=scale, crop_ratio=ratio)
+    box = aug.sample_params(8000, 40, 40, _gen(7), "cpu").box.double()
+    x0, y0, w, h = box.unbind(1)
+    area = (w * h / 1600).numpy()
+    log_aspect = torch.log(w / h).numpy()
+    if scale[0] == scale[1]:
+        np.testing.assert_allclose(area, scale[0], rtol=1e-5)
+    else:
+        assert area.min() >= scale[0] - 1e-6 and area.max() <= scale[1] + 1e-6
+        assert _ks_uniform(area, *scale) > 1e-3
+        assert abs(np.corrcoef(area, log_aspect)[0, 1]) < 0.06
+    assert log_aspect.min() >= math.log(ratio[0]) - 1e-5 and log_aspect.max() <= math.log(ratio[1]) + 1e-5
+    assert _ks_uniform(log_aspect, math.log(ratio[0]), math.log(ratio[1])) > 1e-3
+    # Position: uniform over the free room, independently in x and y.
+    fx, fy = (x0 / (40 - w)).numpy(), (y0 / (40 - h)).numpy()
+    assert _ks_uniform(fx, 0, 1) > 1e-3 and _ks_uniform(fy, 0, 1) > 1e-3
+    assert abs(np.corrcoef(fx, fy)[0, 1]) < 0.06
+
+
+def _numpy_crop_sampler(n, height, width, scale, ratio, rng):
+    """Continuous RandomResizedCrop.get_params written from torchvision's description: up to 10 attempts
+    (area uniform in scale, log-uniform aspect), the first box that fits wins; else the centred fallback."""
+    out = np.empty((n, 4))
+    for i in range(n):
+        for _ in range(10):
+            target = height * width * rng.uniform(*scale)
+            aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+            w, h = math.sqrt(target * aspect), math.sqrt(target / aspect)
+            if w <= width and h <= height:
+                out[i] = (rng.uniform() * (width - w), rng.uniform() * (height - h), w, h)
+                break
+        else:
+            r = width / height
+            fw, fh = ((width, width / ratio[0]) if r < ratio[0] else
+                      (height * ratio[1], height) if r > ratio[1] else (width, height))
+            out[i] = ((width - fw) / 2, (height - fh) / 2, fw, fh)
+    return out
+
+
+@pytest.mark.parametrize("scale, ratio", [((0.08, 1.0), (3 / 4, 4 / 3)), ((0.6, 1.0), (0.5, 2.0))])
+def test_crop_law_matches_a_numpy_sampler_where_boxes_get_rejected(scale, ratio):
+    """Where attempts get rejected (large areas, wide ratios) the accepted law is not uniform any more:
+    compare area, aspect and position with an independent numpy rejection sampler (two-sample KS)."""
+    height, width = 24, 32
+    ours = _plain(crop_scale=scale, crop_ratio=ratio).sample_params(6000, height, width, _gen(11), "cpu").box
+    ours = ours.double().numpy()
+    ref = _numpy_crop_sampler(6000, height, width, scale, ratio, np.random.default_rng(0))
+    for name, f in (
+        ("area", lambda b: b[:, 2] * b[:, 3]),
+        ("log aspect", lambda b: np.log(b[:, 2] / b[:, 3])),
+        ("centre x", lambda b: b[:, 0] + b[:, 2] / 2),
+        ("centre y", lambda b: b[:, 1] + b[:, 3] / 2),
+    ):
+        assert stats.ks_2samp(f(ours), f(ref)).pvalue > 1e-3, name
+
+
+@pytest.mark.parametrize(
+    "height, width, ratio, expected",
+    [
+        (24, 32, (2.0, 3.0), (0.0, 4.0, 32.0, 16.0)),  # input 4/3 below the range: full width
+        (32, 24, (0.25, 0.5), (4.0, 0.0, 16.0, 32.0)),  # input 3/4 above the range: full height
+        (32, 24, (0.5, 1.0), (0.0, 0.0, 24.0, 32.0)),  # input 3/4 inside the range: whole image
+    ],
+)
+def test_crop_fallback_per_branch(height, width, ratio, expected):
+    """scale (1, 1) fits no attempt unless the aspect equals the image's, so every box is the fallback."""
+    box = _plain(crop_scale=(1.0, 1.0), crop_ratio=ratio).sample_params(5, height, width, _gen(), "cpu").box
+    torch.testing.assert_close(box, torch.tensor([expected]).expand(5, 4))
+
+
+def test_gate_probabilities_at_asymmetric_values_and_independence():
+    """p = 0.1 / 0.3 / 0.65 (at 0.5 a reversed comparison would pass); the three gates use separate draws."""
+    n = 40_000
+    aug = SimCLRAugment(32, 3, MEAN3, STD3, flip_p=0.1, jitter_p=0.3, grayscale_p=0.65)
+    p = aug.sample_params(n, 32, 32, _gen(5), "cpu")
+    applied = (p.jitter != torch.tensor([1.0, 1.0, 1.0, 0.0])).any(dim=1)
+    gates = {"flip": (p.flip, 0.1), "jitter": (applied, 0.3), "gray": (p.gray, 0.65)}
+    for name, (gate, prob) in gates.items():
+        assert abs(gate.double().mean().item() - prob) < 5 * math.sqrt(prob * (1 - prob) / n), name
+    for (a, pa), (b, pb) in [(gates["flip"], gates["gray"]), (gates["flip"], gates["jitter"]),
+                             (gates["jitter"], gates["gray"])]:
+        both = (a & b).double().mean().item()
+        assert abs(both - pa * pb) < 5 * math.sqrt(pa * pb * (1 - pa * pb) / n)
+    never = SimCLRAugment(32, 3, MEAN3, STD3, flip_p=0.0, jitter_p=0.0, grayscale_p=0.0)
+    q = never.sample_params(2000, 32, 32, _gen(), "cpu")
+    assert not q.flip.any() and not q.gray.any() and (q.jitter == torch.tensor([1.0, 1.0, 1.0, 0.0])).all()
+    always = SimCLRAugment(32, 3, MEAN3, STD3, flip_p=1.0, jitter_p=1.0, grayscale_p=1.0)
+    q = always.sample_params(2000, 32, 32, _gen(), "cpu")
+    assert q.flip.all() and q.gray.all()
+
+
+def test_jitter_factor_laws():
+    """Factors uniform on [max(0, 1 - s), 1 + s] (brightness, contrast, saturation) and [-h, h] (hue),
+    with four different strengths so that a swapped index or range fails; each independent of the others."""
+    strengths = (0.4, 1.5, 0.2, 0.05)  # contrast 1.5 clips its lower end at 0
+    aug = _plain(jitter=strengths, jitter_p=1.0)
+    f = aug.sample_params(8000, 32, 32, _gen(9), "cpu").jitter.double().numpy()
+    ranges = [(0.6, 1.4), (0.0, 2.5), (0.8, 1.2), (-0.05, 0.05)]
+    for i, (lo, hi) in enumerate(ranges):
+        assert f[:, i].min() >= lo - 1e-6 and f[:, i].max() <= hi + 1e-6, i
+        assert _ks_uniform(f[:, i], lo, hi) > 1e-3, i
+    corr = np.corrcoef(f.T)
+    assert np.abs(corr - np.eye(4)).max() < 0.06
+    # A disabled op keeps its neutral factor for every sample.
+    g = _plain(jitter=(0.4, 0.0, 0.0, 0.0), jitter_p=1.0).sample_params(100, 32, 32, _gen(), "cpu").jitter
+    assert (g[:, 1:] == torch.tensor([1.0, 1.0, 0.0])).all() and (g[:, 0] != 1.0).all()
+
+
+def test_jitter_order_is_a_uniform_permutation():
+    aug = _plain(jitter=(0.4, 0.4, 0.4, 0.1), jitter_p=1.0)
+    order = aug.sample_params(24_000, 8, 8, _gen(4), "cpu").order
+    codes = (order * torch.tensor([64, 16, 4, 1])).sum(1)
+    counts = torch.bincount(codes, minlength=256)[codes.unique()]
+    assert counts.numel() == 24
+    assert stats.chisquare(counts.numpy()).pvalue > 1e-3
+
+
+def test_normalization_uses_the_data_sets_train_statistics():
+    """for_dataset normalizes with the ImageSet's train mean and std: for digits these are the population
+    statistics of the rescaled train pixels (numpy), the same for the test split."""
+    from vprob.data import load_digits
+
+    train, test = load_digits()
+    pixels = train.images.numpy().astype(np.float64) / 255
+    mean, std = pixels.mean(), pixels.std()
+    aug = SimCLRAugment.for_dataset("digits", train)
+    assert aug.mean == pytest.approx((mean,), abs=1e-12) and aug.std == pytest.approx((std,), abs=1e-12)
+    expected = (test.images.double() / 255 - mean) / std
+    torch.testing.assert_close(aug.normalize(test.images).double(), expected, atol=1e-5, rtol=0)
+    # Per channel, in channel order (distinct constants per channel).
+    aug3 = SimCLRAugment(4, 3, (0.1, 0.5, 0.9), (0.2, 0.4, 0.8))
+    out = aug3.normalize(torch.full((1, 3, 4, 4), 255, dtype=torch.uint8))
+    torch.testing.assert_close(out[0, :, 0, 0], torch.tensor([4.5, 1.25, 0.125]))
+
+
+def test_recipe_ratios_and_jitter_gates():
+    digits = ImageSet(torch.zeros(4, 1, 8, 8, dtype=torch.uint8), torch.zeros(4, dtype=torch.long),
+                      tuple("0123456789"), (0.3,), (0.37,))
+    cifar = ImageSet(torch.zeros(4, 3, 32, 32, dtype=torch.uint8), torch.zeros(4, dtype=torch.long),
+                     tuple("abcdefghij"), MEAN3, STD3)
+    d = SimCLRAugment.for_dataset("digits", digits)
+    c = SimCLRAugment.for_dataset("cifar10", cifar)
+    for aug in (d, c):
+        assert aug.crop_ratio == pytest.approx((3 / 4, 4 / 3)) and aug.jitter_p == 0.8
+    assert d.jitter == (0.2, 0.2, 0.0, 0.0) and d.std == (0.37,)
+    assert c.mean == MEAN3 and c.std == STD3 and c.random_order

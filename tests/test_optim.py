@@ -204,5 +204,6 @@ def test_warmup_cosine_edge_cases():
     assert _rates(4, 4, 0.25)[:6] == pytest.approx([0.5, 1.0, 1.5, 2.0, 2.0, 0.5])
     assert _rates(5, 4, 0.25)[:6] == pytest.approx([0.5, 1.0, 1.5, 2.0, 2.0, 0.5])
     assert _rates(3, 10, 0.0)[:3] == pytest.approx([2 / 3, 4 / 3, 2.0])  # warm-up clipped to the run
+    assert _rates(1, 0, 0.5)[:3] == pytest.approx([2.0, 1.0, 1.0])  # a one-step run is valid
     with pytest.raises(ValueError, match="total_steps"):
         _rates(0, 0, 0.0)

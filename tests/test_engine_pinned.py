@@ -1,0 +1,52 @@
+"""Pinned facts of the bundled digits data (issue #19): split sizes, dtypes, label range, determinism.
+
+Numbers written out by hand from scikit-learn's digits (1,797 images; class counts 178, 182, 177, 183, 181,
+182, 181, 179, 174, 180), so that a change to the split, the rescaling or the seed handling fails here.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from vprob.data import load_digits
+
+CLASS_COUNTS = (178, 182, 177, 183, 181, 182, 181, 179, 174, 180)
+
+
+@pytest.fixture(scope="module")
+def split():
+    return load_digits()
+
+
+def test_digits_split_sizes_by_hand(split):
+    train, test = split
+    # round(0.2 * n_c) per class: 36, 36, 35, 37, 36, 36, 36, 36, 35, 36.
+    assert test.labels.bincount(minlength=10).tolist() == [36, 36, 35, 37, 36, 36, 36, 36, 35, 36]
+    assert (len(train), len(test)) == (1438, 359)
+    assert train.labels.bincount(minlength=10).tolist() == [
+        n - t for n, t in zip(CLASS_COUNTS, [36, 36, 35, 37, 36, 36, 36, 36, 35, 36], strict=True)
+    ]
+    other_train, other_test = load_digits(test_fraction=0.5)
+    # Python's round half to even: 88.5 -> 88, 90.5 -> 90, 91.5 -> 92.
+    assert len(other_test) == sum(round(0.5 * n) for n in CLASS_COUNTS) == 898
+    assert len(other_train) == 899
+
+
+def test_digits_dtypes_shapes_and_ranges(split):
+    for s in split:
+        assert s.images.dtype == torch.uint8 and s.images.shape[1:] == (1, 8, 8)
+        assert s.labels.dtype == torch.int64 and s.images.device.type == "cpu"
+        assert int(s.labels.min()) == 0 and int(s.labels.max()) == 9
+        assert s.num_classes == 10 and s.channels == 1 and s.image_size == 8
+    # 0..16 rescaled by 255 / 16 and rounded: only 17 distinct grey levels occur.
+    levels = torch.cat([s.images.flatten() for s in split]).unique().tolist()
+    assert levels == [int(np.rint(v * 255 / 16)) for v in range(17)]
+
+
+def test_digits_split_is_a_deterministic_function_of_the_seed(split):
+    train, test = split
+    again_train, again_test = load_digits(seed=0)
+    assert torch.equal(train.images, again_train.images) and torch.equal(test.labels, again_test.labels)
+    other, _ = load_digits(seed=1)
+    assert not torch.equal(train.images, other.images)
+    assert other.labels.bincount(minlength=10).tolist() == train.labels.bincount(minlength=10).tolist()
