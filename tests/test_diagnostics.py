@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from vprob.diagnostics import (
     spectrum_report,
     uncertainty_vs_corruption,
 )
+from vprob.diagnostics.uncertainty import per_image_severity_correlation, per_image_severity_summary
 
 # ----------------------------------------------------------------------------------------- collapse
 
@@ -187,4 +189,98 @@ def test_uncertainty_vs_corruption_on_statistics_with_known_trends():
     assert set(result["spearman_overall"]) == {"roughness", "brightness"}
     assert -1.0 <= result["spearman_overall"]["roughness"] <= 1.0
     with pytest.raises(ValueError):
-        uncertainty_vs_corruption(_PixelStatistics(), images, lambda u: u.float(), corruptions=("fog",))
+        uncertainty_vs_corruption(_PixelStatistics(), images, lambda u: u.float(), corruptions=("spatter",))
+
+
+# ------------------------------------------------------------------- uncertainty against severity per image
+
+
+def _spearman(x, y) -> float:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy warns on a constant input (and returns NaN, as we do)
+        return float(spearmanr(x, y).statistic)
+
+
+def test_per_image_severity_correlation_matches_scipy_per_image_and_pooled():
+    g = torch.Generator().manual_seed(0)
+    n = 40
+    scores = {s: torch.randn(n, generator=g, dtype=torch.float64) + 0.4 * s for s in range(6)}
+    scores[3][:5] = scores[2][:5]  # ties within an image
+    scores[1][5] = scores[4][5] = scores[0][5]
+    for s in range(6):
+        scores[s][7] = 2.5  # a constant image: rho undefined
+    result = per_image_severity_correlation(scores)
+    matrix = np.stack([scores[s].numpy() for s in range(6)], axis=1)  # (N, 6)
+    expected = np.array([_spearman(np.arange(6), row) for row in matrix])
+    np.testing.assert_allclose(result["per_image"].numpy(), expected, rtol=0, atol=1e-12, equal_nan=True)
+    defined = expected[~np.isnan(expected)]
+    assert result["n_images"] == n and result["n_defined"] == n - 1
+    assert result["mean"] == pytest.approx(defined.mean(), abs=1e-12)
+    assert result["median"] == pytest.approx(np.median(defined), abs=1e-12)
+    assert result["fraction_positive"] == pytest.approx(np.mean(defined > 0), abs=1e-12)
+    pooled = _spearman(np.tile(np.arange(6), n), matrix.ravel())
+    assert result["pooled"] == pytest.approx(pooled, abs=1e-12)
+    assert 0.3 < result["mean"] < 1 and result["pooled"] < result["mean"]  # images differ more than this
+
+
+def test_per_image_severity_correlation_with_unordered_severities_and_a_sequence():
+    g = torch.Generator().manual_seed(1)
+    columns = {s: torch.rand(9, generator=g) for s in (5, 0, 2, 1)}
+    result = per_image_severity_correlation(columns)
+    for i in range(9):
+        expected = _spearman([5, 0, 2, 1], [float(columns[s][i]) for s in (5, 0, 2, 1)])
+        assert float(result["per_image"][i]) == pytest.approx(expected, abs=1e-12)
+    rising = per_image_severity_correlation([torch.tensor([0.0, 5.0]) + s for s in range(6)])
+    assert rising["per_image"].tolist() == [1.0, 1.0] and rising["fraction_positive"] == 1.0
+    falling = per_image_severity_correlation([torch.tensor([3.0]) - s**2 for s in range(4)])
+    assert falling["mean"] == -1.0 and falling["fraction_positive"] == 0.0
+
+
+def test_per_image_severity_correlation_refuses_bad_input():
+    with pytest.raises(ValueError, match="two or more"):
+        per_image_severity_correlation({0: torch.ones(3)})
+    with pytest.raises(ValueError, match="same"):
+        per_image_severity_correlation({0: torch.ones(3), 1: torch.ones(4)})
+    with pytest.raises(ValueError, match="finite"):
+        per_image_severity_correlation({0: torch.ones(3), 1: torch.tensor([1.0, float("nan"), 2.0])})
+
+
+def test_per_image_severity_summary_averages_over_the_corruption_set():
+    g = torch.Generator().manual_seed(2)
+
+    def sweep(shift):
+        return {"a": {s: torch.randn(12, generator=g) + shift * s for s in range(6)},
+                "b": {s: torch.randn(12, generator=g) - shift * s for s in range(6)}}
+
+    scores = {"fog": sweep(0.5), "snow": sweep(1.0), "gaussian_blur": sweep(-3.0)}
+    summary = per_image_severity_summary(scores)
+    for name in scores:
+        for score in ("a", "b"):
+            direct = per_image_severity_correlation(scores[name][score])
+            for key in ("mean", "median", "fraction_positive", "pooled", "n_defined"):
+                assert summary["per_corruption"][name][score][key] == direct[key]
+    for score in ("a", "b"):
+        for key in ("mean", "median", "fraction_positive", "pooled"):
+            # the extra gaussian_blur is not part of the standard set
+            expected = (summary["per_corruption"]["fog"][score][key]
+                        + summary["per_corruption"]["snow"][score][key]) / 2
+            assert summary["mean_over_set"][score][key] == pytest.approx(expected)
+    assert summary["corruptions"] == ["snow", "fog"] and not summary["complete"]
+    assert summary["mean_over_set"]["a"]["mean"] > 0.5 > -0.5 > summary["mean_over_set"]["b"]["mean"]
+    with pytest.raises(ValueError, match="score names"):
+        per_image_severity_summary({"fog": sweep(1.0), "snow": {"a": sweep(1.0)["a"]}})
+
+
+def test_per_image_summary_of_a_sweep_on_statistics_with_known_trends():
+    g = torch.Generator().manual_seed(0)
+    smooth = torch.nn.functional.interpolate(torch.rand(16, 3, 8, 8, generator=g), size=32, mode="bilinear")
+    images = (smooth * 180 + 40).round().to(torch.uint8)
+    result = uncertainty_vs_corruption(_PixelStatistics(), images, lambda u: u.float() / 255.0,
+                                       corruptions=("gaussian_noise", "contrast"),
+                                       generator=torch.Generator().manual_seed(1))
+    summary = per_image_severity_summary(result["scores"])
+    roughness = summary["per_corruption"]
+    assert roughness["gaussian_noise"]["roughness"]["mean"] == 1.0  # every image's own roughness rises
+    assert roughness["gaussian_noise"]["roughness"]["fraction_positive"] == 1.0
+    assert roughness["contrast"]["roughness"]["mean"] == -1.0
+    assert summary["mean_over_set"]["roughness"]["mean"] == pytest.approx(0.0)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from vprob.diagnostics.corruptions import CORRUPTIONS, corrupt
+from vprob.diagnostics.corruptions import ALL_CORRUPTIONS, CORRUPTIONS, corrupt, mean_over_corruptions
 
 ScoreFn = Callable[[nn.Module, Tensor], "dict[str, Tensor] | Tensor"]
 ScoresBySeverity = Mapping[int, Tensor | float] | Sequence[Tensor | float]
@@ -67,6 +67,120 @@ def severity_correlation(scores_by_severity: ScoresBySeverity) -> float:
     if len(set(means)) < 2 or len(set(severities)) < 2:
         return float("nan")
     return float(spearmanr(severities, means).statistic)
+
+
+def _row_ranks(values: Tensor) -> Tensor:
+    """1-based ranks along the last axis with ties given their average rank (scipy.stats.rankdata per
+    row): rank_j = #{k: v_k < v_j} + (#{k: v_k = v_j} + 1) / 2."""
+    less = (values[..., None, :] < values[..., :, None]).sum(-1)
+    equal = (values[..., None, :] == values[..., :, None]).sum(-1)
+    return less.to(torch.float64) + (equal.to(torch.float64) + 1) / 2
+
+
+def _pearson_rows(a: Tensor, b: Tensor) -> Tensor:
+    """Pearson correlation along the last axis; NaN where either row is constant."""
+    a = a - a.mean(-1, keepdim=True)
+    b = b - b.mean(-1, keepdim=True)
+    denominator = (a.pow(2).sum(-1) * b.pow(2).sum(-1)).sqrt()
+    numerator = (a * b).sum(-1)
+    return torch.where(denominator > 0, numerator / denominator.clamp(min=1e-300),
+                       torch.full_like(numerator, float("nan")))
+
+
+def per_image_severity_correlation(scores_by_severity: ScoresBySeverity) -> dict[str, object]:
+    """Spearman's rho between severity and the score **of each image**, and its summaries.
+
+    For image i the scores s_i(0), ..., s_i(5) (one per severity, the same image clean and corrupted) are
+    ranked against the severities: rho_i is Spearman over those 6 points (ties averaged, as
+    ``scipy.stats.spearmanr``). Unlike :func:`severity_correlation` (Spearman of the six per-severity
+    *means*, which takes few distinct values), this asks whether each image's own score rises.
+
+    Args:
+        scores_by_severity: ``{severity: scores (N,)}`` (e.g. 0 = clean, 1..5 = corrupted; image i at
+            position i under every severity), or a sequence whose index is the severity; two or more
+            severities, finite scores.
+
+    Returns:
+        ``per_image``: (N,) float64 rho_i (NaN where an image's scores are all equal: rho undefined);
+        ``mean``, ``median``: over the images with a defined rho (the mean is the headline);
+        ``fraction_positive``: the fraction of those with rho_i > 0; ``n_images``, ``n_defined``;
+        ``pooled``: Spearman over all N x S (severity, score) pairs pooled (between-image differences
+        included, so it is lower than the per-image figures when images differ more than severities do).
+    """
+    items = scores_by_severity.items() if isinstance(scores_by_severity, Mapping) else enumerate(
+        scores_by_severity)
+    severities, columns = [], []
+    for severity, scores in items:
+        severities.append(int(severity))
+        columns.append(torch.as_tensor(scores).detach().to(torch.float64).cpu().flatten())
+    if len(severities) < 2:
+        raise ValueError("scores_by_severity: need scores at two or more severities")
+    if len({c.numel() for c in columns}) != 1 or columns[0].numel() == 0:
+        raise ValueError("scores_by_severity: every severity needs scores for the same, non-empty, images; "
+                         f"got sizes {[c.numel() for c in columns]}")
+    scores = torch.stack(columns, dim=1)  # (N, S)
+    if not torch.isfinite(scores).all():
+        raise ValueError("scores_by_severity: scores must be finite")
+    severity = torch.tensor(severities, dtype=torch.float64)
+    rho = _pearson_rows(_row_ranks(scores), _row_ranks(severity).expand_as(scores))
+    defined = rho[~rho.isnan()]
+    n_images = scores.shape[0]
+    pooled_x = severity.expand_as(scores).flatten()
+    pooled = _pearson_rows(_average_ranks(pooled_x), _average_ranks(scores.flatten()))
+    return {
+        "per_image": rho,
+        "mean": float(defined.mean()) if defined.numel() else float("nan"),
+        "median": float(defined.quantile(0.5)) if defined.numel() else float("nan"),
+        "fraction_positive": float((defined > 0).double().mean()) if defined.numel() else float("nan"),
+        "n_images": n_images,
+        "n_defined": int(defined.numel()),
+        "pooled": float(pooled),
+    }
+
+
+_SUMMARY_KEYS = ("mean", "median", "fraction_positive", "pooled")
+
+
+def per_image_severity_summary(
+    scores: Mapping[str, Mapping[str, ScoresBySeverity]],
+    corruptions: Sequence[str] | None = None,
+) -> dict[str, object]:
+    """:func:`per_image_severity_correlation` for every (corruption, score) of a sweep, and each summary
+    averaged over the corruption set (:func:`~vprob.diagnostics.corruptions.mean_over_corruptions`).
+
+    Args:
+        scores: ``{corruption: {score_name: {severity: (N,)}}}``, e.g. ``uncertainty_vs_corruption(...)
+            ["scores"]``; every corruption with the same score names.
+        corruptions: the set to average over (default: the standard 15 present in ``scores``).
+
+    Returns:
+        ``per_corruption``: ``{corruption: {score_name: {mean, median, fraction_positive, pooled,
+        n_defined}}}`` (the per-image rho's themselves are left out: N numbers each);
+        ``mean_over_set``: ``{score_name: {mean, median, fraction_positive, pooled}}``, each the mean over
+        the set of the per-corruption value (``mean_over_set[score]["mean"]`` is the headline: the mean
+        over corruptions of the mean per-image Spearman); ``corruptions``, ``missing``, ``complete`` as in
+        ``mean_over_corruptions``.
+    """
+    per_corruption: dict[str, dict[str, dict[str, float]]] = {}
+    for name, by_score in scores.items():
+        per_corruption[name] = {}
+        for score_name, by_severity in by_score.items():
+            result = per_image_severity_correlation(by_severity)
+            per_corruption[name][score_name] = {key: result[key] for key in _SUMMARY_KEYS + ("n_defined",)}
+    score_names = {tuple(by_score) for by_score in per_corruption.values()}
+    if len(score_names) > 1:
+        raise ValueError(f"scores: the corruptions have different score names: {sorted(score_names)}")
+    over_set: dict[str, dict[str, float]] = {}
+    used: dict[str, object] = {}
+    for score_name in next(iter(score_names), ()):
+        over_set[score_name] = {}
+        for key in _SUMMARY_KEYS:
+            used = mean_over_corruptions({name: per_corruption[name][score_name][key]
+                                          for name in per_corruption}, corruptions)
+            over_set[score_name][key] = used["mean"]
+    return {"per_corruption": per_corruption, "mean_over_set": over_set,
+            "corruptions": used.get("corruptions", []), "missing": used.get("missing", []),
+            "complete": used.get("complete", False)}
 
 
 def _average_ranks(values: Tensor) -> Tensor:
@@ -143,8 +257,8 @@ def uncertainty_vs_corruption(
         all the per-corruption mean-score curves ranked together against their severities.
     """
     for name in corruptions:
-        if name not in CORRUPTIONS:
-            raise ValueError(f"unknown corruption {name!r}; valid names: {', '.join(CORRUPTIONS)}")
+        if name not in ALL_CORRUPTIONS:
+            raise ValueError(f"unknown corruption {name!r}; valid names: {', '.join(ALL_CORRUPTIONS)}")
     severities = [int(s) for s in severities]
     clean = score_images(model, images, normalize_fn, score_fn, batch_size) if 0 in severities else None
     scores: dict[str, dict[str, dict[int, Tensor]]] = {}
