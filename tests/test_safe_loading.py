@@ -35,7 +35,14 @@ from vprob.checkpoint import (
     save_state_dict_file,
 )
 from vprob.checkpoint import main as checkpoint_main
-from vprob.safe_io import UnsafePickleError, load_pickle_restricted, read_config_file, safe_relative_path
+from vprob.safe_io import (
+    UnsafePickleError,
+    load_pickle_restricted,
+    open_append,
+    read_config_file,
+    safe_relative_path,
+    write_atomic,
+)
 
 
 class Touch:
@@ -396,7 +403,8 @@ def test_malicious_batch_file_is_refused_naming_file_and_global(tmp_path, protoc
     batch[b"labels"] = Touch(marker)
     (data / "data_batch_1").write_bytes(pickle.dumps(batch, protocol=protocol))
     before = snapshot(data)
-    with pytest.raises(UnsafePickleError, match=r"data_batch_1: refused to load the global (\w+\.getattr|pathlib\.Path\.touch)"):
+    refusal = r"data_batch_1: refused to load the global (\w+\.getattr|pathlib\.Path\.touch)"
+    with pytest.raises(UnsafePickleError, match=refusal):
         load_pickle_restricted(data / "data_batch_1")
     assert not marker.exists() and snapshot(data) == before
 
@@ -494,6 +502,35 @@ def test_safe_relative_path_refuses_a_symlink_leading_out(tmp_path):
         safe_relative_path(base, "report/x.json")
     with pytest.raises(TypeError, match="name must be a str"):
         safe_relative_path(base, 3)
+
+
+def test_write_atomic_never_follows_a_planted_link(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "eval.json.tmp").symlink_to(victim)  # the predictable temporary name of today's writers
+    (run / "results.json").symlink_to(victim)
+    write_atomic(run / "eval.json", '{"a": 1}')
+    write_atomic(run / "results.json", b"{}")
+    assert victim.read_text() == "precious"
+    assert (run / "eval.json").read_text() == '{"a": 1}' and not (run / "results.json").is_symlink()
+    assert sorted(p.name for p in run.iterdir()) == ["eval.json", "eval.json.tmp", "results.json"]
+    with pytest.raises(TypeError, match="data must be bytes or str"):
+        write_atomic(run / "x", 3)
+
+
+def test_open_append_refuses_a_link_and_appends_to_a_file(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    (tmp_path / "metrics.jsonl").symlink_to(victim)
+    with pytest.raises(OSError, match="is a symbolic link"):
+        open_append(tmp_path / "metrics.jsonl")
+    assert victim.read_text() == "precious"
+    for line in ("a\n", "b\n"):
+        with open_append(tmp_path / "log.jsonl") as f:
+            f.write(line)
+    assert (tmp_path / "log.jsonl").read_text() == "a\nb\n"
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -8,6 +8,8 @@
   builds plain data only); the top level must be a mapping.
 - :func:`safe_relative_path`: a path taken from a loaded file, joined to a base folder only if it stays
   inside it (no absolute paths, no ``..``, no symbolic link leading out).
+- :func:`write_atomic` and :func:`open_append`: writing into a run folder someone else prepared without
+  following a symbolic link planted there (``eval.json.tmp -> ~/.bashrc``) out of it.
 
 Checkpoints and weights files are read by :mod:`vprob.checkpoint` (``torch.load(weights_only=True)``).
 """
@@ -15,10 +17,12 @@ Checkpoints and weights files are read by :mod:`vprob.checkpoint` (``torch.load(
 from __future__ import annotations
 
 import codecs
+import errno
 import io
 import json
 import os
 import pickle
+import tempfile
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
@@ -233,3 +237,50 @@ def safe_relative_path(base: str | os.PathLike, name: str | os.PathLike) -> Path
     if not joined.resolve().is_relative_to(root):
         raise ValueError(f"path {text!r} leads out of {base} (through a symbolic link) to {joined.resolve()}")
     return joined
+
+
+# ------------------------------------------------------------------------------------------------------
+# Writing into a run folder that may hold planted symbolic links
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
+    """Replace ``path`` with ``data`` atomically (str is written as UTF-8), never through a symbolic link.
+
+    The temporary file is created by ``tempfile.mkstemp`` in the same folder (a fresh name, opened with
+    O_EXCL, so a link planted under a predictable name like ``eval.json.tmp`` is never followed), flushed
+    to disk and renamed over ``path`` (which replaces a link at ``path`` itself, not its target).
+    """
+    path = Path(path)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    if not isinstance(payload, bytes | bytearray):
+        raise TypeError(f"data must be bytes or str, got {type(data).__name__}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def open_append(path: str | os.PathLike) -> io.TextIOWrapper:
+    """``path`` opened for appending text (created if missing), refusing a symbolic link at ``path``.
+
+    Raises:
+        OSError: ``path`` is a symbolic link (ELOOP), naming it.
+    """
+    refusal = f"{path} is a symbolic link; vprob does not write through links in a run folder"
+    if os.path.islink(path):  # where O_NOFOLLOW does not exist (Windows)
+        raise OSError(errno.ELOOP, refusal)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a link planted between the check and the open
+            raise OSError(errno.ELOOP, refusal) from exc
+        raise
+    return os.fdopen(fd, "a", encoding="utf-8")
