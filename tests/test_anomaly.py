@@ -12,7 +12,8 @@ from vprob.cli import main
 from vprob.data import SimCLRAugment, load_digits
 from vprob.models import VJE
 from vprob.nets import DigitsConvNet
-from vprob.train import TrainConfig, Trainer, TrainingPaused
+from vprob.config import make_config
+from vprob.train import Trainer, TrainingPaused
 
 FAST = dict(data="digits", device="cpu", epochs=60, checkpoint_every=60)
 
@@ -44,7 +45,7 @@ def test_one_class_aurocs_match_scikit_learn():
 
 def test_one_class_auroc_on_digits_is_well_above_chance(tmp_path):
     """Trained on one class for 60 short epochs, every score separates it from the nine others."""
-    summary = run_anomaly(TrainConfig(method="vje", run_dir=str(tmp_path), **FAST), [1, 2], progress=False)
+    summary = run_anomaly(make_config(method="vje", run_dir=str(tmp_path), **FAST), [1, 2], progress=False)
     assert [entry["normal_class"] for entry in summary["classes"]] == [1, 2]
     train_labels, test_labels = (split.labels for split in load_digits())
     for entry in summary["classes"]:
@@ -66,7 +67,7 @@ def test_one_class_auroc_on_digits_is_well_above_chance(tmp_path):
 
 @pytest.mark.slow
 def test_every_class_of_digits_with_the_default_schedule(tmp_path):
-    summary = run_anomaly(TrainConfig(method="vje", data="digits", device="cpu", run_dir=str(tmp_path)),
+    summary = run_anomaly(make_config(method="vje", data="digits", device="cpu", run_dir=str(tmp_path)),
                           progress=False)
     assert len(summary["classes"]) == 10
     assert summary["mean_auroc"]["likelihood"] > 0.75
@@ -74,13 +75,13 @@ def test_every_class_of_digits_with_the_default_schedule(tmp_path):
 
 
 def test_vsimclr_gets_the_uncertainty_and_knn_scores(tmp_path):
-    summary = run_anomaly(TrainConfig(method="vsimclr", data="digits", device="cpu", epochs=2,
+    summary = run_anomaly(make_config(method="vsimclr", data="digits", device="cpu", epochs=2,
                                       run_dir=str(tmp_path)), [0], progress=False)
     assert set(summary["classes"][0]["auroc"]) == {"log_det", "knn"}
 
 
 def test_normal_class_trains_on_that_class_only(tmp_path):
-    trainer = Trainer(TrainConfig(method="vje", data="digits", device="cpu", batch_size=32, normal_class=3,
+    trainer = Trainer(make_config(method="vje", data="digits", device="cpu", batch_size=32, normal_class=3,
                                   run_dir=str(tmp_path)))
     full_train, full_test = load_digits()
     assert bool((trainer.train_set.labels == 3).all())
@@ -90,18 +91,18 @@ def test_normal_class_trains_on_that_class_only(tmp_path):
 
 def test_bad_inputs_raise_clear_errors(tmp_path):
     with pytest.raises(ValueError, match=r"normal class 10 does not exist: valid class indices are 0\.\.9"):
-        run_anomaly(TrainConfig(method="vje", run_dir=str(tmp_path / "a"), **FAST), [10])
+        run_anomaly(make_config(method="vje", run_dir=str(tmp_path / "a"), **FAST), [10])
     assert not (tmp_path / "a").exists()  # refused before any training
     with pytest.raises(ValueError, match="-1"):
-        run_anomaly(TrainConfig(method="vje", run_dir=str(tmp_path / "b"), **FAST), [-1])
+        run_anomaly(make_config(method="vje", run_dir=str(tmp_path / "b"), **FAST), [-1])
     with pytest.raises(ValueError, match="normal_class"):
-        TrainConfig(method="vje", normal_class=-2).resolved()
-    with pytest.raises(ValueError, match="vje_df"):
-        run_anomaly(TrainConfig(method="vje", vje_df=0.0, run_dir=str(tmp_path / "c"), **FAST), [1])
+        make_config(method="vje", normal_class=-2).resolved()
+    with pytest.raises(ValueError, match="df"):
+        run_anomaly(make_config(method="vje", df=0.0, run_dir=str(tmp_path / "c"), **FAST), [1])
     with pytest.raises(ValueError, match="methods"):
-        run_anomaly(TrainConfig(method="cct", run_dir=str(tmp_path / "d"), **FAST), [1])
+        run_anomaly(make_config(method="supcon", run_dir=str(tmp_path / "d"), **FAST), [1])
     with pytest.raises(ValueError, match="num_pairs"):
-        run_anomaly(TrainConfig(method="vje", run_dir=str(tmp_path / "e"), **FAST), [1], num_pairs=0)
+        run_anomaly(make_config(method="vje", run_dir=str(tmp_path / "e"), **FAST), [1], num_pairs=0)
 
     digits, _ = load_digits()
     augment = SimCLRAugment.for_dataset("digits", digits)
@@ -126,7 +127,7 @@ def test_cli_anomaly(tmp_path, capsys):
 
 
 def test_a_time_budget_pauses_the_classes_and_resume_reads_back_the_finished_ones(tmp_path):
-    config = TrainConfig(method="vsimclr", data="digits", device="cpu", epochs=2, run_dir=str(tmp_path))
+    config = make_config(method="vsimclr", data="digits", device="cpu", epochs=2, run_dir=str(tmp_path))
     with pytest.raises(TrainingPaused, match="resume"):
         run_anomaly(config, [0, 1], progress=False, stop_after_s=1e-3)
     assert not (tmp_path / "class_0" / "anomaly.json").exists()  # paused inside class 0's training
@@ -136,4 +137,4 @@ def test_a_time_budget_pauses_the_classes_and_resume_reads_back_the_finished_one
     assert (tmp_path / "class_0" / "anomaly.json").stat().st_mtime_ns == mtime  # read back, not redone
     assert both["classes"][0] == first["classes"][0] and both["classes"][1]["normal_class"] == 1
     with pytest.raises(ValueError, match="run folder"):
-        run_anomaly(TrainConfig(method="vsimclr", data="digits", device="cpu", epochs=2), [0], resume=True)
+        run_anomaly(make_config(method="vsimclr", data="digits", device="cpu", epochs=2), [0], resume=True)

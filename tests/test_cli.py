@@ -36,7 +36,7 @@ def test_train_then_evaluate(tmp_path, capsys):
         (["train", "--method", "byol"], "invalid choice: 'byol' (choose from"),
         (["train", "--data", "imagenet"], "invalid choice: 'imagenet'"),
         (["train", "--kl", "tight"], "invalid choice: 'tight'"),
-        (["train", "--epochs", "0"], "must be a positive integer"),
+        (["train", "--epochs", "0"], "argument --epochs: must be > 0"),
         (["train", "--tau", "-1"], "must be > 0"),
         (["train", "--resume"], "--resume needs --run-dir"),
     ],

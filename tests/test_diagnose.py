@@ -12,7 +12,8 @@ import pytest
 from vprob.data import load_digits
 from vprob.diagnose import diagnose_run
 from vprob.diagnostics import CORRUPTIONS, read_netcdf
-from vprob.train import TrainConfig, train
+from vprob.config import make_config
+from vprob.train import train
 
 SMALL = dict(max_images=400, max_uncertainty_images=48, max_posterior_images=12, num_samples=20,
              num_chains=3)
@@ -27,7 +28,7 @@ def runs(tmp_path_factory):
     out = {}
     for method in ("vsimclr", "simclr"):
         run_dir = root / method
-        config = TrainConfig(method=method, epochs=1, batch_size=128, dim=8, device="cpu",
+        config = make_config(method=method, epochs=1, batch_size=128, dim=8, device="cpu",
                              run_dir=str(run_dir), max_steps=4)
         train(config, progress=False)
         out_dir = None if method == "vsimclr" else root / "simclr-report"
@@ -115,16 +116,18 @@ def test_deterministic_run_says_what_it_skipped(runs):
 def test_digits_as_the_cifar_far_ood_set_and_json_safety():
     import torch
 
-    from vprob.diagnose import _digits_as_cifar, _json_safe
+    from vprob.diagnose import _far_ood_images
+    from vprob.jsonio import json_safe
 
-    images = _digits_as_cifar(7, torch.Generator().manual_seed(0), torch.device("cpu"))
+    like = torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
+    images = _far_ood_images("digits", 7, like, torch.Generator().manual_seed(0))
     assert images.shape == (7, 3, 32, 32) and images.dtype == torch.uint8
     assert torch.equal(images[:, 0], images[:, 2])  # grey repeated over RGB
     # An exact 4x box upsampling: every 4x4 block is one digit pixel.
     blocks = images[:, 0].view(7, 8, 4, 8, 4).float()
     assert torch.equal(blocks.amax(dim=(2, 4)), blocks.amin(dim=(2, 4)))
     assert int(images.max()) > 200  # digits' 0..16 scale was mapped to 0..255
-    safe = _json_safe({"a": float("nan"), 1: torch.tensor([1.0, float("inf")]), "b": (True, None, 2)})
+    safe = json_safe({"a": float("nan"), 1: torch.tensor([1.0, float("inf")]), "b": (True, None, 2)})
     expected = {"a": None, "1": [1.0, None], "b": [True, None, 2]}
     assert json.loads(json.dumps(safe, allow_nan=False)) == expected
 

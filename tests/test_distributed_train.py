@@ -33,7 +33,7 @@ LAUNCHER = textwrap.dedent("""
     import vprob.train as engine
     from vprob.cli import main
 
-    build_run_model = engine.build_run_model
+    build_model = engine.build_model
 
 
     def without_batch_norm(module: nn.Module) -> nn.Module:
@@ -45,7 +45,7 @@ LAUNCHER = textwrap.dedent("""
         return module
 
 
-    engine.build_run_model = lambda config, gather=False: without_batch_norm(build_run_model(config, gather))
+    engine.build_model = lambda config, gather=False: without_batch_norm(build_model(config, gather))
     sys.exit(main(sys.argv[1:]))
 """)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

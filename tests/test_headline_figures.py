@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from vprob.diagnose import diagnose_run
-from vprob.train import TrainConfig, train
+from vprob.config import make_config
+from vprob.train import train
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "headline_figures.py"
 METHODS = ("simclr", "vsimclr")
@@ -39,7 +40,7 @@ def runs(tmp_path_factory) -> Path:
     try:
         for method in METHODS:
             run_dir = root / f"{method}-seed0"
-            train(TrainConfig(method=method, data="digits", epochs=1, max_steps=3, batch_size=64, dim=8,
+            train(make_config(method=method, data="digits", epochs=1, max_steps=3, batch_size=64, dim=8,
                               device="cpu", run_dir=str(run_dir)), progress=False)
             diagnose_run(run_dir, device="cpu", max_images=200, max_uncertainty_images=32,
                          max_posterior_images=4, num_samples=5, num_chains=2)

@@ -11,7 +11,8 @@ from pyro.infer import SVI, Predictive, Trace_ELBO
 
 from distributions import ProjectedNormal, gaussian_kl_bound
 from vprob.losses import info_nce, supcon
-from vprob.models import VCL, build_model
+from vprob.methods import get_method
+from vprob.models import VCL
 from vprob.nets import DigitsConvNet
 
 
@@ -111,7 +112,7 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="tau"):
         VCL(DigitsConvNet(), dim=4, tau=0.0)
     with pytest.raises(ValueError, match="method"):
-        build_model("vsimsiam", DigitsConvNet(), 4)
+        get_method("vsimsiam")
     vsupcon = VCL(DigitsConvNet(), dim=4, supervised=True)
     with pytest.raises(ValueError, match="labels"):
         vsupcon.training_loss(torch.zeros(2, 4, 1, 8, 8))

@@ -13,9 +13,11 @@ from pyro.infer import SVI, Predictive, Trace_ELBO, TraceMeanField_ELBO
 from scipy import stats
 
 from vprob.data import SimCLRAugment
-from vprob.models import VJE, build_model
+from vprob.methods import get_method
+from vprob.models import VJE
 from vprob.nets import DigitsConvNet
-from vprob.train import TrainConfig, build_run_model, train
+from vprob.config import build_model, make_config
+from vprob.train import train
 
 
 def two_views(digits, batch=64, seed=0):
@@ -247,8 +249,8 @@ def test_scores_embedding_and_collapse_monitors(digits):
 
 
 def test_engine_trains_vje_and_logs_collapse_monitors(tmp_path):
-    results = train(TrainConfig(method="vje", data="digits", epochs=1, batch_size=128, device="cpu",
-                                log_every=2, run_dir=str(tmp_path / "run"), vje_df=7.0), progress=False)
+    results = train(make_config(method="vje", data="digits", epochs=1, batch_size=128, device="cpu",
+                                log_every=2, run_dir=str(tmp_path / "run"), df=7.0), progress=False)
     assert 0.1 < results["knn_top1_k200_weighted"] <= 1.0
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert records
@@ -256,17 +258,17 @@ def test_engine_trains_vje_and_logs_collapse_monitors(tmp_path):
         for key in ("loss", "nll", "kl", "embedding_std", "mean_nu", "mean_radius"):
             assert math.isfinite(record[key]), key
         assert record["loss"] == pytest.approx(record["nll"] + record["kl"], rel=1e-5)
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["vje_df"] == 7.0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["options"]["df"] == 7.0
 
 
 def test_config_options_reach_the_model():
-    config = TrainConfig(method="vje", data="digits", vje_df=7.0, vje_radial_df=3.0, vje_radial_scale=0.5,
-                         vje_radial_weight=0.25, vje_directional="euclidean", vje_num_particles=2).resolved()
-    model = build_run_model(config)
+    config = make_config(method="vje", data="digits", df=7.0, radial_df=3.0, radial_scale=0.5,
+                         radial_weight=0.25, directional="euclidean", num_particles=2).resolved()
+    model = build_model(config)
     assert isinstance(model, VJE)
     assert (model.df, model.radial_df, model.radial_scale, model.radial_weight) == (7.0, 3.0, 0.5, 0.25)
     assert (model.directional, model.num_particles, model.dim) == ("euclidean", 2, 128)
-    assert model.head.hidden_dim == config.head_hidden
+    assert model.head.hidden_dim == config.options["head_hidden"]
 
 
 def test_bad_options_raise_value_error(digits):
@@ -278,12 +280,12 @@ def test_bad_options_raise_value_error(digits):
     ]:
         with pytest.raises(ValueError, match=name):
             VJE(DigitsConvNet(), **kwargs)
-    with pytest.raises(ValueError, match="vje_df"):
-        TrainConfig(method="vje", vje_df=0.0).resolved()
-    with pytest.raises(ValueError, match="vje_directional"):
-        TrainConfig(method="vje", vje_directional="chordal").resolved()
     with pytest.raises(ValueError, match="df"):
-        build_model("vje", DigitsConvNet(), 8, df=-2.0)
+        make_config(method="vje", df=0.0).resolved()
+    with pytest.raises(ValueError, match="directional"):
+        make_config(method="vje", directional="chordal").resolved()
+    with pytest.raises(ValueError, match="df"):
+        get_method("vje").from_options(DigitsConvNet(), {"df": -2.0})
     with pytest.raises(TypeError, match="feature_dim"):
         VJE(torch.nn.Linear(4, 4))
 

@@ -7,11 +7,11 @@ the run folder, checkpoints and metrics are those of an ordinary run.
 
 Scores, all "higher = more anomalous", computed side by side on the same trained model:
 
-* ``likelihood`` (VJE only): the negative representation-space log-likelihood of a test image,
+* ``likelihood`` (methods that declare anomaly scores: VJE): the negative representation-space log-likelihood of a test image,
   averaged over ``num_pairs`` pairs of augmented views (:meth:`vprob.models.VJE.anomaly_scores`), as the
   density of the target's polar coordinates (log r, u) **(choice)**; ``likelihood_cartesian``: the same
   as a density on R^D, which adds D log r (see :meth:`vprob.models.VJE.pair_nll` for why that is worse);
-* ``log_det`` (models with a posterior: VJE, VSimCLR): the log determinant of the posterior covariance,
+* ``log_det`` (methods with uncertainty scores: VJE, VSimCLR): the log determinant of the posterior covariance,
   VCL's uncertainty score (VJE: sum_k log nu_k; VCL: sum_k log sigma_k^2), on the clean image;
 * ``knn`` (every model): a baseline on the same point embeddings (``model.embed``): the cosine distance
   1 - cos to the k-th nearest embedding of the normal training images (k = ``knn_k``, default 1 (choice)).
@@ -20,7 +20,8 @@ AUROC (:func:`vprob.diagnostics.uncertainty.auroc`): in = the normal class, out 
 0.5 is chance. Results go to ``anomaly.json`` in the run folder (one subfolder ``class_K`` per trained
 model).
 
-Measured on digits (CPU, seed 0, the defaults below: 100 epochs of batch 32, 8 pairs, k = 1), mean AUROC
+Every unsupervised method of the registry can be trained one-class (a supervised objective has nothing to
+contrast with a single class). Measured on digits (CPU, seed 0, the data set's one-class defaults: 100 epochs of batch 32, 8 pairs, k = 1), mean AUROC
 over the 10 classes: likelihood 0.80 (per class 0.71-0.93), likelihood_cartesian 0.76 (0.52-0.94),
 log_det 0.68, knn 0.88: on digits the kNN baseline beats both of VJE's own scores.
 """
@@ -30,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -40,20 +41,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vprob.checkpoint import CHECKPOINT_NAME
-from vprob.data import SimCLRAugment, check_image_batch
+from vprob.config import TrainConfig, default_run_dir, with_anomaly_defaults
+from vprob.data import SimCLRAugment, check_image_batch, get_dataset
 from vprob.diagnostics.uncertainty import auroc
-from vprob.train import TrainConfig, Trainer, TrainingPaused, check_class_index, write_json_atomic
+from vprob.evaluate import map_batches
+from vprob.jsonio import write_json_atomic
+from vprob.methods import get_method, methods_with
+from vprob.train import Trainer, TrainingPaused, check_class_index
 
-ANOMALY_METHODS = ("vje", "vsimclr", "simclr")
 SCORES = ("likelihood", "likelihood_cartesian", "log_det", "knn")
 RESULTS_NAME = "anomaly.json"
 
-# One class of digits has about 144 training images: small batches keep a few steps per epoch.
-# The CIFAR-10 values are a starting point for the 5,000 images of one class (not tuned).
-ANOMALY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "digits": dict(epochs=100, batch_size=32),
-    "cifar10": dict(epochs=200, batch_size=256),
-}
+
+def anomaly_methods() -> tuple[str, ...]:
+    """The registered methods the one-class protocol trains: those that need no labels."""
+    return methods_with(needs_labels=False)
 
 
 def knn_distance(normal_embeddings: Tensor, test_embeddings: Tensor, k: int = 1) -> Tensor:
@@ -65,12 +67,6 @@ def knn_distance(normal_embeddings: Tensor, test_embeddings: Tensor, k: int = 1)
     normal = F.normalize(normal_embeddings.float(), dim=-1)
     similarity = F.normalize(test_embeddings.float(), dim=-1) @ normal.T
     return 1.0 - similarity.topk(k, dim=1).values[:, -1]
-
-
-def _map_batches(fn: Callable[[Tensor], Tensor], images: Tensor, normalize: Callable[[Tensor], Tensor],
-                 batch_size: int) -> Tensor:
-    """fn(normalize(batch)) over uint8 images in batches, concatenated."""
-    return torch.cat([fn(normalize(images[i:i + batch_size])) for i in range(0, len(images), batch_size)])
 
 
 @torch.no_grad()
@@ -115,9 +111,9 @@ def anomaly_scores(
             def log_det(x: Tensor) -> Tensor:
                 return model.uncertainty(x)["log_det"]
 
-            scores["log_det"] = _map_batches(log_det, test_images, normalize, batch_size)
-        normal = _map_batches(model.embed, normal_images, normalize, batch_size)
-        test = _map_batches(model.embed, test_images, normalize, batch_size)
+            scores["log_det"] = map_batches(log_det, test_images, normalize, batch_size)
+        normal = map_batches(model.embed, normal_images, normalize, batch_size)
+        test = map_batches(model.embed, test_images, normalize, batch_size)
         scores["knn"] = knn_distance(normal, test, knn_k)
     finally:
         model.train(was_training)
@@ -134,13 +130,12 @@ def one_class_aurocs(scores: dict[str, Tensor], labels: Tensor, normal_class: in
 
 
 def _anomaly_config(config: TrainConfig) -> TrainConfig:
-    """``config`` with the one-class defaults (``ANOMALY_DEFAULTS``) where it leaves epochs or batch size
-    open; other open fields take the data set's training defaults later."""
-    if config.method not in ANOMALY_METHODS:
-        raise ValueError(f"anomaly detection supports methods {ANOMALY_METHODS}, got {config.method!r}")
-    defaults = ANOMALY_DEFAULTS.get(config.data, {})
-    values = {key: value for key, value in defaults.items() if getattr(config, key) is None}
-    return replace(config, **values)
+    """``config`` with the data set's one-class defaults where it leaves epochs or batch size open; other
+    open fields take the data set's training defaults later."""
+    if get_method(config.method).capabilities.needs_labels:
+        raise ValueError(f"anomaly detection trains methods that need no labels ({', '.join(anomaly_methods())}), "
+                         f"got {config.method!r}")
+    return with_anomaly_defaults(config)
 
 
 def run_one_class(
@@ -204,14 +199,12 @@ def run_anomaly(
     whole call, shared by the classes in turn; when it runs out, :class:`vprob.train.TrainingPaused` is
     raised at a checkpoint and the same call with ``resume=True`` continues.
     """
-    from vprob.data import load_dataset
-
     config = _anomaly_config(config).resolved()
     for name, value in (("num_pairs", num_pairs), ("knn_k", knn_k)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     # The class names (and count) of the data set, to check the classes before any training.
-    classes = load_dataset(config.data, config.data_dir)[1].classes
+    classes = get_dataset(config.data).classes(config.data_dir)
     if normal_classes is None:
         normal_classes = range(len(classes))
     normal_classes = list(normal_classes)
@@ -221,8 +214,7 @@ def run_anomaly(
         check_class_index(k, classes)
     if resume and not config.run_dir:
         raise ValueError("resume needs the run folder of the one-class runs (config.run_dir / --run-dir)")
-    run_dir = Path(config.run_dir) if config.run_dir else (
-        Path("runs") / f"anomaly-{config.method}-{config.data}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config, prefix="anomaly-")
     started = time.perf_counter()
     per_class = []
     for k in normal_classes:

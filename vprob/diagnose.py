@@ -1,11 +1,11 @@
 """``vprob diagnose RUN_DIR``: every diagnostic of METHODS.md section 4 for one training run.
 
-:func:`diagnose_run` loads a run's checkpoint (as ``vprob.train.evaluate_run`` does) and writes a report
+:func:`diagnose_run` loads a run's checkpoint (:func:`vprob.runs.load_run`) and writes a report
 folder (default ``RUN_DIR/report``):
 
 - ``report.json``: every number (effective ranks and spectra, MI lower bounds, Spearman correlations,
   AUROCs, posterior summary statistics, geometry), sections that do not apply replaced by
-  ``{"skipped": reason}`` and listed under the top-level ``"skipped"``;
+  ``{"skipped": reason}`` and listed under the top-level ``"skipped"`` (non-finite numbers as null);
 - figures (PNG): ``spectrum.png``, ``training_curves.png``, and where they apply
   ``uncertainty_vs_severity_<score>.png``, ``score_histograms_<score>.png``, ``posterior_sphere.png``
   (d = 3), ``cct_weights.png`` (CCT);
@@ -21,9 +21,9 @@ well under a minute on a CPU; the sizes used are recorded in the report):
   variant): the score on ``max_uncertainty_images`` test images, clean and under every corruption at
   severities 1..5 (Spearman per corruption and overall), and OOD AUROCs against
   (a) ``uniform_noise``: images with i.i.d. uniform 0..255 pixels, the same shape (far OOD, always
-  available); (b) for CIFAR-10 runs, ``digits``: scikit-learn's bundled digits, box-upsampled to 32x32 and
-  repeated over the RGB channels (the other data set, always available offline; a digits run has no
-  second data set offline, which the report says); (c) ``<corruption>_s5``: the same images at severity 5
+  available); (b) the data set's far-OOD companion (its registry record's ``far_ood``; for CIFAR-10 the
+  bundled digits, box-upsampled to 32x32 and repeated over the RGB channels), when it has one (a digits
+  run has no second data set offline, which the report says); (c) ``<corruption>_s5``: the same images at severity 5
   (near OOD);
 - VCL (a spherical latent "z"): posterior draws (``num_chains`` x ``num_samples``) of a random subset of
   ``max_posterior_images`` of those images through ``pyro.infer.Predictive``, their spectrum, arviz
@@ -35,11 +35,7 @@ Deterministic methods skip the uncertainty, OOD, posterior and geometry sections
 
 from __future__ import annotations
 
-import json
-import math
-import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,8 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vprob.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
-from vprob.data import ImageSet, SimCLRAugment, load_dataset
+from vprob.data import SimCLRAugment, get_dataset, load_dataset
 from vprob.diagnostics import (
     auroc,
     class_centroids,
@@ -66,6 +61,10 @@ from vprob.diagnostics import (
 )
 from vprob.diagnostics.corruptions import box_resample_matrix
 from vprob.diagnostics.uncertainty import score_images
+from vprob.evaluate import map_batches
+from vprob.jsonio import json_safe, write_json_atomic
+from vprob.methods import get_method
+from vprob.runs import load_run
 
 REPORT_NAME = "report.json"
 NETCDF_NAME = "posterior.nc"
@@ -76,32 +75,8 @@ def _deterministic_reason(method: str) -> str:
             "uncertainty score")
 
 
-def load_run(run_dir: str | Path, device: torch.device, data_dir: str | None = None
-             ) -> tuple[Any, nn.Module, ImageSet, ImageSet, SimCLRAugment, int]:
-    """(config, model in eval mode on ``device``, train set, test set, augmentation, step) of a run."""
-    from vprob.train import build_run_model, config_from_dict
-
-    state = load_checkpoint(Path(run_dir) / CHECKPOINT_NAME)
-    config = config_from_dict(state["config"])
-    if data_dir is not None:
-        config.data_dir = data_dir
-    config = config.resolved()
-    model = build_run_model(config)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint does not match its own config: {exc}") from exc
-    model.to(device).eval()
-    train_set, test_set = load_dataset(config.data, config.data_dir, device=device)
-    augment = SimCLRAugment.for_dataset(config.data, train_set)
-    return config, model, train_set, test_set, augment, int(state.get("step", 0))
-
-
-@torch.no_grad()
-def _map_batches(fn: Callable[[Tensor], Tensor], images: Tensor, normalize: Callable[[Tensor], Tensor],
-                 batch_size: int) -> Tensor:
-    return torch.cat([fn(normalize(images[i:i + batch_size])).float().flatten(1)
-                      for i in range(0, images.shape[0], batch_size)])
+def _map_batches(fn, images: Tensor, normalize, batch_size: int) -> Tensor:
+    return map_batches(fn, images, normalize, batch_size).flatten(1)
 
 
 def _subsample(n: int, limit: int | None, generator: torch.Generator) -> Tensor:
@@ -111,39 +86,17 @@ def _subsample(n: int, limit: int | None, generator: torch.Generator) -> Tensor:
     return torch.randperm(n, generator=generator)[:limit].sort().values
 
 
-def _digits_as_cifar(num: int, generator: torch.Generator, device: torch.device) -> Tensor:
-    """Bundled digits (8x8 grayscale) box-upsampled to 32x32 and repeated over 3 channels: uint8."""
-    from vprob.data.datasets import load_digits
-
-    _, digits = load_digits()
-    images = digits.images[_subsample(len(digits), num, generator)].float()
-    resize = box_resample_matrix(8, 32)
-    images = torch.einsum("oh,nchw,pw->ncop", resize, images, resize)
-    return images.round().clamp(0, 255).to(torch.uint8).repeat(1, 3, 1, 1).to(device)
-
-
-def _json_safe(value: Any) -> Any:
-    """Plain JSON: tensors to lists/numbers, non-finite floats to None, keys to strings."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, Tensor):
-        return _json_safe(value.tolist())
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
-        return value
-    if isinstance(value, float) or hasattr(value, "__float__"):
-        number = float(value)
-        return number if math.isfinite(number) else None
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_json_safe(payload), indent=2) + "\n")
-    os.replace(tmp, path)
+def _far_ood_images(name: str, num: int, like: Tensor, generator: torch.Generator) -> Tensor:
+    """Up to ``num`` test images of data set ``name`` in the shape of ``like`` (N, C, H, W): box-resampled
+    to H x W and, if grey, repeated over the channels; uint8 on ``like``'s device."""
+    _, other = load_dataset(name)
+    images = other.images[_subsample(len(other), num, generator)].float()
+    size_in, (channels, size_out) = images.shape[-1], (like.shape[1], like.shape[-1])
+    resize = box_resample_matrix(size_in, size_out)
+    images = torch.einsum("oh,nchw,pw->ncop", resize, images, resize).round().clamp(0, 255).to(torch.uint8)
+    if images.shape[1] != channels:
+        images = images.repeat(1, channels // images.shape[1], 1, 1)
+    return images.to(like.device)
 
 
 @dataclass
@@ -200,14 +153,14 @@ def diagnose_run(
     Returns:
         The report (also written to ``out_dir / "report.json"``, with NaN written as null).
     """
-    from vprob.train import resolve_device
-
     started = time.perf_counter()
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "report"
+    run = load_run(run_dir, device, data_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    torch_device = resolve_device(device)
-    config, model, train_set, test_set, augment, step = load_run(run_dir, torch_device, data_dir)
+    config, model, train_set, test_set, augment = run.config, run.model, run.train_set, run.test_set, run.augment
+    torch_device, step = run.device, run.step
+    spherical_posterior = get_method(config.method).capabilities.spherical_posterior
     ctx = _Context(config, model, augment, out_dir, torch_device, seed, batch_size,
                    torch.Generator().manual_seed(seed))
 
@@ -224,7 +177,7 @@ def diagnose_run(
     collapse, information, train_embeddings = _collapse_and_information(ctx, train, test, num_classes)
     report: dict[str, Any] = {
         "run_dir": str(run_dir), "out_dir": str(out_dir), "method": config.method, "data": config.data,
-        "dim": config.dim, "steps": step, "device": str(torch_device), "seed": seed,
+        "dim": model.dim, "steps": step, "device": str(torch_device), "seed": seed,
         "collapse": collapse, "mutual_information": information,
     }
     if has_uncertainty(model):
@@ -232,7 +185,7 @@ def diagnose_run(
     else:
         reason = _deterministic_reason(config.method)
         report["uncertainty"], report["ood"] = ctx.skip("uncertainty", reason), ctx.skip("ood", reason)
-    if posterior and _has_spherical_posterior(model):
+    if posterior and spherical_posterior:
         centroids = class_centroids(train_embeddings, train[1], num_classes)
         summary, geometry, spectrum = _posterior_and_geometry(
             ctx, test[0][post_index.to(torch_device)], test[1][post_index.to(torch_device)],
@@ -255,7 +208,7 @@ def diagnose_run(
         "subsample": {
             "train_images": len(train_index), "test_images": len(test_index),
             "uncertainty_images": len(uncertainty_index),
-            "posterior_images": len(post_index) if posterior and _has_spherical_posterior(model) else 0,
+            "posterior_images": len(post_index) if posterior and spherical_posterior else 0,
             "note": "random subsets (seeded) of the train and test splits; the uncertainty images are a "
                     "random subset of those test images, the posterior images a random subset of them",
         },
@@ -263,8 +216,8 @@ def diagnose_run(
         "skipped": ctx.skipped,
         "timing_s": ctx.timing,
     })
-    _write_json(out_dir / REPORT_NAME, report)
-    return _json_safe(report)
+    write_json_atomic(out_dir / REPORT_NAME, report)
+    return json_safe(report)
 
 
 def _collapse_and_information(ctx: _Context, train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor],
@@ -320,12 +273,15 @@ def _uncertainty_and_ood(ctx: _Context, images: Tensor) -> tuple[dict, dict]:
     far_sets = {"uniform_noise": torch.randint(0, 256, tuple(images.shape), generator=generator,
                                                device=ctx.device, dtype=torch.uint8)}
     descriptions = {"uniform_noise": "i.i.d. uniform 0..255 pixels, the test images' shape (far OOD)"}
-    if ctx.config.data == "cifar10":
-        far_sets["digits"] = _digits_as_cifar(images.shape[0], ctx.generator, ctx.device)
-        descriptions["digits"] = "scikit-learn digits, box-upsampled to 32x32, grey repeated to RGB"
+    companion = get_dataset(ctx.config.data).far_ood
+    if companion is not None:
+        far_sets[companion] = _far_ood_images(companion, images.shape[0], images, ctx.generator)
+        descriptions[companion] = (f"{companion} test images, box-resampled to the run's image size, grey "
+                                   "repeated over the channels")
     else:
         ctx.skip("ood.other_dataset", f"a {ctx.config.data} run has no second data set available offline "
-                                      "(CIFAR-10 needs a data folder); far OOD uses uniform noise only")
+                                      "(its registry record names no far-OOD companion); far OOD uses "
+                                      "uniform noise only")
     far_scores = {name: score_images(model, x, normalize, batch_size=ctx.batch_size)
                   for name, x in far_sets.items()}
     for name in sweep["scores"]:
@@ -407,17 +363,11 @@ def _common_figures(ctx: _Context, run_dir: Path, collapse: dict, images: Tensor
         ctx.figures["training_curves"] = path.name
     else:
         ctx.skip("figures.training_curves", f"no metrics in {metrics}")
-    if config.method == "cct":
-        path = _plot_cct_weights(ctx.model, images, ctx.augment, ctx.out_dir, ctx.seed)
+    if callable(getattr(ctx.model, "weights", None)):  # a method with contrastive weights (CCT)
+        path = _plot_contrastive_weights(ctx.model, images, ctx.augment, ctx.out_dir, ctx.seed)
         ctx.figures["cct_weights"] = path.name
     else:
-        ctx.skip("figures.cct_weights", f"CCT weights exist for method 'cct' only, not {config.method!r}")
-
-
-def _has_spherical_posterior(model: nn.Module) -> bool:
-    from vprob.models import VCL
-
-    return isinstance(model, VCL)
+        ctx.skip("figures.cct_weights", f"method {config.method!r} has no contrastive weights to draw")
 
 
 @torch.no_grad()
@@ -434,15 +384,13 @@ def _spread_vs_score(model: nn.Module, x: Tensor, spread: Tensor) -> float:
 
 
 @torch.no_grad()
-def _plot_cct_weights(model: nn.Module, images: Tensor, augment: SimCLRAugment, out_dir: Path,
-                      seed: int, batch: int = 32) -> Path:
-    """CCT's weights on V augmented views of a few test images (the model's own V, t+ and t-)."""
-    from vprob.losses import cct
+def _plot_contrastive_weights(model: nn.Module, images: Tensor, augment: SimCLRAugment, out_dir: Path,
+                              seed: int, batch: int = 32) -> Path:
+    """The method's contrastive weights (``model.weights``) on its V augmented views of a few test images."""
     from vprob.plots import plot_cct_weights
 
     images = images[:batch]
     generator = torch.Generator(images.device).manual_seed(seed)
     views = torch.stack([augment(images, generator) for _ in range(model.num_views)])
     z = F.normalize(model(views.flatten(0, 1)), dim=-1).view(model.num_views, images.shape[0], -1)
-    _, weights = cct(z, t_pos=model.t_pos, t_neg=model.t_neg, return_weights=True)
-    return plot_cct_weights(images, weights, out_dir / "cct_weights.png")
+    return plot_cct_weights(images, model.weights(z), out_dir / "cct_weights.png")

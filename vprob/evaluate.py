@@ -6,13 +6,14 @@ Everything runs batched on whatever device the tensors live on (no scikit-learn,
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["extract_features", "knn_accuracy", "knn_predict", "linear_probe"]
+__all__ = ["evaluate_backbone", "extract_features", "knn_accuracy", "knn_predict", "linear_probe", "map_batches"]
 
 
 def _module_device(module: nn.Module, fallback: torch.device) -> torch.device:
@@ -21,6 +22,25 @@ def _module_device(module: nn.Module, fallback: torch.device) -> torch.device:
     for tensor in module.buffers():
         return tensor.device
     return fallback
+
+
+@torch.no_grad()
+def map_batches(fn: Callable[[Tensor], Tensor], images_uint8: Tensor, normalize_fn: Callable[[Tensor], Tensor],
+                batch_size: int = 512, device: torch.device | None = None) -> Tensor:
+    """``fn(normalize_fn(batch))`` over uint8 images (N, C, H, W) in batches (moved to ``device`` if given),
+    each output cast to float32 and concatenated along the first dimension: (N, ...). The caller chooses
+    the modules' mode (train or eval)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if images_uint8.shape[0] == 0:
+        raise ValueError("map_batches got no images")
+    chunks = []
+    for start in range(0, images_uint8.shape[0], batch_size):
+        batch = images_uint8[start:start + batch_size]
+        if device is not None:
+            batch = batch.to(device, non_blocking=True)
+        chunks.append(fn(normalize_fn(batch)).float())
+    return torch.cat(chunks)
 
 
 @torch.no_grad()
@@ -41,27 +61,42 @@ def extract_features(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if images_uint8.shape[0] == 0:
+        raise ValueError("extract_features got no images")
     device = torch.device(device) if device is not None else _module_device(module, images_uint8.device)
     modes = [(m, m.training) for m in module.modules()]
     module.eval()
+
+    def features(x: Tensor) -> Tensor:
+        with (torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype is not None
+              else contextlib.nullcontext()):
+            return module(x).flatten(1)
+
     try:
-        chunks = []
-        for start in range(0, images_uint8.shape[0], batch_size):
-            x = normalize_fn(images_uint8[start : start + batch_size].to(device, non_blocking=True))
-            ctx = (
-                torch.autocast(device_type=device.type, dtype=autocast_dtype)
-                if autocast_dtype is not None
-                else contextlib.nullcontext()
-            )
-            with ctx:
-                features = module(x)
-            chunks.append(features.float().flatten(1))
-        if not chunks:
-            raise ValueError("extract_features got no images")
-        return torch.cat(chunks)
+        return map_batches(features, images_uint8, normalize_fn, batch_size, device)
     finally:
         for m, mode in modes:
             m.training = mode
+
+
+def evaluate_backbone(encoder: nn.Module, train_set: Any, test_set: Any, normalize_fn: Callable[[Tensor], Tensor],
+                      knn_k: Sequence[int] = (200, 10), seed: int = 0, device: torch.device | None = None,
+                      amp: bool = False) -> dict[str, float]:
+    """kNN accuracy for each k (weighted vote for k > 10, majority otherwise; keys
+    ``knn_top1_k{k}_{weighted|majority}``) and linear-probe accuracy (``linear_top1``) of frozen ``encoder``
+    features, fitted on ``train_set`` and scored on ``test_set`` (ImageSets of uint8 images)."""
+    dtype = torch.bfloat16 if amp else None
+    train = extract_features(encoder, train_set.images, normalize_fn, device=device, autocast_dtype=dtype)
+    test = extract_features(encoder, test_set.images, normalize_fn, device=device, autocast_dtype=dtype)
+    results: dict[str, float] = {}
+    for k in knn_k:
+        weighted = k > 10
+        key = f"knn_top1_k{k}_{'weighted' if weighted else 'majority'}"
+        results[key] = knn_accuracy(train, train_set.labels, test, test_set.labels, k=k, weighted=weighted,
+                                    num_classes=train_set.num_classes)
+    results["linear_top1"] = linear_probe(train, train_set.labels, test, test_set.labels, device=device,
+                                          seed=seed)
+    return results
 
 
 def _num_classes(*labels: Tensor) -> int:

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-__all__ = ["BACKBONE_NAMES", "DigitsConvNet", "MLPHead", "feature_dim_of", "make_backbone", "resnet18_cifar"]
+__all__ = ["BACKBONE_NAMES", "LOG_VARIANCE_RANGE", "DigitsConvNet", "MLPHead", "feature_dim_of", "make_backbone", "resnet18_cifar"]
 
 BACKBONE_NAMES = ("resnet18_cifar", "digits_convnet")
+
+# Heads that predict a log variance clamp it to this range: exp() stays finite in bf16/fp32 (and VJE's
+# tangent t proper) during the first unstable steps.
+LOG_VARIANCE_RANGE = (-12.0, 8.0)
 
 
 def resnet18_cifar() -> nn.Module:

@@ -1,7 +1,8 @@
 """Record fixed-seed digits runs of every method (loss per step, kNN, linear) as the behaviour oracle.
 
-Run once before a refactor of the engine; ``tests/test_behaviour_unchanged.py`` then checks that the same
-seeds still give the same numbers. ``python tests/golden/record_digits.py`` rewrites ``digits_runs.json``.
+The numbers in ``digits_runs.json`` were recorded with the engine as it was before the method and data-set
+registries (commit 3f2b351, through its flat ``TrainConfig``); ``tests/test_behaviour_unchanged.py`` checks
+that the same seeds still give the same numbers. ``python tests/golden/record_digits.py`` rewrites ``digits_runs.json``.
 """
 
 import json
@@ -27,17 +28,12 @@ MODEL = dict(dim=8, head_hidden=32)
 
 
 def run_case(method: str, options: dict, run_dir: str) -> dict:
+    from vprob.config import make_config
     from vprob.train import train
 
-    try:  # the engine's configuration API after the registries refactor
-        from vprob.train import make_config
-
-        config = make_config(method=method, run_dir=run_dir, **ENGINE, **MODEL, **options)
-    except ImportError:
-        from vprob.train import TrainConfig
-
-        model = {k: v for k, v in MODEL.items() if not (method == "vje" and k == "dim")}
-        config = TrainConfig(method=method, run_dir=run_dir, **ENGINE, **model, **options)
+    # VJE has no projector: dim is not among its options (it was ignored before the registries).
+    model = {k: v for k, v in MODEL.items() if not (method == "vje" and k == "dim")}
+    config = make_config(method=method, run_dir=run_dir, **ENGINE, **model, **options)
     results = train(config, progress=False)
     lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
     losses = [json.loads(line)["loss"] for line in lines if line.strip()]

@@ -1,23 +1,26 @@
-"""Data sets kept whole on the device as uint8, and batched on-device SimCLR augmentation."""
+"""Data sets kept whole on the device as uint8, batched on-device SimCLR augmentation, and the registry of
+data sets (:mod:`vprob.data.registry`)."""
 
 from vprob.data.augment import AugmentParams, SimCLRAugment
 from vprob.data.datasets import (
-    DATASET_NAMES,
     ImageSet,
     channel_stats,
     check_image_batch,
     load_cifar10,
-    load_dataset,
     load_digits,
 )
+from vprob.data.registry import DATASETS, DatasetSpec, augmentation_for, get_dataset, load_dataset
 
 __all__ = [
-    "DATASET_NAMES",
+    "DATASETS",
     "AugmentParams",
+    "DatasetSpec",
     "ImageSet",
     "SimCLRAugment",
+    "augmentation_for",
     "channel_stats",
     "check_image_batch",
+    "get_dataset",
     "load_cifar10",
     "load_dataset",
     "load_digits",

@@ -223,45 +223,11 @@ class SimCLRAugment:
 
     @classmethod
     def for_dataset(cls, name: str, image_set, **overrides) -> SimCLRAugment:
-        """Recommended augmentation for a named data set, with statistics from ``image_set`` (an ImageSet).
+        """The recipe of a registered data set (:mod:`vprob.data.registry`, where each recipe is explained),
+        with statistics from ``image_set`` (an ImageSet); keyword ``overrides`` replace any argument."""
+        from vprob.data.registry import augmentation_for
 
-        - "digits" (8x8 grayscale): crops of 50-100 % of the area, no flip (digits are not mirror
-          symmetric: a flipped 2 or 3 or 7 is not a digit), mild brightness/contrast (0.2, p 0.8), no
-          colour ops (one channel).
-        - "cifar10": the SimCLR recipe (Chen et al. 2020) with crop scale (0.2, 1): on 32x32 images the
-          ImageNet lower bound 0.08 leaves 9x9-pixel crops that rarely show the object; 0.2 is what
-          dkobak/simclr-cifar10 (our speed yardstick) and SupCon's CIFAR recipe use. Flip 0.5,
-          colour jitter (0.4, 0.4, 0.4, 0.1) with p 0.8, grayscale 0.2, no blur (as SimCLR on CIFAR).
-
-        Keyword ``overrides`` replace any constructor argument.
-        """
-        common = dict(
-            image_size=image_set.images.shape[-1],
-            channels=image_set.images.shape[1],
-            mean=image_set.mean,
-            std=image_set.std,
-        )
-        if name == "digits":
-            recipe = dict(
-                crop_scale=(0.5, 1.0),
-                crop_ratio=(3 / 4, 4 / 3),
-                flip_p=0.0,
-                jitter=(0.2, 0.2, 0.0, 0.0),
-                jitter_p=0.8,
-                grayscale_p=0.0,
-            )
-        elif name == "cifar10":
-            recipe = dict(
-                crop_scale=(0.2, 1.0),
-                crop_ratio=(3 / 4, 4 / 3),
-                flip_p=0.5,
-                jitter=(0.4, 0.4, 0.4, 0.1),
-                jitter_p=0.8,
-                grayscale_p=0.2,
-            )
-        else:
-            raise ValueError(f"no augmentation recipe for data set {name!r}; valid names: digits, cifar10")
-        return cls(**{**common, **recipe, **overrides})
+        return augmentation_for(name, image_set, **overrides)
 
     # ---------------------------------------------------------------------------------- sampling
 

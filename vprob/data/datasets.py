@@ -26,16 +26,12 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "DATASET_NAMES",
     "ImageSet",
     "channel_stats",
     "check_image_batch",
     "load_cifar10",
-    "load_dataset",
     "load_digits",
 ]
-
-DATASET_NAMES = ("digits", "cifar10")
 
 CIFAR10_FORMAT_HELP = (
     "CIFAR-10 is read from a folder holding train.npz and test.npz (arrays `jpeg` uint8: all JPEG files "
@@ -401,20 +397,3 @@ def load_cifar10(
         ImageSet(train_x, train_y, train_classes, mean, std),
         ImageSet(test_x, test_y, train_classes, mean, std),
     )
-
-
-def load_dataset(
-    name: str,
-    data_dir: str | os.PathLike | None = None,
-    device: torch.device | str = "cpu",
-    cache_dir: str | os.PathLike | None = None,
-) -> tuple[ImageSet, ImageSet]:
-    """(train, test) of a named data set on ``device``: "digits" (bundled), "cifar10" (needs data_dir)."""
-    if name == "digits":
-        train, test = load_digits()
-        return train.to(device), test.to(device)
-    if name == "cifar10":
-        if data_dir is None:
-            raise ValueError(f"data set 'cifar10' needs a data folder. {CIFAR10_FORMAT_HELP}")
-        return load_cifar10(data_dir, device=device, cache_dir=cache_dir)
-    raise ValueError(f"unknown data set {name!r}; valid names: {', '.join(DATASET_NAMES)}")

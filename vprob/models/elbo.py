@@ -6,7 +6,7 @@ again in a backward hook) and converts losses to Python numbers (``torch_item``:
 host-device synchronizations, 4 per VSimCLR step with ``TraceMeanField_ELBO`` and 3 with ``Trace_ELBO``
 (counted by ``benchmarks/train_throughput.py``), each of which makes the CPU wait for the GPU and then
 leaves the GPU idle while Pyro's Python runs. The training engine watches for non-finite values itself, so
-it evaluates the same estimators from the same Pyro traces (``ELBO._get_traces``) without them.
+it evaluates the same estimators from the same Pyro traces (Pyro's ``ELBO._get_traces``, through :mod:`vprob.models.pyro_internals`) without them.
 ``tests/test_elbo.py`` checks values and gradients against ``differentiable_loss`` for ``Trace_ELBO`` and
 ``TraceMeanField_ELBO``, and ``tests/test_train_throughput.py`` that a training step makes no sync.
 """
@@ -16,10 +16,11 @@ from __future__ import annotations
 import torch
 from pyro.distributions.util import is_identically_zero, scale_and_mask
 from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
-from pyro.infer.trace_elbo import _compute_log_r
 from pyro.poutine import Trace
 from torch import Tensor
 from torch.distributions import kl_divergence
+
+from vprob.models.pyro_internals import compute_log_r, get_traces
 
 
 def differentiable_loss(elbo: ELBO, model, guide, *args, **kwargs) -> Tensor:
@@ -37,7 +38,7 @@ def differentiable_loss(elbo: ELBO, model, guide, *args, **kwargs) -> Tensor:
     else:
         return elbo.differentiable_loss(model, guide, *args, **kwargs)
     loss = 0.0
-    for model_trace, guide_trace in elbo._get_traces(model, guide, args, kwargs):
+    for model_trace, guide_trace in get_traces(elbo, model, guide, args, kwargs):
         loss = loss + particle_loss(model_trace, guide_trace) / elbo.num_particles
     return loss
 
@@ -60,7 +61,7 @@ def trace_particle_surrogate_loss(model_trace: Trace, guide_trace: Trace) -> Ten
             surrogate = surrogate - entropy_term.sum()
         if not is_identically_zero(score_function_term):
             if log_r is None:
-                log_r = _compute_log_r(model_trace, guide_trace)
+                log_r = compute_log_r(model_trace, guide_trace)
             surrogate = surrogate + (log_r.sum_to(site["cond_indep_stack"]) * score_function_term).sum()
     return -surrogate
 
@@ -89,3 +90,17 @@ def mean_field_particle_loss(model_trace: Trace, guide_trace: Trace) -> Tensor:
         if guide_site["type"] == "sample" and name not in model_trace.nodes:
             elbo = elbo - guide_site["score_parts"].entropy_term.sum()
     return -elbo
+
+
+def two_view_objective(pair, views: Tensor, labels: Tensor | None, elbo: ELBO) -> tuple[Tensor, dict[str, Tensor]]:
+    """The per-(view, image) objective L = -ELBO / 2B of a two-view model/guide pair (VCL, VJE) on views
+    (2, B, C, H, W), and the detached scalars its model and guide recorded in ``pair.last_stats``.
+
+    ``pair.model`` and ``pair.guide`` take ``(x1, x2, labels)``; their ELBO sums 2B terms (both views or
+    directions of B images), so dividing by 2B gives the mean per view and image."""
+    if not isinstance(views, Tensor) or views.ndim != 5 or views.shape[0] != 2:
+        shape = tuple(views.shape) if isinstance(views, Tensor) else type(views).__name__
+        raise ValueError(f"{type(pair).__name__} takes views of shape (2, B, C, H, W), got {shape}")
+    batch = views.shape[1]
+    loss = differentiable_loss(elbo, pair.model, pair.guide, views[0], views[1], labels) / (2 * batch)
+    return loss, dict(pair.last_stats)

@@ -46,13 +46,10 @@ from torch import Tensor, nn
 
 from distributions import HypersphericalUniform, ProjectedNormal, ProjectedNormalReparam
 from vprob.losses import info_nce, supcon
-from vprob.models.elbo import differentiable_loss
-from vprob.nets import MLPHead, feature_dim_of
+from vprob.models.elbo import two_view_objective
+from vprob.nets import LOG_VARIANCE_RANGE, MLPHead, feature_dim_of
 
 KL_MODES = ("bound", "exact")
-
-# The head predicts log sigma^2; clamping keeps exp() finite in bf16/fp32 during the first unstable steps.
-LOG_VARIANCE_RANGE = (-12.0, 8.0)
 
 
 class VCL(nn.Module):
@@ -197,15 +194,9 @@ class VCL(nn.Module):
     def training_loss(
         self, views: Tensor, labels: Tensor | None = None, elbo: Trace_ELBO | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Per-batch objective L = -ELBO / 2B for views (2, B, C, H, W), with its parts for logging."""
-        if views.shape[0] != 2:
-            raise ValueError(f"VCL takes exactly 2 views, got {views.shape[0]}")
-        if elbo is None:
-            elbo = self.elbo()
-        batch = views.shape[1]
-        # Same estimator as elbo.differentiable_loss, without its host-device synchronizations.
-        loss = differentiable_loss(elbo, self.model, self.guide, views[0], views[1], labels) / (2 * batch)
-        stats = dict(self.last_stats)
+        """Per-batch objective L = -ELBO / 2B for views (2, B, C, H, W) (``elbo`` default: :meth:`elbo`),
+        with its parts for logging: ``contrastive``, ``kl_term`` = L - contrastive, ``log_det``,
+        ``loc_norm``."""
+        loss, stats = two_view_objective(self, views, labels, elbo if elbo is not None else self.elbo())
         stats["kl_term"] = loss.detach() - stats["contrastive"]
         return loss, stats
-

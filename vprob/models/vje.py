@@ -69,14 +69,11 @@ from torch import Tensor, nn
 
 from distributions import PolarStudentT
 from vprob.data import check_image_batch
-from vprob.models.elbo import differentiable_loss
-from vprob.nets import MLPHead, feature_dim_of
+from vprob.models.elbo import two_view_objective
+from vprob.nets import LOG_VARIANCE_RANGE, MLPHead, feature_dim_of
 
 DIRECTIONAL_MODES = ("geodesic", "euclidean")
 SCORE_COORDINATES = ("polar", "cartesian")
-
-# g predicts log nu; clamping keeps exp() finite (and the tangent t proper) in the first unstable steps.
-LOG_VARIANCE_RANGE = (-12.0, 8.0)
 
 
 class Posterior(NamedTuple):
@@ -284,17 +281,10 @@ class VJE(nn.Module):
         self, views: Tensor, labels: Tensor | None = None, elbo: TraceMeanField_ELBO | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Per-batch objective L = -ELBO / 2B (mean over images and both directions) for views
-        (2, B, C, H, W), and its parts for logging (detached scalars): ``kl`` (the analytic mean KL),
-        ``nll`` = L - kl (the likelihood term, exactly so with the analytic-KL ELBO of :meth:`elbo`), and
-        the collapse monitors of :meth:`collapse_stats`."""
-        if views.ndim != 5 or views.shape[0] != 2:
-            raise ValueError(f"VJE takes views of shape (2, B, C, H, W), got {tuple(views.shape)}")
-        if elbo is None:
-            elbo = self.elbo()
-        batch = views.shape[1]
-        # Same estimator as elbo.differentiable_loss, without its host-device synchronizations.
-        loss = differentiable_loss(elbo, self.model, self.guide, views[0], views[1], labels) / (2 * batch)
-        stats = dict(self.last_stats)
+        (2, B, C, H, W) (``elbo`` default: :meth:`elbo`), and its parts for logging (detached scalars):
+        ``kl`` (the analytic mean KL), ``nll`` = L - kl (the likelihood term, exactly so with the
+        analytic-KL ELBO of :meth:`elbo`), and the collapse monitors of :meth:`collapse_stats`."""
+        loss, stats = two_view_objective(self, views, labels, elbo if elbo is not None else self.elbo())
         stats["nll"] = loss.detach() - stats["kl"]
         return loss, stats
 
