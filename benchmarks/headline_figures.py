@@ -43,10 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# The repository root first: benchmarks/distributions.py would shadow the `distributions` package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from vprob.plots import _pyplot  # noqa: E402
+from vprob.plots import pyplot
 
 SPECTRUM_FLOOR = 1e-8
 DPI = 130
@@ -218,7 +215,7 @@ def _save(fig: Any, out_path: Path) -> Path:
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI, facecolor="white")
-    _pyplot().close(fig)
+    pyplot().close(fig)
     buffer.seek(0)
     with Image.open(buffer) as image:
         palette = image.convert("RGB").quantize(colors=128, method=Image.Quantize.MEDIANCUT)
@@ -246,7 +243,7 @@ def _format(value: float | None, spec: str = ".2f") -> str:
 
 
 def plot_collapse(headline: dict[str, Any], out_path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     colours = plt.get_cmap("tab10")
     order = _recipe_order(headline)
@@ -279,7 +276,7 @@ def plot_collapse(headline: dict[str, Any], out_path: Path) -> Path:
 
 
 def plot_uncertainty(headline: dict[str, Any], out_path: Path, absolute: bool = False) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     labels = [label for label in _recipe_order(headline) if label in headline["uncertainty"]]
     if not labels:
         fig, ax = plt.subplots(figsize=(6, 2))

@@ -19,17 +19,14 @@ import argparse
 import gc
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from vprob.losses import info_nce, supcon  # noqa: E402
-from vprob.losses.chunked import AUTO_CHUNK_ELEMENTS  # noqa: E402
+from vprob.losses import info_nce, supcon
+from vprob.losses.chunked import AUTO_CHUNK_ELEMENTS
 
 GIB = 2**30
 CUDA_SIZES = [4096, 8192, 16384, 32768, 65536, 131072, 262144]

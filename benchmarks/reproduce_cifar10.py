@@ -19,7 +19,8 @@ invocation resumes exactly where it stopped (same learning-rate schedule, same r
 
 ``--one-class`` runs the one-class anomaly protocol instead (:mod:`vprob.anomaly`: one model per normal
 class, trained on its 5,000 images, AUROC of every score on the whole test set; epochs and batch size from
-``vprob.anomaly.ANOMALY_DEFAULTS`` unless given) for the methods with an anomaly score (simclr,
+the data set's one-class defaults (``vprob.data.registry``) unless given) for the methods with an anomaly
+score (simclr,
 vsimclr-bound, vje, vje-gaussian), resumable class by class, into
 ``RESULTS/<method>-oneclass-seed<seed>.json``; ``--table`` puts its mean AUROCs beside the method's row.
 
@@ -40,20 +41,14 @@ from typing import Any
 
 import torch
 
-# The repository root first: benchmarks/distributions.py would shadow the `distributions` package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from vprob.anomaly import ANOMALY_METHODS, run_anomaly  # noqa: E402
-from vprob.checkpoint import CHECKPOINT_NAME  # noqa: E402
-from vprob.cli import EXIT_PAUSED  # noqa: E402
-from vprob.diagnose import diagnose_run  # noqa: E402
-from vprob.train import (  # noqa: E402
-    TrainConfig,
-    TrainingPaused,
-    resolve_device,
-    train,
-    write_json_atomic,
-)
+from vprob.anomaly import anomaly_methods, run_anomaly
+from vprob.checkpoint import CHECKPOINT_NAME
+from vprob.cli import EXIT_PAUSED
+from vprob.config import TrainConfig, make_config
+from vprob.devices import resolve_device
+from vprob.diagnose import diagnose_run
+from vprob.jsonio import write_json_atomic
+from vprob.train import TrainingPaused, train
 
 # Each entry: the engine options that define the method (everything else: the data set's defaults).
 RECIPES: dict[str, dict[str, Any]] = {
@@ -70,10 +65,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     "cct-5views": dict(method="cct", num_views=5),
     "vje": dict(method="vje"),
     # The Gaussian limit of VJE's polar Student-t (df -> infinity): the heavy-tail ablation.
-    "vje-gaussian": dict(method="vje", vje_df=1e6),
+    "vje-gaussian": dict(method="vje", df=1e6),
 }
 ONE_CLASS_RECIPES = tuple(name for name, recipe in RECIPES.items()
-                          if recipe["method"] in ANOMALY_METHODS and recipe.get("kl", "bound") == "bound")
+                          if recipe["method"] in anomaly_methods() and recipe.get("kl", "bound") == "bound")
 WALL_NAME = "wall.json"  # seconds spent on the run, summed over invocations
 
 
@@ -99,9 +94,9 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     saved = json.loads((run_dir / "config.json").read_text())
     record = {
         "method": args.method, "seed": args.seed, "data": args.data,
-        "recipe": {key: saved[key] for key in ("method", "epochs", "batch_size", "optimizer", "lr",
-                                                "weight_decay", "tau", "dim", "kl", "beta", "num_views",
-                                                "projection", "vje_df", "compile")},
+        "recipe": {**{key: saved[key] for key in ("method", "epochs", "batch_size", "optimizer", "lr",
+                                                  "weight_decay", "compile")},
+                   **saved["options"]},
         "steps": results["steps"],
         **{k: v for k, v in results.items() if k.startswith(("knn", "linear"))},
         "effective_rank_backbone": report["collapse"]["backbone"]["effective_rank"],
@@ -144,8 +139,8 @@ def _paths(args: argparse.Namespace, name: str) -> tuple[Path, Path]:
 
 
 def _config(args: argparse.Namespace, run_dir: Path, epochs: int | None) -> TrainConfig:
-    """The engine options of ``args.method``'s recipe with the command line's."""
-    return TrainConfig(**RECIPES[args.method], data=args.data, data_dir=args.data_dir, epochs=epochs,
+    """The options of ``args.method``'s recipe with the command line's."""
+    return make_config(**RECIPES[args.method], data=args.data, data_dir=args.data_dir, epochs=epochs,
                        batch_size=args.batch_size, seed=args.seed, compile=args.compile, device=args.device,
                        max_steps=args.max_steps, run_dir=str(run_dir))
 
@@ -265,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", choices=("cifar10", "digits"), default="cifar10")
     parser.add_argument("--data-dir", default="../shared/data/cifar10")
     parser.add_argument("--epochs", type=int, default=None,
-                        help="default: 100 (one-class: vprob.anomaly.ANOMALY_DEFAULTS)")
+                        help="default: 100 (one-class: the data set's one-class defaults)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="default: the data set's (512 on CIFAR-10; one-class 256)")
     parser.add_argument("--device", default="auto")

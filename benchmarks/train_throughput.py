@@ -61,13 +61,12 @@ from pyro.infer import ELBO  # noqa: E402
 from torch.autograd import DeviceType  # noqa: E402
 from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E402
 
-# The repository root first: a script's own folder comes first on sys.path, and benchmarks/distributions.py
-# would shadow the `distributions` package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from distributions import ProjectedNormal, gaussian_kl_bound  # noqa: E402
+from vprob.config import make_config  # noqa: E402
+from vprob.engine.step import TrainStep  # noqa: E402
 from vprob.losses import info_nce, value_checks  # noqa: E402
-from vprob.train import TrainConfig, Trainer  # noqa: E402
+from vprob.methods import get_method  # noqa: E402
+from vprob.train import Trainer  # noqa: E402
 
 Step = Callable[[], None]
 STEP_LABEL = "vprob::step"
@@ -82,14 +81,16 @@ SETTLE_TOLERANCE = 0.05
 # The steps
 
 
-def engine_step(trainer: Trainer) -> Step:
-    """The engine's full step (``Trainer.training_step``) on a fresh random batch."""
+def engine_step(trainer: Trainer, train_step: TrainStep | None = None) -> Step:
+    """The engine's full step (views, then ``trainer.train_step`` or the given one) on a fresh random
+    batch."""
     images, labels = trainer.train_set.images, trainer.train_set.labels
     batch = trainer.config.batch_size
+    train_step = train_step or trainer.train_step
 
     def step() -> None:
         index = torch.randint(len(images), (batch,), device=trainer.device, generator=trainer.generator)
-        trainer.training_step(images[index], labels[index])
+        train_step(trainer.views(images[index]), labels[index])
 
     return step
 
@@ -114,21 +115,15 @@ class PyroELBO(ELBO):
 
 
 def pyro_elbo_step(trainer: Trainer) -> Step:
-    """``engine_step`` with the loss from Pyro's ``ELBO.differentiable_loss`` instead of vprob's."""
-    engine, ours = engine_step(trainer), trainer.elbo
-    if ours is None:
+    """``engine_step`` with the loss from Pyro's ``ELBO.differentiable_loss`` instead of vprob's: the same
+    model, optimizer and schedule (and compiled encoder, shared with the other rows) given another
+    objective."""
+    model = trainer.model
+    if not get_method(trainer.config.method).capabilities.variational:
         raise ValueError(f"{trainer.config.method} has no ELBO")
-    pyros = PyroELBO(ours)
-
-    def step() -> None:
-        # Swapped for this step only: the trainer (and its compiled encoder) is shared with the other rows.
-        trainer.elbo = pyros
-        try:
-            engine()
-        finally:
-            trainer.elbo = ours
-
-    return step
+    objective = model.objective(PyroELBO(model.elbo()))
+    step = TrainStep(model, objective, trainer.optimizer, trainer.scheduler, trainer.amp)
+    return engine_step(trainer, step)
 
 
 def plain_step(trainer: Trainer, variational: bool, augment: bool = False) -> Step:
@@ -234,8 +229,9 @@ class Trainers:
         key = (method, kl, compiled)
         if key not in self._made:
             args = self.args
-            config = TrainConfig(method=method, data=args.data, data_dir=args.data_dir, device=args.device,
-                                 batch_size=args.batch_size, kl=kl, compile=compiled,
+            kl_option = {"kl": kl} if "kl" in get_method(method).option_names() else {}
+            config = make_config(method=method, data=args.data, data_dir=args.data_dir, device=args.device,
+                                 batch_size=args.batch_size, compile=compiled, **kl_option,
                                  run_dir=tempfile.mkdtemp(prefix=f"{method}-", dir=self.run_root))
             self._made[key] = Trainer(config, progress=False)
         return self._made[key]

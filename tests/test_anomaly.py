@@ -9,10 +9,10 @@ from sklearn.metrics import roc_auc_score
 
 from vprob.anomaly import anomaly_scores, knn_distance, one_class_aurocs, run_anomaly
 from vprob.cli import main
+from vprob.config import make_config
 from vprob.data import SimCLRAugment, load_digits
 from vprob.models import VJE
 from vprob.nets import DigitsConvNet
-from vprob.config import make_config
 from vprob.train import Trainer, TrainingPaused
 
 FAST = dict(data="digits", device="cpu", epochs=60, checkpoint_every=60)

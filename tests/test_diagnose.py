@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from vprob.config import make_config
 from vprob.data import load_digits
 from vprob.diagnose import diagnose_run
 from vprob.diagnostics import CORRUPTIONS, read_netcdf
-from vprob.config import make_config
 from vprob.train import train
 
 SMALL = dict(max_images=400, max_uncertainty_images=48, max_posterior_images=12, num_samples=20,

@@ -12,8 +12,8 @@ import matplotlib.image as mpimg
 import pytest
 import torch
 
-from vprob.diagnose import diagnose_run
 from vprob.config import make_config
+from vprob.diagnose import diagnose_run
 from vprob.train import train
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "headline_figures.py"

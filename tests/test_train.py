@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from vprob.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
-from vprob.data import load_digits
 from vprob.config import make_config
+from vprob.data import load_digits
 from vprob.runs import evaluate_run
 from vprob.train import (
     NonFiniteLossError,

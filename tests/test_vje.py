@@ -12,11 +12,11 @@ from pyro import poutine
 from pyro.infer import SVI, Predictive, Trace_ELBO, TraceMeanField_ELBO
 from scipy import stats
 
+from vprob.config import build_model, make_config
 from vprob.data import SimCLRAugment
 from vprob.methods import get_method
 from vprob.models import VJE
 from vprob.nets import DigitsConvNet
-from vprob.config import build_model, make_config
 from vprob.train import train
 
 

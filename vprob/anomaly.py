@@ -7,12 +7,13 @@ the run folder, checkpoints and metrics are those of an ordinary run.
 
 Scores, all "higher = more anomalous", computed side by side on the same trained model:
 
-* ``likelihood`` (methods that declare anomaly scores: VJE): the negative representation-space log-likelihood of a test image,
-  averaged over ``num_pairs`` pairs of augmented views (:meth:`vprob.models.VJE.anomaly_scores`), as the
-  density of the target's polar coordinates (log r, u) **(choice)**; ``likelihood_cartesian``: the same
-  as a density on R^D, which adds D log r (see :meth:`vprob.models.VJE.pair_nll` for why that is worse);
-* ``log_det`` (methods with uncertainty scores: VJE, VSimCLR): the log determinant of the posterior covariance,
-  VCL's uncertainty score (VJE: sum_k log nu_k; VCL: sum_k log sigma_k^2), on the clean image;
+* ``likelihood`` (methods that declare anomaly scores: VJE): the negative representation-space
+  log-likelihood of a test image, averaged over ``num_pairs`` pairs of augmented views
+  (:meth:`vprob.models.VJE.anomaly_scores`), as the density of the target's polar coordinates (log r, u)
+  **(choice)**; ``likelihood_cartesian``: the same as a density on R^D, which adds D log r (see
+  :meth:`vprob.models.VJE.pair_nll` for why that is worse);
+* ``log_det`` (methods with uncertainty scores: VJE, VSimCLR): the log determinant of the posterior
+  covariance, VCL's uncertainty score (VJE: sum_k log nu_k; VCL: sum_k log sigma_k^2), on the clean image;
 * ``knn`` (every model): a baseline on the same point embeddings (``model.embed``): the cosine distance
   1 - cos to the k-th nearest embedding of the normal training images (k = ``knn_k``, default 1 (choice)).
 
@@ -21,7 +22,8 @@ AUROC (:func:`vprob.diagnostics.uncertainty.auroc`): in = the normal class, out 
 model).
 
 Every unsupervised method of the registry can be trained one-class (a supervised objective has nothing to
-contrast with a single class). Measured on digits (CPU, seed 0, the data set's one-class defaults: 100 epochs of batch 32, 8 pairs, k = 1), mean AUROC
+contrast with a single class). Measured on digits (CPU, seed 0, the data set's one-class defaults: 100
+epochs of batch 32, 8 pairs, k = 1), mean AUROC
 over the 10 classes: likelihood 0.80 (per class 0.71-0.93), likelihood_cartesian 0.76 (0.52-0.94),
 log_det 0.68, knn 0.88: on digits the kNN baseline beats both of VJE's own scores.
 """
@@ -133,8 +135,8 @@ def _anomaly_config(config: TrainConfig) -> TrainConfig:
     """``config`` with the data set's one-class defaults where it leaves epochs or batch size open; other
     open fields take the data set's training defaults later."""
     if get_method(config.method).capabilities.needs_labels:
-        raise ValueError(f"anomaly detection trains methods that need no labels ({', '.join(anomaly_methods())}), "
-                         f"got {config.method!r}")
+        raise ValueError(f"anomaly detection trains methods that need no labels "
+                         f"({', '.join(anomaly_methods())}), got {config.method!r}")
     return with_anomaly_defaults(config)
 
 

@@ -116,8 +116,8 @@ def resolve_method_options(method: type, given: dict[str, Any], data_defaults: d
     declared = {option.name: option for option in method.options}
     unknown = sorted(set(given) - set(declared))
     if unknown:
-        raise ValueError(f"option(s) {', '.join(unknown)} do not apply to method {method.name!r}; its options "
-                         f"are: {', '.join(declared) or 'none'}")
+        raise ValueError(f"option(s) {', '.join(unknown)} do not apply to method {method.name!r}; its "
+                         f"options are: {', '.join(declared) or 'none'}")
     resolved = {}
     for name, option in declared.items():
         value = given[name] if name in given else data_defaults.get(name, option.default)

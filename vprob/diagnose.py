@@ -23,8 +23,8 @@ well under a minute on a CPU; the sizes used are recorded in the report):
   (a) ``uniform_noise``: images with i.i.d. uniform 0..255 pixels, the same shape (far OOD, always
   available); (b) the data set's far-OOD companion (its registry record's ``far_ood``; for CIFAR-10 the
   bundled digits, box-upsampled to 32x32 and repeated over the RGB channels), when it has one (a digits
-  run has no second data set offline, which the report says); (c) ``<corruption>_s5``: the same images at severity 5
-  (near OOD);
+  run has no second data set offline, which the report says); (c) ``<corruption>_s5``: the same images
+  at severity 5 (near OOD);
 - VCL (a spherical latent "z"): posterior draws (``num_chains`` x ``num_samples``) of a random subset of
   ``max_posterior_images`` of those images through ``pyro.infer.Predictive``, their spectrum, arviz
   InferenceData with the cosine to the class centroid and the geodesic distance to the image's Fréchet
@@ -158,7 +158,8 @@ def diagnose_run(
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "report"
     run = load_run(run_dir, device, data_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    config, model, train_set, test_set, augment = run.config, run.model, run.train_set, run.test_set, run.augment
+    config, model, augment = run.config, run.model, run.augment
+    train_set, test_set = run.train_set, run.test_set
     torch_device, step = run.device, run.step
     spherical_posterior = get_method(config.method).capabilities.spherical_posterior
     ctx = _Context(config, model, augment, out_dir, torch_device, seed, batch_size,

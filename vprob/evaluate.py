@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["evaluate_backbone", "extract_features", "knn_accuracy", "knn_predict", "linear_probe", "map_batches"]
+__all__ = ["evaluate_backbone", "extract_features", "knn_accuracy", "knn_predict", "linear_probe",
+           "map_batches"]
 
 
 def _module_device(module: nn.Module, fallback: torch.device) -> torch.device:
@@ -25,8 +26,9 @@ def _module_device(module: nn.Module, fallback: torch.device) -> torch.device:
 
 
 @torch.no_grad()
-def map_batches(fn: Callable[[Tensor], Tensor], images_uint8: Tensor, normalize_fn: Callable[[Tensor], Tensor],
-                batch_size: int = 512, device: torch.device | None = None) -> Tensor:
+def map_batches(fn: Callable[[Tensor], Tensor], images_uint8: Tensor,
+                normalize_fn: Callable[[Tensor], Tensor], batch_size: int = 512,
+                device: torch.device | None = None) -> Tensor:
     """``fn(normalize_fn(batch))`` over uint8 images (N, C, H, W) in batches (moved to ``device`` if given),
     each output cast to float32 and concatenated along the first dimension: (N, ...). The caller chooses
     the modules' mode (train or eval)."""
@@ -79,8 +81,9 @@ def extract_features(
             m.training = mode
 
 
-def evaluate_backbone(encoder: nn.Module, train_set: Any, test_set: Any, normalize_fn: Callable[[Tensor], Tensor],
-                      knn_k: Sequence[int] = (200, 10), seed: int = 0, device: torch.device | None = None,
+def evaluate_backbone(encoder: nn.Module, train_set: Any, test_set: Any,
+                      normalize_fn: Callable[[Tensor], Tensor], knn_k: Sequence[int] = (200, 10),
+                      seed: int = 0, device: torch.device | None = None,
                       amp: bool = False) -> dict[str, float]:
     """kNN accuracy for each k (weighted vote for k > 10, majority otherwise; keys
     ``knn_top1_k{k}_{weighted|majority}``) and linear-probe accuracy (``linear_top1``) of frozen ``encoder``

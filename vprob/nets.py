@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-__all__ = ["BACKBONE_NAMES", "LOG_VARIANCE_RANGE", "DigitsConvNet", "MLPHead", "feature_dim_of", "make_backbone", "resnet18_cifar"]
+__all__ = ["BACKBONE_NAMES", "LOG_VARIANCE_RANGE", "DigitsConvNet", "MLPHead", "feature_dim_of",
+           "make_backbone", "resnet18_cifar"]
 
 BACKBONE_NAMES = ("resnet18_cifar", "digits_convnet")
 

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the non-interactive Agg backend, imported on first use (figures are files)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -25,7 +26,7 @@ def _pyplot():
 def plot_training_curves(metrics_path: str | Path, out_path: str | Path) -> Path:
     """Loss (and its parts, when logged) against the step, from a run's ``metrics.jsonl``."""
     records = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     steps = [r["step"] for r in records]
     for key in ("loss", "contrastive", "kl_term"):
@@ -45,7 +46,7 @@ def plot_training_curves(metrics_path: str | Path, out_path: str | Path) -> Path
 
 
 def _save(fig, out_path: str | Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_path, dpi=120)
@@ -80,7 +81,7 @@ def plot_spectrum(
     """
     from vprob.diagnostics.collapse import effective_rank
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, values in spectra.items():
         s = _numpy(values)
@@ -114,7 +115,7 @@ def plot_uncertainty_vs_severity(
             for one score name).
         spearman: optional ``{corruption: rho}`` shown in the legend.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, by_severity in mean_scores.items():
         severities = sorted(by_severity)
@@ -142,7 +143,7 @@ def plot_score_histograms(
     higher score = OOD) in the legend."""
     from vprob.diagnostics.uncertainty import auroc
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     values_in = _numpy(scores_in).ravel()
     all_values = np.concatenate([values_in] + [_numpy(v).ravel() for v in scores_out.values()])
@@ -180,7 +181,7 @@ def plot_sphere_samples(
         samples = samples.unsqueeze(0)
     if samples.ndim != 3 or samples.shape[-1] != 3:
         raise ValueError(f"expected samples (N, S, 3) of a 3-d model, got {tuple(samples.shape)}")
-    plt = _pyplot()
+    plt = pyplot()
     fig = plt.figure(figsize=(5.5, 5.5))
     ax = fig.add_subplot(projection="3d")
     u, v = np.meshgrid(np.linspace(0, 2 * np.pi, 25), np.linspace(0, np.pi, 13))
@@ -246,7 +247,7 @@ def plot_cct_weights(
     if not queries:
         raise ValueError(f"no valid query index among {queries} for a batch of {batch}")
     top_k = min(top_k, batch - 1)
-    plt = _pyplot()
+    plt = pyplot()
     columns = 3 + top_k
     fig, axes = plt.subplots(len(queries), columns, figsize=(1.6 * columns + 2.5, 1.9 * len(queries)),
                              squeeze=False, gridspec_kw={"width_ratios": [1, 1.6, 1.6] + [1] * top_k})

@@ -32,7 +32,8 @@ class LoadedRun:
     device: torch.device
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "auto", data_dir: str | None = None) -> LoadedRun:
+def load_run(run_dir: str | Path, device: str | torch.device = "auto",
+             data_dir: str | None = None) -> LoadedRun:
     """The run in ``run_dir`` ready for analysis; ``data_dir`` overrides the data folder stored in the run.
 
     Raises :class:`vprob.checkpoint.CheckpointError` for a missing, corrupt or foreign checkpoint, or one

@@ -79,7 +79,8 @@ class Trainer:
         self.train_set, self.test_set = load_dataset(config.data, config.data_dir, device=self.device)
         if config.normal_class is not None:
             self.train_set = one_class_subset(self.train_set, config.normal_class)
-        self.loader = DeviceLoader(self.train_set, config.batch_size, self.generator, self.world_size, self.rank)
+        self.loader = DeviceLoader(self.train_set, config.batch_size, self.generator, self.world_size,
+                                   self.rank)
         self.augment = augmentation_for(config.data, self.train_set)
         self.model = self._build_model()
         self.views = ViewMaker(self.augment, self.model.num_views, self.generator, self.world_size, self.rank,
@@ -172,7 +173,8 @@ class Trainer:
         from tqdm.auto import tqdm
 
         if stop_after_s is not None and not stop_after_s > 0:
-            raise ValueError(f"stop_after_s must be a positive number of seconds or None, got {stop_after_s!r}")
+            raise ValueError(f"stop_after_s must be a positive number of seconds or None, "
+                             f"got {stop_after_s!r}")
         config, steps_per_epoch = self.config, self.loader.steps_per_epoch
         show = sys.stderr.isatty() if self.progress is None else self.progress
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not show, unit="step",

@@ -2,7 +2,8 @@
 
 The numbers in ``digits_runs.json`` were recorded with the engine as it was before the method and data-set
 registries (commit 3f2b351, through its flat ``TrainConfig``); ``tests/test_behaviour_unchanged.py`` checks
-that the same seeds still give the same numbers. ``python tests/golden/record_digits.py`` rewrites ``digits_runs.json``.
+that the same seeds still give the same numbers. ``python tests/golden/record_digits.py`` rewrites
+``digits_runs.json``.
 """
 
 import json

@@ -102,8 +102,8 @@ DATASETS: dict[str, DatasetSpec] = {
             # batch/256, weight decay 5e-4, tau 0.5, a 1024-wide projector; LARS (tau 0.2, lr 0.6) gave 1.8
             # points less kNN (k = 10) at 100 epochs on an H100 (BENCHMARKS.md).
             train_defaults=dict(backbone="resnet18_cifar", epochs=100, batch_size=512, dim=128,
-                                head_hidden=1024, optimizer="sgd", lr=0.06, weight_decay=5e-4, warmup_epochs=2,
-                                tau=0.5),
+                                head_hidden=1024, optimizer="sgd", lr=0.06, weight_decay=5e-4,
+                                warmup_epochs=2, tau=0.5),
             # A starting point for the 5,000 images of one class (not tuned).
             anomaly_defaults=dict(epochs=200, batch_size=256),
             far_ood="digits",

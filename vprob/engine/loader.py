@@ -50,8 +50,9 @@ class ViewMaker:
     takes its own rows, so its views are exactly those a single process would make of its images.
     """
 
-    def __init__(self, augment: SimCLRAugment, num_views: int, generator: torch.Generator, world_size: int = 1,
-                 rank: int = 0, channels_last: bool = False, compile: bool = False) -> None:
+    def __init__(self, augment: SimCLRAugment, num_views: int, generator: torch.Generator,
+                 world_size: int = 1, rank: int = 0, channels_last: bool = False,
+                 compile: bool = False) -> None:
         self.augment, self.num_views, self.generator = augment, num_views, generator
         self.world_size, self.rank = world_size, rank
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format

@@ -5,8 +5,8 @@ A method is a ``torch.nn.Module`` around an ``encoder`` that
 * computes its **training objective** on a batch of views: ``training_loss(views, labels)`` with views
   (V, B, C, H, W) and labels (B,), returning the scalar loss and a dict of detached scalars to log;
 * gives **point embeddings** ``embed(x)`` (N, d) of images x (N, C, H, W) for kNN, probes and diagnostics;
-* **declares** what it is (:class:`Capabilities`) and its options (``options``: :class:`vprob.options.Option`),
-  from which the command line, ``config.json`` and validation are generated;
+* **declares** what it is (:class:`Capabilities`) and its options (``options``, each a
+  :class:`vprob.options.Option`), from which the command line, ``config.json`` and validation are generated;
 * is built from those options by ``from_options(encoder, options, gather)``.
 
 Methods with uncertainty scores add ``uncertainty(x) -> {name: (N,)}``; methods with a likelihood-based
@@ -24,6 +24,8 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 
 from vprob.options import Option, positive
+
+Objective = Callable[[Tensor, Tensor | None], tuple[Tensor, dict[str, Tensor]]]
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,7 @@ class Method:
     def training_loss(self, views: Tensor, labels: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         raise NotImplementedError
 
-    def objective(self, elbo: Any = None) -> Callable[[Tensor, Tensor | None], tuple[Tensor, dict[str, Tensor]]]:
+    def objective(self, elbo: Any = None) -> Objective:
         """What the engine minimizes: ``objective(views, labels) -> (loss, stats)``. For variational methods
         ``elbo`` chooses the ELBO (default: the method's own, ``self.elbo()``); others take none."""
         if not self.capabilities.variational:

@@ -6,7 +6,8 @@ again in a backward hook) and converts losses to Python numbers (``torch_item``:
 host-device synchronizations, 4 per VSimCLR step with ``TraceMeanField_ELBO`` and 3 with ``Trace_ELBO``
 (counted by ``benchmarks/train_throughput.py``), each of which makes the CPU wait for the GPU and then
 leaves the GPU idle while Pyro's Python runs. The training engine watches for non-finite values itself, so
-it evaluates the same estimators from the same Pyro traces (Pyro's ``ELBO._get_traces``, through :mod:`vprob.models.pyro_internals`) without them.
+it evaluates the same estimators from the same Pyro traces (Pyro's ``ELBO._get_traces``, reached through
+:mod:`vprob.models.pyro_internals`) without them.
 ``tests/test_elbo.py`` checks values and gradients against ``differentiable_loss`` for ``Trace_ELBO`` and
 ``TraceMeanField_ELBO``, and ``tests/test_train_throughput.py`` that a training step makes no sync.
 """
@@ -92,7 +93,8 @@ def mean_field_particle_loss(model_trace: Trace, guide_trace: Trace) -> Tensor:
     return -elbo
 
 
-def two_view_objective(pair, views: Tensor, labels: Tensor | None, elbo: ELBO) -> tuple[Tensor, dict[str, Tensor]]:
+def two_view_objective(pair, views: Tensor, labels: Tensor | None,
+                       elbo: ELBO) -> tuple[Tensor, dict[str, Tensor]]:
     """The per-(view, image) objective L = -ELBO / 2B of a two-view model/guide pair (VCL, VJE) on views
     (2, B, C, H, W), and the detached scalars its model and guide recorded in ``pair.last_stats``.
 

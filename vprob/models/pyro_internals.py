@@ -36,7 +36,8 @@ def check_available() -> None:
     if not callable(getattr(ELBO, "_get_traces", None)):
         problems.append("pyro.infer.ELBO._get_traces is gone")
     elif list(inspect.signature(ELBO._get_traces).parameters) != ["self", "model", "guide", "args", "kwargs"]:
-        problems.append(f"pyro.infer.ELBO._get_traces changed signature: {inspect.signature(ELBO._get_traces)}")
+        signature = inspect.signature(ELBO._get_traces)
+        problems.append(f"pyro.infer.ELBO._get_traces changed signature: {signature}")
     if not callable(getattr(_trace_elbo, "_compute_log_r", None)):
         problems.append("pyro.infer.trace_elbo._compute_log_r is gone")
     elif list(inspect.signature(_trace_elbo._compute_log_r).parameters) != ["model_trace", "guide_trace"]:
