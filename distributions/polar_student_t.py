@@ -11,9 +11,9 @@ from pyro.distributions.torch_distribution import TorchDistribution
 from pyro.distributions.util import broadcast_shape
 from torch.distributions import Chi2, StudentT
 
-__all__ = ["PolarStudentT"]
+__all__ = ["DIRECTIONAL_MODES", "PolarStudentT"]
 
-_DIRECTIONAL_MODES = ("geodesic", "euclidean")
+DIRECTIONAL_MODES = ("geodesic", "euclidean")
 
 
 def _as_param(value, like: torch.Tensor, name: str) -> torch.Tensor:
@@ -32,7 +32,7 @@ def _norm(x: torch.Tensor) -> torch.Tensor:
 
 class PolarStudentT(TorchDistribution):
     r"""Polar Student-t on :math:`\mathbb{R}^d \setminus \{0\}`: the likelihood of the VJE paper
-    ("Variational Joint Embedding"), vprob's METHODS.md 1.3.
+    ("Variational Joint Embedding"), docs/maths.md, Polar Student-t.
 
     A vector :math:`y = r\,u` (:math:`r = |y|`, :math:`u = y / r \in S^{d-1}`) gets a directional factor on
     the sphere and a radial factor on :math:`\log r` that do not interact (the decoupling that keeps the
@@ -126,7 +126,7 @@ class PolarStudentT(TorchDistribution):
         (variance-like: in ``d = 2`` the angle's usual t scale is
         :math:`(m_1^2/s_2 + m_2^2/s_1)^{-1/2}`). A number (isotropic), or a tensor broadcastable to
         ``direction`` (last dimension ``d``, or 1 for a per-batch isotropic scale). Default 1.0. In VJE it
-        is the posterior variance :math:`\nu` (METHODS.md 3.2).
+        is the posterior variance :math:`\nu` (docs/maths.md, VJE).
     :param radial_loc: location of the t on :math:`\log r` (default 0.0, i.e. :math:`r` around 1).
     :param radial_scale: scale of the t on :math:`\log r`, standard-deviation-like as in
         :class:`torch.distributions.StudentT` (default 1.0).
@@ -166,8 +166,8 @@ class PolarStudentT(TorchDistribution):
             raise ValueError(
                 f"direction must have shape (..., d) with d >= 2, got shape {tuple(direction.shape)}"
             )
-        if directional not in _DIRECTIONAL_MODES:
-            raise ValueError(f"directional must be one of {_DIRECTIONAL_MODES}, got {directional!r}")
+        if directional not in DIRECTIONAL_MODES:
+            raise ValueError(f"directional must be one of {DIRECTIONAL_MODES}, got {directional!r}")
         d = direction.shape[-1]
         df = _as_param(df, direction, "df")
         scale = _as_param(scale, direction, "scale")

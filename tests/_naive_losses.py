@@ -1,4 +1,5 @@
-"""Naive line-by-line oracles of METHODS.md section 2: loops over anchors, written as the equations read.
+"""Naive line-by-line oracles of the contrastive losses (docs/maths.md): loops over anchors, written as the
+equations read.
 
 Use them in float64 on tiny batches only. Rows are L2-normalized first, as the library does by default.
 Rows are indexed as in the library: row n = v·B + i is view v of image i (``z.reshape(V·B, d)``).
@@ -68,7 +69,7 @@ def reference_supcon_loss(features: Tensor, labels: Tensor, temperature: float) 
 def naive_proj_nce_terms(
     z: Tensor, labels: Tensor, tau: float, projection: str, mlp=None, bandwidth: float = 1.5
 ) -> tuple[Tensor, Tensor]:
-    """(I_proj, R) of METHODS.md 2, g₊ of row i estimated from the rows other than i, g₋(c_j) = z_j.
+    """(I_proj, R) of docs/maths.md, ProjNCE, g₊ of row i estimated from the rows other than i, g₋(c_j) = z_j.
 
     s⁺_ij = z_i·g₊(c_j)/τ, s⁻_ij = z_i·z_j/τ, m_i = (1/(N−1)) Σ_{j≠i} exp(s⁻_ij),
     I_proj = mean_i −log( exp(s⁺_ii) / Σ_{j≠i} exp(s⁻_ij) ),

@@ -1,4 +1,5 @@
-"""Tests of distributions.PolarStudentT (METHODS.md 1.3) against independent scipy / Monte Carlo oracles."""
+"""Tests of distributions.PolarStudentT (docs/maths.md, Polar Student-t) against independent scipy and Monte
+Carlo oracles."""
 
 import numpy as np
 import pyro

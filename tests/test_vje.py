@@ -35,7 +35,8 @@ class CountingEncoder(DigitsConvNet):
 
 
 # ------------------------------------------------------------------------------------------------------
-# Hand-written oracle of METHODS.md 1.3 / 3.2 (float64), independent of the model's and PolarStudentT's code.
+# Hand-written oracle of docs/maths.md (Polar Student-t, VJE) in float64, independent of the model's and
+# PolarStudentT's code.
 
 def polar_t_log_density(y, z, nu, df, radial_df, radial_scale, radial_weight, directional):
     """log p_dir(u) + w log p_rad(log r) - D log r of targets y (..., D) given z (..., D), nu (..., D)."""

@@ -1,6 +1,6 @@
 """One-class anomaly detection: train on the images of one class, score the whole test set, AUROC.
 
-The protocol of METHODS.md 3.2 (one-class CIFAR-10: train on the 5,000 training images of one class,
+The protocol of docs/maths.md, VJE (one-class CIFAR-10: train on the 5,000 training images of one class,
 score all 10,000 test images, AUROC per class and the mean over the 10 classes), for any data set of
 the engine. Training goes through :class:`vprob.train.Trainer` with ``TrainConfig.normal_class`` set, so
 the run folder, checkpoints and metrics are those of an ordinary run.

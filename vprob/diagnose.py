@@ -1,4 +1,4 @@
-"""``vprob diagnose RUN_DIR``: every diagnostic of METHODS.md section 4 for one training run.
+"""``vprob diagnose RUN_DIR``: every diagnostic of docs/maths.md, Diagnostics for one training run.
 
 :func:`diagnose_run` loads a run's checkpoint (:func:`vprob.runs.load_run`) and writes a report
 folder (default ``RUN_DIR/report``):

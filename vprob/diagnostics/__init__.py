@@ -1,4 +1,4 @@
-"""Diagnostics of learned representations (METHODS.md section 4), one small module per job:
+"""Diagnostics of learned representations (docs/maths.md, Diagnostics), one small module per job:
 
 - :mod:`~vprob.diagnostics.collapse`: singular-value spectrum and effective rank (dimensional collapse);
 - :mod:`~vprob.diagnostics.information`: classifier lower bound on I(Z; Y);

@@ -1,6 +1,7 @@
 """ProjNCE (Jeong & Hero 2025): InfoNCE with projection functions of the class and an adjustment term R.
 
-Reading of METHODS.md 2 implemented here. For anchor row i (N = V·B rows, every sum over j leaves out j = i):
+The reading of ProjNCE (docs/maths.md) implemented here. For anchor row i (N = V·B rows, every sum over j
+leaves out j = i):
 
     s⁺_ij = z_i·g₊(c_j)/τ,   s⁻_ij = z_i·g₋(c_j)/τ = z_i·z_j/τ,   m_i = (1/(N−1)) Σ_{j≠i} exp(s⁻_ij)
     I_proj = mean_i −log( exp(s⁺_ii) / Σ_{j≠i} exp(s⁻_ij) )

@@ -3,11 +3,11 @@
 Two augmented views x_1, x_2 of each image go through the encoder f, with **no projector**, to
 h_1, h_2 in R^D (D = ``encoder.feature_dim``). An inference network g maps h_a to (mu_a, log nu_a) and
 defines a diagonal Gaussian posterior over a latent z in the same space; the latent predicts the
-*other* view's embedding, used as a stop-gradient target y_b = sg(h_b) (METHODS.md 3.2):
+*other* view's embedding, used as a stop-gradient target y_b = sg(h_b) (docs/maths.md, VJE):
 
     q(z | h_a)     = N(mu_a, diag nu_a)
     p(z)           = N(0, I)                                                        (choice)
-    p(y_b | z)     = PolarStudentT(direction = z / |z|, df, scale = nu_a,             (METHODS.md 1.3)
+    p(y_b | z)     = PolarStudentT(direction = z / |z|, df, scale = nu_a,             (docs/maths.md)
                                    radial_loc = log|z| (choice), radial_scale, radial_df)
     ELBO_{a->b}    = E_q[log p(y_b | z; nu_a)] - KL(q(z | h_a) || p(z))
     L              = -1/2 (ELBO_{1->2} + ELBO_{2->1})        averaged over the B images of a batch.
@@ -68,11 +68,11 @@ from pyro.infer import TraceMeanField_ELBO
 from torch import Tensor, nn
 
 from distributions import PolarStudentT
+from distributions.polar_student_t import DIRECTIONAL_MODES
 from vprob.data import check_image_batch
 from vprob.models.elbo import two_view_objective
 from vprob.nets import LOG_VARIANCE_RANGE, MLPHead, feature_dim_of
 
-DIRECTIONAL_MODES = ("geodesic", "euclidean")
 SCORE_COORDINATES = ("polar", "cartesian")
 
 
@@ -101,18 +101,17 @@ def check_options(
     radial_scale: float = 1.0,
     directional: str = "geodesic",
     num_particles: int = 1,
-    prefix: str = "",
 ) -> None:
-    """Raise ValueError, naming the option (with ``prefix``, e.g. "vje_"), if a VJE option is invalid."""
-    _finite_number(df, f"{prefix}df", 0.0, True, " (use a large value such as 1e6 for the Gaussian limit)")
+    """Raise ValueError, naming the option, if a VJE option is invalid."""
+    _finite_number(df, "df", 0.0, True, " (use a large value such as 1e6 for the Gaussian limit)")
     if radial_df is not None:
-        _finite_number(radial_df, f"{prefix}radial_df", 0.0, True)
-    _finite_number(radial_scale, f"{prefix}radial_scale", 0.0, True)
-    _finite_number(radial_weight, f"{prefix}radial_weight", 0.0, False)
+        _finite_number(radial_df, "radial_df", 0.0, True)
+    _finite_number(radial_scale, "radial_scale", 0.0, True)
+    _finite_number(radial_weight, "radial_weight", 0.0, False)
     if directional not in DIRECTIONAL_MODES:
-        raise ValueError(f"{prefix}directional must be one of {DIRECTIONAL_MODES}, got {directional!r}")
+        raise ValueError(f"directional must be one of {DIRECTIONAL_MODES}, got {directional!r}")
     if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
-        raise ValueError(f"{prefix}num_particles must be an integer >= 1, got {num_particles!r}")
+        raise ValueError(f"num_particles must be an integer >= 1, got {num_particles!r}")
 
 
 def _first_conv_channels(module: nn.Module) -> int | None:
@@ -135,8 +134,8 @@ class VJE(nn.Module):
         radial_weight: weight w >= 0 of the radial log-factor (default 1.0: the exact density; see the
             module docstring for w != 1).
         radial_scale: scale of the t on log r, standard-deviation-like (default 1.0 (choice)).
-        directional: ``"geodesic"`` (default, the sphere sub-density of METHODS.md 1.3) or ``"euclidean"``
-            (the earlier version's ablation).
+        directional: ``"geodesic"`` (default, the sphere sub-density of docs/maths.md, Polar Student-t) or
+            ``"euclidean"`` (the earlier version's ablation).
         num_particles: posterior samples per (direction, image) and step (default 1), vectorized in
             :meth:`elbo`.
         hidden: hidden width of the inference network g (default D).
@@ -436,7 +435,7 @@ class VJE(nn.Module):
     ) -> Tensor:
         """Anomaly score of uint8 images (N, C, H, W): the negative representation-space log-likelihood
         (:meth:`pair_nll` in ``coordinates``) averaged over ``num_pairs`` pairs of augmented views
-        (METHODS.md 3.2): (N,), higher = more anomalous. Arguments as in :meth:`anomaly_scores`."""
+        (docs/maths.md, VJE): (N,), higher = more anomalous. Arguments as in :meth:`anomaly_scores`."""
         if coordinates not in SCORE_COORDINATES:
             raise ValueError(f"coordinates must be one of {SCORE_COORDINATES}, got {coordinates!r}")
         scores = self.anomaly_scores(images, augment, num_pairs, generator, batch_size)
