@@ -88,3 +88,12 @@ def test_score_function_gradient_equals_pyros():
     assert all(bool(g.abs().sum() > 0) for g in ours)  # the score-function term reaches w and b
     for a, b in zip(ours, pyros, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_the_private_pyro_functions_vprob_relies_on_are_still_there():
+    """vprob.models.pyro_internals is the one place that reaches Pyro's private API; if a Pyro release renames
+    or changes ELBO._get_traces or trace_elbo._compute_log_r, this fails with a message naming them."""
+    from vprob.models import pyro_internals
+
+    pyro_internals.check_available()
+    assert pyro_internals.PRIVATE_NAMES == ("pyro.infer.ELBO._get_traces", "pyro.infer.trace_elbo._compute_log_r")
