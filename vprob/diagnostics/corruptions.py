@@ -49,7 +49,6 @@ from importlib import resources
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from vprob.data import check_image_batch
@@ -144,9 +143,13 @@ def _correlate(x: Tensor, kernel: Tensor, mode: str) -> Tensor:
     kh, kw = kernel.shape
     rows = extend_index(torch.arange(-(kh // 2), h + kh // 2, device=x.device), h, mode)
     cols = extend_index(torch.arange(-(kw // 2), w + kw // 2, device=x.device), w, mode)
-    padded = x.reshape(-1, 1, h, w).index_select(2, rows).index_select(3, cols)
-    out = F.conv2d(padded, kernel.to(x.dtype).view(1, 1, kh, kw))
-    return out.reshape(*lead, h, w)
+    padded = x.index_select(-2, rows).index_select(-1, cols)
+    # A sum of shifted copies: these kernels are small (at most 9 taps a side here) and often sparse,
+    # and a one-channel conv2d over N * C planes is several times slower on CPU.
+    out = torch.zeros_like(x)
+    for (i, j), weight in zip(torch.nonzero(kernel).tolist(), kernel[kernel != 0].tolist(), strict=True):
+        out += weight * padded[..., i:i + h, j:j + w]
+    return out
 
 
 def gaussian_kernel1d(sigma: float, truncate: float = 4.0, device=None) -> Tensor:
@@ -391,10 +394,12 @@ def zoom_blur(images: Tensor, severity: int, generator: torch.Generator | None =
     _check(images, severity)
     x = _to_unit(images)
     factors = zoom_blur_factors(severity)
-    out = x.clone()
-    for factor in factors:
-        out += _clipped_zoom(x, factor)
-    return _to_uint8(out / (len(factors) + 1))
+    h, w = x.shape[-2:]
+    rows = torch.stack([clipped_zoom_matrix(h, f) for f in factors]).to(device=x.device, dtype=x.dtype)
+    cols = torch.stack([clipped_zoom_matrix(w, f) for f in factors]).to(device=x.device, dtype=x.dtype)
+    # sum over the factors inside one contraction: a loop of einsums is ~10x slower on CPU
+    zoomed = torch.einsum("zoh,nchw,zpw->ncop", rows, x, cols)
+    return _to_uint8((x + zoomed) / (len(factors) + 1))
 
 
 # ---------------------------------------------------------------------------------------- weather

@@ -245,7 +245,8 @@ def uncertainty_vs_corruption(
     Args:
         model: in eval mode; scored by ``score_fn(model, x) -> {name: (N,)}`` (or one (N,) tensor).
         images: uint8 (N, C, H, W) clean images; ``normalize_fn`` maps them to the model's input.
-        corruptions: names from ``CORRUPTIONS``; severities: 0 (the clean images) and/or 1..5.
+        corruptions: names from ``ALL_CORRUPTIONS`` (default: the standard 15, ``CORRUPTIONS``);
+            severities: 0 (the clean images) and/or 1..5.
         generator: drives the random corruptions (noise); on the images' device.
 
     Returns:
