@@ -89,6 +89,15 @@ _NODES = {
     torch.float32: ((160, 8), (48, 10), (32, 12), (20, 14), (14, 16), (0, 20)),
 }
 
+def _hermite_rule_f64(n: int) -> tuple[Tensor, Tensor]:
+    x, w = np.polynomial.hermite.hermgauss(n)
+    x_t = torch.as_tensor(x, dtype=torch.float64)
+    # x**2 is added back because the rule integrates exp(-x**2) * f(x) and we supply exp(G) directly.
+    return x_t, x_t.square() + torch.as_tensor(np.log(w), dtype=torch.float64)
+
+
+# Every rule the tables use, computed once at import: numpy must stay out of traced and compiled code.
+_GH_RULES = {n: _hermite_rule_f64(n) for n in sorted({n for rows in _NODES.values() for _, n in rows})}
 _GH_CACHE: dict[tuple[int, torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
 
 
@@ -97,11 +106,7 @@ def _hermite_rule(n: int, dtype: torch.dtype, device: torch.device) -> tuple[Ten
     key = (n, dtype, device)
     rule = _GH_CACHE.get(key)
     if rule is None:
-        x, w = np.polynomial.hermite.hermgauss(n)
-        x_t = torch.as_tensor(x, dtype=torch.float64)
-        # x**2 is added back because the rule integrates exp(-x**2) * f(x) and we supply exp(G) directly.
-        offset = x_t.square() + torch.as_tensor(np.log(w), dtype=torch.float64)
-        rule = (x_t.to(dtype=dtype, device=device), offset.to(dtype=dtype, device=device))
+        rule = tuple(r.to(dtype=dtype, device=device) for r in _GH_RULES[n])
         _GH_CACHE[key] = rule
     return rule
 
@@ -147,58 +152,120 @@ def _log_j_quadrature(k: int, t: Tensor, with_ratio: bool = False) -> tuple[Tens
     return log_j, ratio
 
 
-class _LogNdtr(torch.autograd.Function):
-    """``log Phi(t)`` with an accurate derivative in the far left tail.
+# Closed form for small k (item 3 of the module docstring): for t >= -_T_CLOSED[dtype][k], the tail below.
+# Chosen so that the cancellation factor C_k(x) = (R P_k(x) + Q_k(x)) / (R P_k(x) - Q_k(x)) of the t < 0
+# terms (R the Mills ratio, x = -t) stays below 200 in float64 and 20 in float32, so the closed form loses
+# at most C_k ulps (computed with mpmath). k = 0 has no cancellation; its bound 9 keeps erfc(-t/sqrt 2) far
+# from underflow (float32: erfc(6.4) ~ 1e-19), the tail uses the scaled erfcx below.
+_T_CLOSED = {
+    torch.float64: (9.0, 9.8, 3.4, 2.25, 1.8, 1.5, 1.35, 1.2, 1.1, 1.0, 0.95, 0.9, 0.85, 0.8, 0.8, 0.75),
+    torch.float32: (9.0, 2.8, 1.5, 1.1, 0.95, 0.8, 0.7, 0.65, 0.6, 0.55, 0.5, 0.5, 0.45, 0.45, 0.4, 0.4),
+}
+_SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
+_LOG_SQRT_HALF_PI = 0.5 * math.log(0.5 * math.pi)
+_SQRT_HALF = math.sqrt(0.5)
 
-    ``torch.special.log_ndtr`` is accurate, but its derivative ``phi(t) / Phi(t)`` is formed as
-    ``exp(log phi - log Phi)``, a difference of two numbers near ``-t**2 / 2``: at ``t = -1e7`` it is off by
-    1%. For ``t < 0`` we use the Mills-ratio form ``sqrt(2/pi) / erfcx(-t / sqrt(2))`` instead.
+
+def _closed_form(k: int, t: Tensor) -> tuple[Tensor, Tensor]:
+    """``log J_k(t)`` and ``d/dt log J_k(t)`` from :math:`J_k = J_0 (P_k + Q_k h)` for ``t >= -_T_CLOSED``.
+
+    ``J_0 = sqrt(pi/2) erfc(-t/sqrt 2)`` and ``h = exp(-t^2/2) / J_0 = phi(t) / Phi(t)`` with the plain
+    ``erfc`` (a tenth of the cost of ``log_ndtr`` or ``erfcx``, and accurate to a few ulps where it does not
+    underflow, which ``t >= -9`` guarantees). The polynomials are carried scaled, ``p_j = P_j(t) / s^j`` and
+    ``q_j = Q_j(t) / s^j`` with ``s = max(|t|, 1)``, whose recurrence ``p_{j+1} = (t/s) p_j + j s^{-2}
+    p_{j-1}`` cannot overflow (``t^15`` would in float32); ``d/dt log J_k = k J_{k-1} / J_k`` (integration
+    by parts) comes from the same numbers.
     """
-
-    @staticmethod
-    def forward(ctx, t: Tensor) -> Tensor:
-        out = torch.special.log_ndtr(t)
-        ctx.save_for_backward(t, out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        t, out = ctx.saved_tensors
-        negative = t < 0
-        t_neg = torch.where(negative, t, t.new_zeros(()))
-        t_pos = torch.where(negative, t.new_zeros(()), t)
-        hazard = torch.where(
-            negative,
-            math.sqrt(2 / math.pi) / torch.special.erfcx(-t_neg * math.sqrt(0.5)),
-            torch.exp(-0.5 * t_pos.square() - _HALF_LOG_2PI - torch.where(negative, out.new_zeros(()), out)),
-        )
-        return grad * hazard
-
-
-def _log_ndtr(t: Tensor) -> Tensor:
-    return _LogNdtr.apply(t)
-
-
-def _log_j_forward(k: int, t: Tensor) -> Tensor:
-    """``log J_k(t)`` for ``t >= 0`` and ``k >= 1`` by the forward ratio recurrence (stable there)."""
-    log_ndtr = _log_ndtr(t)
-    log_j0 = _HALF_LOG_2PI + log_ndtr
-    rho = t + torch.exp(-0.5 * t.square() - _HALF_LOG_2PI - log_ndtr)  # J_1 / J_0 = t + phi(t) / Phi(t)
-    acc = torch.log(rho)
+    e = torch.special.erfc(t * -_SQRT_HALF)  # 2 Phi(t)
+    log_j0 = torch.log(e) + _LOG_SQRT_HALF_PI
+    h = torch.exp(t.square() * -0.5) * _SQRT_2_OVER_PI / e
+    if k == 0:
+        return log_j0, h
+    s = t.abs().clamp(min=1.0)
+    eps = torch.reciprocal(s)
+    tau = t * eps
+    eps2 = eps.square()
+    p_prev, p = torch.ones_like(t), tau
+    q_prev, q = torch.zeros_like(t), eps
     for j in range(1, k):
-        rho = t + j / rho  # rho_{j+1} = J_{j+1} / J_j
-        acc = acc + torch.log(rho)
-    return log_j0 + acc
+        p_prev, p = p, torch.addcmul(tau * p, eps2, p_prev, value=float(j))
+        q_prev, q = q, torch.addcmul(tau * q, eps2, q_prev, value=float(j))
+    ratio = torch.addcmul(p, q, h)  # J_k / (J_0 s^k) > 0
+    log_j = log_j0 + torch.log(ratio) + k * torch.log(s)
+    # k J_{k-1} / J_k = k (p_{k-1} + q_{k-1} h) / (s (p_k + q_k h))
+    grad = torch.addcmul(p_prev, q_prev, h).mul_(k) / (s * ratio)
+    return log_j, grad
 
 
-def _log_j_backward(k: int, t: Tensor) -> Tensor:
-    """``log J_k(t)`` for ``t <= 0`` and ``k < _K_SMALL`` by the backward ratio recurrence (stable there)."""
+def _log_j0_tail(t: Tensor) -> tuple[Tensor, Tensor]:
+    """``log J_0`` and its derivative for ``t < 0`` in Mills-ratio form: ``J_0 = e^{-t^2/2} sqrt(pi/2)
+    erfcx(-t/sqrt 2)`` is accurate down to ``t = -1e19`` (``log_ndtr``'s own derivative, formed as
+    ``exp(log phi - log Phi)``, is 1% off at ``t = -1e7``)."""
+    ex = torch.special.erfcx(t * -_SQRT_HALF)
+    return torch.log(ex) + _LOG_SQRT_HALF_PI - 0.5 * t.square(), _SQRT_2_OVER_PI / ex
+
+
+class _Analytic(torch.autograd.Function):
+    """``log J_k`` with its analytic derivative: :func:`_closed_form`, or :func:`_log_j0_tail` (``tail``).
+
+    A backward through the recurrence would cost as much as the forward again."""
+
+    @staticmethod
+    def forward(ctx, t: Tensor, k: int, tail: bool) -> Tensor:
+        log_j, grad = _log_j0_tail(t) if tail else _closed_form(k, t)
+        ctx.save_for_backward(grad)
+        return log_j
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        (grad,) = ctx.saved_tensors
+        return grad_out * grad, None, None
+
+
+def _log_j_tail(k: int, t: Tensor) -> Tensor:
+    """``log J_k(t)`` for ``t < -_T_CLOSED`` and ``k < _K_SMALL``: Mills-ratio form for ``k = 0``, otherwise
+    the backward recurrence from the quadrature at ``_K_SMALL`` (stable there)."""
+    if k == 0:
+        return _Analytic.apply(t, 0, True)
     log_jm, rho = _log_j_quadrature(_K_SMALL, t, with_ratio=True)
     acc = torch.zeros_like(t)
     for j in range(_K_SMALL, k, -1):
         rho = j / (rho - t)  # rho_j = J_j / J_{j-1} from rho_{j+1}
         acc = acc + torch.log(rho)
     return log_jm - acc
+
+
+def _is_traced() -> bool:
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
+def _log_j_small(k: int, t: Tensor) -> Tensor:
+    """``log J_k`` for ``0 <= k < _K_SMALL``: the closed form, :func:`_log_j_tail` below ``-_T_CLOSED``."""
+    threshold = _T_CLOSED[t.dtype][k]
+    closed = t >= -threshold
+    if t.device.type == "cpu" and not _is_traced():
+        # On the CPU a data-dependent branch costs nothing: evaluate the tail only where it is needed.
+        out = _Analytic.apply(torch.where(closed, t, -threshold), k, False)
+        tail = ~closed
+        if bool(tail.any()):
+            out = out.masked_scatter(tail, _log_j_tail(k, t[tail]))
+        return out
+    # Without host synchronisation (CUDA) or under a tracer (whose graph must not bake in a branch): both,
+    # on sanitized copies, so that the unused one never produces nan values or gradients.
+    return torch.where(
+        closed,
+        _Analytic.apply(torch.where(closed, t, -threshold), k, False),
+        _log_j_tail(k, torch.where(closed, -threshold, t)),
+    )
+
+
+def _check_k(k) -> int:
+    """``k`` as an ``int``; a 0-d integer tensor (an event size under ``torch.jit.trace``) is accepted."""
+    if torch.is_tensor(k) and k.dim() == 0 and not k.dtype.is_floating_point and k.dtype != torch.bool:
+        k = int(k)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+        raise ValueError(f"log_radial_integral: k must be a non-negative integer, got k = {k!r}")
+    return int(k)
 
 
 def log_radial_integral(k: int, t: Tensor) -> Tensor:
@@ -209,26 +276,14 @@ def log_radial_integral(k: int, t: Tensor) -> Tensor:
     :returns: tensor of the same shape and dtype as ``t``.
     :raises ValueError: if ``k`` is not a non-negative integer.
     """
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
-        raise ValueError(f"log_radial_integral: k must be a non-negative integer, got k = {k!r}")
-    k = int(k)
+    k = _check_k(k)
     if not torch.is_tensor(t):
         t = torch.as_tensor(t, dtype=torch.get_default_dtype())
     in_dtype = t.dtype
     if in_dtype not in (torch.float32, torch.float64):
         t = t.to(torch.float32)
-    if k == 0:
-        out = _HALF_LOG_2PI + _log_ndtr(t)
-    elif k >= _K_SMALL:
+    if k >= _K_SMALL:
         out = _log_j_quadrature(k, t)[0]
     else:
-        # Sanitized copies keep each branch finite (and its gradient finite) where it is not selected;
-        # torch.where rather than clamp, whose gradient vanishes at the boundary t = 0.
-        nonneg = t >= 0
-        zero = t.new_zeros(())
-        out = torch.where(
-            nonneg,
-            _log_j_forward(k, torch.where(nonneg, t, zero)),
-            _log_j_backward(k, torch.where(nonneg, zero, t)),
-        )
+        out = _log_j_small(k, t)
     return out.to(in_dtype)
