@@ -212,15 +212,17 @@ def test_read_only_run_folder_fails_before_training(tmp_path, capsys):
 
 def test_full_disk_at_the_probe_fails_before_training(tmp_path, monkeypatch, capsys):
     """The engine's write probe stands in for the first checkpoint: ENOSPC there stops the run at once."""
-    real_write_bytes = Path.write_bytes
+    import vprob.engine.run_folder as run_folder
 
-    def full_disk(self, data):
-        if self.name == ".write-test":
-            raise OSError(errno.ENOSPC, "No space left on device", str(self))
-        return real_write_bytes(self, data)
-
-    monkeypatch.setattr(Path, "write_bytes", full_disk)
     run_dir = tmp_path / "run"
+    real_temporary_file = run_folder.tempfile.TemporaryFile
+
+    def full_disk(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == run_dir:
+            raise OSError(errno.ENOSPC, "No space left on device", str(dir))
+        return real_temporary_file(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(run_folder.tempfile, "TemporaryFile", full_disk)
     code = main([*TRAIN_ARGS, "--run-dir", str(run_dir)])
     err = capsys.readouterr().err
     assert code != 0

@@ -168,8 +168,9 @@ def _resumed_config(args: argparse.Namespace, given_config: TrainConfig) -> Trai
             "at the end of its first epoch); start the run again without --resume")
     saved = config_from_dict(load_checkpoint(checkpoint)["config"])
     engine = given(args, [o for o in engine_options() if o.name not in _OWN_FLAGS])
+    engine.update(run_dir=args.run_dir, max_steps=args.max_steps)  # this call's, not the saved ones
     options = {**saved.options, **given(args, method_options().values())}
-    return replace(saved, **engine, run_dir=args.run_dir, max_steps=args.max_steps, options=options)
+    return replace(saved, **engine, options=options)
 
 
 def _evaluate(args: argparse.Namespace) -> dict[str, Any]:

@@ -207,28 +207,34 @@ def linear_probe(
     x_train = (x_train - mean) / std
     x_test = (x_test - mean) / std
 
-    n, dim = x_train.shape
-    weight = torch.zeros(dim, num_classes, device=device, requires_grad=True)
-    bias = torch.zeros(num_classes, device=device, requires_grad=True)
+    weight, bias = _fit_logistic(x_train, y_train, num_classes, epochs, lr, weight_decay, batch_size, seed)
+    with torch.no_grad():
+        pred = (x_test @ weight + bias).argmax(dim=1)
+        return (pred == y_test).float().mean().item()
 
-    def objective(x: Tensor, y: Tensor) -> Tensor:
-        return F.cross_entropy(x @ weight + bias, y) + 0.5 * weight_decay * weight.square().sum()
+
+def _fit_logistic(x: Tensor, y: Tensor, num_classes: int, epochs: int, lr: float | None, weight_decay: float,
+                  batch_size: int | None, seed: int) -> tuple[Tensor, Tensor]:
+    """(weight (F, K), bias (K,)) minimizing mean cross-entropy + weight_decay / 2 * ||W||^2 on (x, y):
+    full-batch L-BFGS, or Adam on shuffled minibatches (see :func:`linear_probe`)."""
+    n, dim = x.shape
+    weight = torch.zeros(dim, num_classes, device=x.device, requires_grad=True)
+    bias = torch.zeros(num_classes, device=x.device, requires_grad=True)
+
+    def objective(rows: Tensor | slice) -> Tensor:
+        return F.cross_entropy(x[rows] @ weight + bias, y[rows]) + 0.5 * weight_decay * weight.square().sum()
 
     with torch.enable_grad():
         if batch_size is None or batch_size >= n:
             opt = torch.optim.LBFGS(
-                [weight, bias],
-                lr=1.0 if lr is None else lr,
-                max_iter=epochs,
-                history_size=20,
+                [weight, bias], lr=1.0 if lr is None else lr, max_iter=epochs, history_size=20,
                 tolerance_grad=1e-5,  # max |gradient| of the mean loss: converged for argmax purposes
-                tolerance_change=1e-9,
-                line_search_fn="strong_wolfe",
+                tolerance_change=1e-9, line_search_fn="strong_wolfe",
             )
 
             def closure() -> Tensor:
                 opt.zero_grad()
-                loss = objective(x_train, y_train)
+                loss = objective(slice(None))
                 loss.backward()
                 return loss
 
@@ -236,15 +242,12 @@ def linear_probe(
         else:
             opt = torch.optim.Adam([weight, bias], lr=0.01 if lr is None else lr)
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-            gen = torch.Generator(device=device).manual_seed(seed)
+            gen = torch.Generator(device=x.device).manual_seed(seed)
             for _ in range(epochs):
-                perm = torch.randperm(n, generator=gen, device=device)
+                perm = torch.randperm(n, generator=gen, device=x.device)
                 for start in range(0, n, batch_size):
-                    idx = perm[start : start + batch_size]
                     opt.zero_grad()
-                    objective(x_train[idx], y_train[idx]).backward()
+                    objective(perm[start : start + batch_size]).backward()
                     opt.step()
                 sched.step()
-    with torch.no_grad():
-        pred = (x_test @ weight + bias).argmax(dim=1)
-        return (pred == y_test).float().mean().item()
+    return weight.detach(), bias.detach()

@@ -1,16 +1,18 @@
 """JSON files written by vprob: one conversion and one policy for non-finite numbers (written as ``null``),
-written atomically (temporary file, flush, fsync, rename) so that a reader never sees half a file."""
+written atomically (:func:`vprob.safe_io.write_atomic`: a fresh temporary file, fsync, rename) so that a
+reader never sees half a file and a symbolic link planted in a run folder is never written through."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor
+
+from vprob.safe_io import write_atomic
 
 
 def json_safe(value: Any) -> Any:
@@ -34,15 +36,4 @@ def json_safe(value: Any) -> Any:
 
 def write_json_atomic(path: str | os.PathLike, payload: Any) -> None:
     """Write ``json_safe(payload)`` to ``path`` atomically."""
-    path = Path(path)
-    text = json.dumps(json_safe(payload), indent=2) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, json.dumps(json_safe(payload), indent=2) + "\n")

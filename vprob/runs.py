@@ -41,6 +41,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "auto",
     run_dir = Path(run_dir)
     state = load_checkpoint(run_dir / CHECKPOINT_NAME)
     config = config_from_dict(state["config"])
+    config.run_dir = str(run_dir)  # where it is now, never a path read from the file
     if data_dir is not None:
         config.data_dir = data_dir
     config = config.resolved()

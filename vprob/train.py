@@ -21,19 +21,16 @@ import torch
 from torch import nn
 
 from vprob import distributed
-from vprob.checkpoint import CheckpointError
 from vprob.config import TrainConfig, build_model, default_run_dir
 from vprob.data import ImageSet, augmentation_for, load_dataset
 from vprob.devices import resolve_device
+from vprob.engine import state
 from vprob.engine.loader import DeviceLoader, ViewMaker
 from vprob.engine.run_folder import RunFolder
 from vprob.engine.step import NonFiniteLossError, NonFiniteTracker, TrainStep
 from vprob.evaluate import evaluate_backbone
 from vprob.methods import get_method
 from vprob.optim import build_optimizer, warmup_cosine
-
-# Saved values a resumed run must share with the checkpoint.
-_RESUME_KEYS = ("method", "data", "backbone", "batch_size", "epochs", "normal_class", "options")
 
 
 class TrainingPaused(RuntimeError):
@@ -96,7 +93,9 @@ class Trainer:
                                     self.amp, self.world_size, config.skip_nonfinite)
         self.step = 0
         if resume:
-            self._restore(self.run.load_checkpoint(map_location=self.device))
+            self.step = state.restore(self.run.load_checkpoint(map_location=self.device), config, self.model,
+                                      self.optimizer, self.scheduler, self.generator)
+            self.run.truncate_metrics(self.step)
 
     @property
     def run_dir(self) -> Path:
@@ -130,37 +129,9 @@ class Trainer:
             model.encoder.compile()
         return model
 
-    def _state(self) -> dict[str, Any]:
-        return {
-            "config": asdict(self.config), "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "step": self.step,
-            "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-        }
-
-    def _restore(self, state: dict[str, Any]) -> None:
-        saved = _saved_config(state)
-        for key in _RESUME_KEYS:
-            if saved.get(key) != getattr(self.config, key):
-                raise CheckpointError(f"checkpoint was written with {key}={saved.get(key)!r}, this run has "
-                                      f"{key}={getattr(self.config, key)!r}; resume with the same settings")
-        try:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-        except (KeyError, RuntimeError, ValueError) as exc:
-            raise CheckpointError(f"checkpoint does not match this model: {exc}") from exc
-        self.step = int(state["step"])
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"].cpu())
-        if rng["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
-        self.generator.set_state(rng["generator"].cpu())
-        self.run.truncate_metrics(self.step)
-
     def save(self) -> None:
-        self.run.save_checkpoint(self._state())
+        self.run.save_checkpoint(state.capture(self.config, self.model, self.optimizer, self.scheduler,
+                                               self.generator, self.step))
 
     def fit(self, stop_after_s: float | None = None) -> dict[str, Any]:
         """Train to the end (or ``max_steps``), checkpoint, evaluate; returns the results dict.
@@ -261,12 +232,6 @@ class _Clock:
         if self.budget_s is None:
             return False
         return bool(distributed.broadcast_from_rank0(now - self.start + last_stretch > self.budget_s))
-
-
-def _saved_config(state: dict[str, Any]) -> dict[str, Any]:
-    from vprob.config import config_from_dict
-
-    return asdict(config_from_dict(state.get("config", {})))
 
 
 def train(config: TrainConfig, resume: bool = False, progress: bool | None = None,

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import IO, Any
 
 from vprob import distributed
 from vprob.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
 from vprob.jsonio import write_json_atomic
+from vprob.safe_io import open_append, write_atomic
 
 CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.jsonl"
@@ -57,13 +59,14 @@ class RunFolder:
                                   "choose another --run-dir (it is never overwritten by a new run)")
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            probe = self.path / ".write-test"
-            probe.write_bytes(b"0" * 4096)
-            probe.unlink()
+            with tempfile.TemporaryFile(dir=self.path) as probe:  # a fresh name: no planted link followed
+                probe.write(b"0" * 4096)
+                probe.flush()
+                os.fsync(probe.fileno())
         except OSError as exc:
             raise OSError(f"run folder {self.path} is not writable: {exc}") from exc
         write_json_atomic(self.path / CONFIG_NAME, config)
-        self.metrics_path.write_text("")
+        write_atomic(self.metrics_path, "")
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         """Rank 0 writes the checkpoint (every rank holds the same state); all ranks wait for it."""
@@ -76,7 +79,7 @@ class RunFolder:
 
     def open_metrics(self) -> IO[str]:
         """The metrics file for appending (a sink on ranks other than 0)."""
-        return (self.metrics_path if self.rank == 0 else Path(os.devnull)).open("a")
+        return open_append(self.metrics_path) if self.rank == 0 else Path(os.devnull).open("a")
 
     def truncate_metrics(self, step: int) -> None:
         """Drop metric lines written after ``step`` (a resumed run writes them again)."""
@@ -84,9 +87,7 @@ class RunFolder:
             return
         kept = [line for line in self.metrics_path.read_text().splitlines()
                 if line.strip() and json.loads(line).get("step", 0) <= step]
-        tmp = self.metrics_path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.metrics_path)
+        write_atomic(self.metrics_path, "".join(line + "\n" for line in kept))
 
     def write_results(self, results: dict[str, Any]) -> None:
         """``results.json`` and the loss-curve figure (rank 0)."""
