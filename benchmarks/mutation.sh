@@ -66,15 +66,21 @@ start=$(date +%s)
 nice -n 15 mutmut run --max-children "${MUTATION_JOBS:-1}" "${only[@]}" | tail -n 5
 echo "wall time: $(( $(date +%s) - start )) s  (work dir: $work)"
 mutmut results --all true > results.txt
-python - <<'PY'
-import collections
-counts = collections.Counter(line.rsplit(": ", 1)[1].strip() for line in open("results.txt") if ": " in line)
+python - "${only[@]}" <<'PY'
+import collections, fnmatch, sys
+globs = sys.argv[1:]
+rows = [line.strip().rsplit(": ", 1) for line in open("results.txt") if ": " in line]
+# With --only, count the selected mutants; "not checked" ones were not run.
+rows = [(n, s) for n, s in rows if not globs or any(fnmatch.fnmatch(n, g) for g in globs)]
+counts = collections.Counter(s for _, s in rows if s != "not checked")
 total = sum(counts.values())
 survived = counts.get("survived", 0)
 print(f"mutants: {total}  " + "  ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
 if total:
     print(f"survival rate: {survived}/{total} = {100 * survived / total:.1f} %")
+with open("survivors.txt", "w") as out:
+    out.writelines(f"{n}\n" for n, s in rows if s in ("survived", "no tests", "timeout", "suspicious"))
 PY
-grep -E ': (survived|no tests|timeout|suspicious)$' results.txt | while read -r name _; do
-    mutmut show "${name%:}"
-done
+while read -r name; do
+    mutmut show "$name"
+done < survivors.txt

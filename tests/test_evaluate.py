@@ -270,9 +270,72 @@ def test_knn_uses_cosine_not_dot_product():
 def test_knn_accuracy_and_input_checks():
     train, y = _fan([0, 1, 1, 2])
     queries = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
-    assert knn_accuracy(train, y, queries, torch.tensor([0, 1]), k=1) == 0.5
+    # k is passed on: the nearest neighbour says 0; all four vote 1 (two of them) by default.
+    assert knn_accuracy(train, y, queries, torch.tensor([0, 0]), k=1) == 1.0
+    assert knn_accuracy(train, y, queries, torch.tensor([0, 0])) == 0.0
     with pytest.raises(ValueError, match="k must be positive"):
         knn_predict(train, y, queries, k=0)
     with pytest.raises(ValueError, match="rows"):
         knn_predict(train, y[:3], queries)
     assert knn_predict(train, y, queries[:0]).shape == (0,)
+
+
+def _grid_problem(weight_decay=0.3):
+    x, y = _three_class_problem()
+    grid, grid_labels = _sklearn_grid_labels(x, y, weight_decay)
+    as_t = dict(dtype=torch.float32)
+    return torch.tensor(x, **as_t), torch.tensor(y), torch.tensor(grid, **as_t), torch.tensor(grid_labels)
+
+
+def test_linear_probe_solver_choice_and_defaults():
+    """batch_size >= N is the full-batch L-BFGS (not Adam over one batch); the Adam path's defaults are
+    lr 0.01 and seed 0 (equal results to passing them; different lr or seed give different results here)."""
+    pytest.importorskip("sklearn")
+    x, y, grid, grid_labels = _grid_problem()
+    lbfgs = linear_probe(x, y, grid, grid_labels, weight_decay=0.3)
+    assert linear_probe(x, y, grid, grid_labels, weight_decay=0.3, batch_size=len(x)) == lbfgs >= 0.995
+    adam = dict(weight_decay=0.3, batch_size=128, epochs=20)
+    default = linear_probe(x, y, grid, grid_labels, **adam)
+    assert default == linear_probe(x, y, grid, grid_labels, lr=0.01, seed=0, **adam)
+    assert default != linear_probe(x, y, grid, grid_labels, lr=0.02, **adam)
+    assert default != linear_probe(x, y, grid, grid_labels, seed=1, **adam)
+
+
+def test_linear_probe_lbfgs_honours_epochs_and_lr():
+    """``epochs`` caps the L-BFGS iterations (3 are not converged here, 100 are) and ``lr`` is its initial
+    step (default 1.0): 3 iterations give the same decisions as lr=1.0 and different ones at lr=2.0."""
+    pytest.importorskip("sklearn")
+    x, y, grid, grid_labels = _grid_problem()
+
+    def short(**kw):
+        return linear_probe(x, y, grid, grid_labels, weight_decay=0.3, epochs=3, **kw)
+
+    assert short() == short(lr=1.0) != short(lr=2.0)
+    assert short() < 0.99 <= linear_probe(x, y, grid, grid_labels, weight_decay=0.3)
+
+
+def test_linear_probe_input_checks_and_class_count():
+    x, y = _clusters(n_per=20, dim=4, classes=3)
+    with pytest.raises(ValueError, match="^features and labels must have the same number of rows$"):
+        linear_probe(x, y[:-1], x, y)
+    with pytest.raises(ValueError, match="^features and labels must have the same number of rows$"):
+        linear_probe(x, y, x, y[:-1])
+    # The class count comes from train and test labels together: a test set missing class 2 is fine,
+    # and so is a test label the train set never shows (it is simply never predicted).
+    assert linear_probe(x, y, x[y < 2], y[y < 2]) == 1.0
+    assert linear_probe(x[y < 2], y[y < 2], x, y) == pytest.approx(2 / 3)
+
+
+@pytest.mark.cuda
+def test_evaluation_device_plumbing_on_cuda():
+    """CPU inputs evaluated on the GPU (``device``), and GPU features with CPU labels: same answers as on
+    the CPU (the device mutants that are equivalent on a CPU-only machine fail here)."""
+    x, y = _clusters(n_per=30, dim=8, classes=3, noise=1.5)
+    xt, yt = _clusters(n_per=10, dim=8, classes=3, noise=1.5, seed=1)
+    for kw in ({}, dict(batch_size=16, epochs=5)):
+        cpu = linear_probe(x, y, xt, yt, **kw)
+        assert linear_probe(x, y, xt, yt, device="cuda", **kw) == pytest.approx(cpu, abs=1 / 30)
+        assert linear_probe(x.cuda(), y.cuda(), xt.cuda(), yt.cuda(), **kw) == pytest.approx(cpu, abs=1 / 30)
+    pred = knn_predict(x.cuda(), y.cuda(), xt.cuda(), k=5)
+    assert pred.is_cuda and torch.equal(pred.cpu(), knn_predict(x, y, xt, k=5))
+    assert knn_accuracy(x.cuda(), y.cuda(), xt.cuda(), yt, k=5) == knn_accuracy(x, y, xt, yt, k=5)
