@@ -80,8 +80,15 @@ def test_variational_run_gets_uncertainty_ood_posterior_and_geometry(runs):
             assert rho is None or -1.0 <= rho <= 1.0  # None: a constant mean score (NaN in JSON)
     assert set(uncertainty["mean_score"]["contrast"]["log_det"]) == {"0", "1", "2", "3", "4", "5"}
     aurocs = report["ood"]["auroc"]["log_det"]
-    assert set(aurocs) == {"uniform_noise"} | {f"{name}_s5" for name in CORRUPTIONS}
+    near = {f"{name}_s5" for name in CORRUPTIONS}
+    assert set(aurocs) == {"uniform_noise", "corruptions_s5_mean_over_set"} | near
     assert all(0.0 <= value <= 1.0 for value in aurocs.values())
+    assert aurocs["corruptions_s5_mean_over_set"] == pytest.approx(sum(aurocs[k] for k in near) / len(near))
+    # The headline: per-image Spearman, mean over images, then over the 15 corruptions.
+    assert uncertainty["corruption_set"]["complete"] is True and len(CORRUPTIONS) == 15
+    headline = uncertainty["per_image_spearman_mean_over_set"]["log_det"]["mean"]
+    per_corruption = [uncertainty["per_image_spearman"][c]["log_det"]["mean"] for c in CORRUPTIONS]
+    assert headline == pytest.approx(sum(per_corruption) / 15) and -1.0 <= headline <= 1.0
     assert "ood.other_dataset" in report["skipped"]  # digits has no second data set offline
 
     posterior = report["posterior"]

@@ -49,7 +49,9 @@ from vprob.diagnostics import (
     auroc,
     class_centroids,
     has_uncertainty,
+    mean_over_corruptions,
     mutual_information_lower_bound,
+    per_image_severity_summary,
     posterior_geometry,
     posterior_samples,
     posterior_summary,
@@ -67,6 +69,8 @@ from vprob.methods import get_method
 from vprob.runs import load_run
 
 REPORT_NAME = "report.json"
+SUBSAMPLE_NOTE = ("random subsets (seeded) of the train and test splits; the uncertainty images are a random "
+                  "subset of those test images, the posterior images a random subset of them")
 NETCDF_NAME = "posterior.nc"
 
 
@@ -75,8 +79,22 @@ def _deterministic_reason(method: str) -> str:
             "uncertainty score")
 
 
+def _no_posterior_reason(requested: bool, model: nn.Module, method: str) -> str:
+    if not requested:
+        return "posterior sections not requested (posterior=False / --no-posterior)"
+    if not has_uncertainty(model):
+        return _deterministic_reason(method)
+    return f"posterior sampling is implemented for a spherical latent 'z' (VCL) only, not {method!r}"
+
+
 def _map_batches(fn, images: Tensor, normalize, batch_size: int) -> Tensor:
     return map_batches(fn, images, normalize, batch_size).flatten(1)
+
+
+def _rows(image_set, index: Tensor) -> tuple[Tensor, Tensor]:
+    """(images, labels) of the rows ``index`` (on CPU) of an ImageSet on any device."""
+    index = index.to(image_set.images.device)
+    return image_set.images[index], image_set.labels[index]
 
 
 def _subsample(n: int, limit: int | None, generator: torch.Generator) -> Tensor:
@@ -167,8 +185,7 @@ def diagnose_run(
 
     train_index = _subsample(len(train_set), max_images, ctx.generator)
     test_index = _subsample(len(test_set), max_images, ctx.generator)
-    train = train_set.images[train_index.to(torch_device)], train_set.labels[train_index.to(torch_device)]
-    test = test_set.images[test_index.to(torch_device)], test_set.labels[test_index.to(torch_device)]
+    train, test = _rows(train_set, train_index), _rows(test_set, test_index)
     uncertainty_index = _subsample(len(test_index), max_uncertainty_images, ctx.generator)
     unc_images = test[0][uncertainty_index.to(torch_device)]
     # A random subset (not the first few: a data set stored sorted by class would give one class).
@@ -193,26 +210,17 @@ def diagnose_run(
             test_index[post_index], centroids, num_samples, num_chains)
         report["posterior"], report["geometry"], collapse["posterior_samples"] = summary, geometry, spectrum
     else:
-        if not posterior:
-            reason = "posterior sections not requested (posterior=False / --no-posterior)"
-        elif not has_uncertainty(model):
-            reason = _deterministic_reason(config.method)
-        else:
-            reason = (f"posterior sampling is implemented for VCL's spherical latent 'z' only, "
-                      f"not {config.method!r}")
+        reason = _no_posterior_reason(posterior, model, config.method)
         report["posterior"], report["geometry"] = ctx.skip("posterior", reason), ctx.skip("geometry", reason)
         collapse["posterior_samples"] = {"skipped": reason}
     _common_figures(ctx, run_dir, collapse, unc_images)
 
     ctx.timing["total"] = time.perf_counter() - started
+    counts = (len(train_index), len(test_index), len(uncertainty_index),
+              len(post_index) if posterior and spherical_posterior else 0)
     report.update({
-        "subsample": {
-            "train_images": len(train_index), "test_images": len(test_index),
-            "uncertainty_images": len(uncertainty_index),
-            "posterior_images": len(post_index) if posterior and spherical_posterior else 0,
-            "note": "random subsets (seeded) of the train and test splits; the uncertainty images are a "
-                    "random subset of those test images, the posterior images a random subset of them",
-        },
+        "subsample": dict(zip(("train_images", "test_images", "uncertainty_images", "posterior_images"),
+                              counts, strict=True), note=SUBSAMPLE_NOTE),
         "figures": ctx.figures,
         "skipped": ctx.skipped,
         "timing_s": ctx.timing,
@@ -243,19 +251,37 @@ def _collapse_and_information(ctx: _Context, train: tuple[Tensor, Tensor], test:
 
 
 def _uncertainty_and_ood(ctx: _Context, images: Tensor) -> tuple[dict, dict]:
-    """The corruption sweep (Spearman per corruption and overall) and the OOD AUROCs of every score."""
-    from vprob.plots import plot_score_histograms, plot_uncertainty_vs_severity
-
+    """The corruption sweep (Spearman per image and of the per-severity means) and the OOD AUROCs."""
     tic = time.perf_counter()
-    model, normalize, out_dir = ctx.model, ctx.augment.normalize, ctx.out_dir
     generator = torch.Generator(ctx.device).manual_seed(ctx.seed)
-    sweep = uncertainty_vs_corruption(model, images, normalize, generator=generator,
+    sweep = uncertainty_vs_corruption(ctx.model, images, ctx.augment.normalize, generator=generator,
                                       batch_size=ctx.batch_size)
+    uncertainty = _uncertainty_report(ctx, sweep, int(images.shape[0]))
+    ctx.timing["uncertainty"] = time.perf_counter() - tic
+    tic = time.perf_counter()
+    ood = _ood_report(ctx, sweep, images, generator)
+    ctx.timing["ood"] = time.perf_counter() - tic
+    return uncertainty, ood
+
+
+def _uncertainty_report(ctx: _Context, sweep: dict, num_images: int) -> dict:
+    from vprob.plots import plot_uncertainty_vs_severity
+
     score_names = list(next(iter(sweep["scores"].values())).keys())
-    uncertainty = {
-        "num_images": int(images.shape[0]),
+    per_image = per_image_severity_summary(sweep["scores"])
+    report = {
+        "num_images": num_images,
         "score_names": score_names,
         "corruptions": list(sweep["scores"]),
+        "corruption_set": {key: per_image[key] for key in ("corruptions", "missing", "complete")},
+        # The headline: each image's Spearman of its score against severity 0..5, averaged over images,
+        # then over the corruption set (the literature's "mean over CIFAR-10-C").
+        "per_image_spearman_mean_over_set": per_image["mean_over_set"],
+        "per_image_spearman": per_image["per_corruption"],
+        # Secondary: the Spearman of the six per-severity means, per corruption and pooled.
+        "spearman_of_means_mean_over_set": {
+            score: mean_over_corruptions({c: rho[score] for c, rho in sweep["spearman"].items()})["mean"]
+            for score in score_names},
         "mean_score": sweep["mean"],
         "spearman": sweep["spearman"],
         "spearman_overall": sweep["spearman_overall"],
@@ -263,45 +289,55 @@ def _uncertainty_and_ood(ctx: _Context, images: Tensor) -> tuple[dict, dict]:
     for score in score_names:
         path = plot_uncertainty_vs_severity(
             {name: by_score[score] for name, by_score in sweep["mean"].items()},
-            out_dir / f"uncertainty_vs_severity_{score}.png", score_name=score,
+            ctx.out_dir / f"uncertainty_vs_severity_{score}.png", score_name=score,
             spearman={name: rho[score] for name, rho in sweep["spearman"].items()})
         ctx.figures[f"uncertainty_vs_severity_{score}"] = path.name
-    ctx.timing["uncertainty"] = time.perf_counter() - tic
+    return report
 
-    tic = time.perf_counter()
-    # Severity 0 (the clean images) is shared by every corruption's entry.
-    clean = {score: next(iter(sweep["scores"].values()))[score][0] for score in score_names}
-    far_sets = {"uniform_noise": torch.randint(0, 256, tuple(images.shape), generator=generator,
-                                               device=ctx.device, dtype=torch.uint8)}
+
+def _far_ood_sets(ctx: _Context, images: Tensor, generator: torch.Generator) -> tuple[dict, dict]:
+    """Uniform noise and, if the data set names one, its far-OOD companion; with their descriptions."""
+    sets = {"uniform_noise": torch.randint(0, 256, tuple(images.shape), generator=generator,
+                                           device=ctx.device, dtype=torch.uint8)}
     descriptions = {"uniform_noise": "i.i.d. uniform 0..255 pixels, the test images' shape (far OOD)"}
     companion = get_dataset(ctx.config.data).far_ood
     if companion is not None:
-        far_sets[companion] = _far_ood_images(companion, images.shape[0], images, ctx.generator)
+        sets[companion] = _far_ood_images(companion, images.shape[0], images, ctx.generator)
         descriptions[companion] = (f"{companion} test images, box-resampled to the run's image size, grey "
                                    "repeated over the channels")
     else:
         ctx.skip("ood.other_dataset", f"a {ctx.config.data} run has no second data set available offline "
                                       "(its registry record names no far-OOD companion); far OOD uses "
                                       "uniform noise only")
-    far_scores = {name: score_images(model, x, normalize, batch_size=ctx.batch_size)
+    return sets, descriptions
+
+
+def _ood_report(ctx: _Context, sweep: dict, images: Tensor, generator: torch.Generator) -> dict:
+    from vprob.plots import plot_score_histograms
+
+    score_names = list(next(iter(sweep["scores"].values())).keys())
+    # Severity 0 (the clean images) is shared by every corruption's entry.
+    clean = {score: next(iter(sweep["scores"].values()))[score][0] for score in score_names}
+    far_sets, descriptions = _far_ood_sets(ctx, images, generator)
+    far_scores = {name: score_images(ctx.model, x, ctx.augment.normalize, batch_size=ctx.batch_size)
                   for name, x in far_sets.items()}
     for name in sweep["scores"]:
         descriptions[f"{name}_s5"] = f"the same test images under {name} at severity 5 (near OOD)"
     aurocs: dict[str, dict[str, float]] = {}
     for score in score_names:
         aurocs[score] = {name: auroc(clean[score], s[score]) for name, s in far_scores.items()}
-        for name, by_score in sweep["scores"].items():
-            if 5 in by_score[score]:
-                aurocs[score][f"{name}_s5"] = auroc(clean[score], by_score[score][5])
+        near = {name: auroc(clean[score], by_score[score][5]) for name, by_score in sweep["scores"].items()
+                if 5 in by_score[score]}
+        aurocs[score].update({f"{name}_s5": value for name, value in near.items()})
+        if near:
+            aurocs[score]["corruptions_s5_mean_over_set"] = mean_over_corruptions(near)["mean"]
         path = plot_score_histograms(clean[score], {name: s[score] for name, s in far_scores.items()},
-                                     out_dir / f"score_histograms_{score}.png", score_name=score,
+                                     ctx.out_dir / f"score_histograms_{score}.png", score_name=score,
                                      in_label=f"{ctx.config.data} test")
         ctx.figures[f"score_histograms_{score}"] = path.name
-    ood = {"num_images": int(images.shape[0]), "sets": descriptions, "auroc": aurocs,
-           "convention": "AUROC of telling the set from the clean test images, higher score = more OOD; "
-                         "0.5 = chance"}
-    ctx.timing["ood"] = time.perf_counter() - tic
-    return uncertainty, ood
+    return {"num_images": int(images.shape[0]), "sets": descriptions, "auroc": aurocs,
+            "convention": "AUROC of telling the set from the clean test images, higher score = more OOD; "
+                          "0.5 = chance"}
 
 
 def _posterior_and_geometry(ctx: _Context, images: Tensor, labels: Tensor, image_index: Tensor,

@@ -2,8 +2,9 @@
 
 - :mod:`~vprob.diagnostics.collapse`: singular-value spectrum and effective rank (dimensional collapse);
 - :mod:`~vprob.diagnostics.information`: classifier lower bound on I(Z; Y);
-- :mod:`~vprob.diagnostics.corruptions`: CIFAR-10-C-style corruptions of uint8 image batches;
-- :mod:`~vprob.diagnostics.uncertainty`: Spearman of the score with severity, AUROC, the corruption sweep;
+- :mod:`~vprob.diagnostics.corruptions`: the 15 CIFAR-10-C corruptions of uint8 image batches;
+- :mod:`~vprob.diagnostics.uncertainty`: Spearman of the score with severity (per image and of the
+  per-severity means), AUROC, the corruption sweep;
 - :mod:`~vprob.diagnostics.posterior`: posterior samples via ``pyro.infer.Predictive`` to arviz (the only
   arviz user);
 - :mod:`~vprob.diagnostics.geometry`: Fréchet mean and geodesic spread on the sphere via geomstats (the only
@@ -14,7 +15,15 @@ arviz and geomstats are imported inside the functions that need them, so importi
 """
 
 from vprob.diagnostics.collapse import effective_rank, singular_value_spectrum, spectrum_report
-from vprob.diagnostics.corruptions import CORRUPTIONS, SEVERITIES, corrupt
+from vprob.diagnostics.corruptions import (
+    ALL_CORRUPTIONS,
+    CIFAR10_C,
+    CORRUPTIONS,
+    EXTRA_CORRUPTIONS,
+    SEVERITIES,
+    corrupt,
+    mean_over_corruptions,
+)
 from vprob.diagnostics.geometry import (
     extrinsic_mean,
     frechet_gradient_norm,
@@ -38,6 +47,8 @@ from vprob.diagnostics.posterior import (
 from vprob.diagnostics.uncertainty import (
     auroc,
     has_uncertainty,
+    per_image_severity_correlation,
+    per_image_severity_summary,
     score_images,
     severity_correlation,
     uncertainty_scores,
@@ -45,7 +56,10 @@ from vprob.diagnostics.uncertainty import (
 )
 
 __all__ = [
+    "ALL_CORRUPTIONS",
+    "CIFAR10_C",
     "CORRUPTIONS",
+    "EXTRA_CORRUPTIONS",
     "SEVERITIES",
     "auroc",
     "class_centroids",
@@ -59,8 +73,11 @@ __all__ = [
     "has_uncertainty",
     "label_entropy",
     "mean_geodesic_distance",
+    "mean_over_corruptions",
     "mutual_information_lower_bound",
     "on_manifold",
+    "per_image_severity_correlation",
+    "per_image_severity_summary",
     "posterior_geometry",
     "posterior_samples",
     "posterior_summary",
