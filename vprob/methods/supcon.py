@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from vprob.losses import supcon
-from vprob.methods.base import CHUNK_SIZE, DIM, HEAD_HIDDEN, NUM_VIEWS, TAU, Capabilities
-from vprob.methods.point import PointEmbedding
+from vprob.methods.base import Capabilities
+from vprob.methods.simclr import SimCLR
 
 
-class SupCon(PointEmbedding):
-    """Encoder -> projector -> z on the sphere, trained by :func:`vprob.losses.supcon`."""
+class SupCon(SimCLR):
+    """Encoder -> projector -> z on the sphere, trained by :func:`vprob.losses.supcon` (SimCLR's options
+    and body; the positives come from the labels)."""
 
     name = "supcon"
     summary = "SupCon: supervised contrastive (Khosla et al. 2020)"
     capabilities = Capabilities(needs_labels=True, num_views=None, distributed=True)
-    options = (DIM, HEAD_HIDDEN, TAU, NUM_VIEWS, CHUNK_SIZE)
-
-    def __init__(self, encoder: nn.Module, dim: int = 128, head_hidden: int | None = None, tau: float = 0.07,
-                 num_views: int = 2, chunk_size: int | None = None, gather: bool = False) -> None:
-        super().__init__(encoder, dim, head_hidden, num_views)
-        self.tau, self.chunk_size, self.gather = tau, chunk_size, gather
 
     def contrastive(self, z: Tensor, labels: Tensor | None) -> Tensor:
         return supcon(z, labels, tau=self.tau, chunk_size=self.chunk_size, gather=self.gather)

@@ -13,9 +13,6 @@ from vprob.options import Option, non_negative
 KL = Option("kl", str, "bound", "VCL's KL term: the Gaussian bound (analytic) or the exact Monte Carlo KL",
             choices=KL_MODES)
 KL_WEIGHT = non_negative("beta", float, 1.0, "VCL: weight of the KL divided by d")
-VCL_OPTIONS = (DIM, HEAD_HIDDEN, TAU, KL, KL_WEIGHT, CHUNK_SIZE)
-VCL_CAPABILITIES = Capabilities(variational=True, distributed=True, uncertainty=True,
-                                spherical_posterior=True)
 
 
 class VSimCLR(VCL, Method):
@@ -23,26 +20,20 @@ class VSimCLR(VCL, Method):
 
     name = "vsimclr"
     summary = "VSimCLR: variational SimCLR, projected normal posterior (VCL)"
-    capabilities = VCL_CAPABILITIES
-    options = VCL_OPTIONS
+    capabilities = Capabilities(variational=True, distributed=True, uncertainty=True,
+                                spherical_posterior=True)
+    options = (DIM, HEAD_HIDDEN, TAU, KL, KL_WEIGHT, CHUNK_SIZE)
 
     def __init__(self, encoder: nn.Module, dim: int = 128, head_hidden: int | None = None, tau: float = 0.07,
                  kl: str = "bound", beta: float = 1.0, chunk_size: int | None = None,
                  gather: bool = False) -> None:
-        super().__init__(encoder, dim, supervised=False, kl=kl, beta=beta, tau=tau, head_hidden=head_hidden,
-                         chunk_size=chunk_size, gather=gather)
+        super().__init__(encoder, dim, supervised=self.capabilities.needs_labels, kl=kl, beta=beta, tau=tau,
+                         head_hidden=head_hidden, chunk_size=chunk_size, gather=gather)
 
 
-class VSupCon(VCL, Method):
+class VSupCon(VSimCLR):
     """VCL with SupCon on the posterior samples (labels required)."""
 
     name = "vsupcon"
     summary = "VSupCon: variational SupCon, projected normal posterior (VCL)"
-    capabilities = replace(VCL_CAPABILITIES, needs_labels=True)
-    options = VCL_OPTIONS
-
-    def __init__(self, encoder: nn.Module, dim: int = 128, head_hidden: int | None = None, tau: float = 0.07,
-                 kl: str = "bound", beta: float = 1.0, chunk_size: int | None = None,
-                 gather: bool = False) -> None:
-        super().__init__(encoder, dim, supervised=True, kl=kl, beta=beta, tau=tau, head_hidden=head_hidden,
-                         chunk_size=chunk_size, gather=gather)
+    capabilities = replace(VSimCLR.capabilities, needs_labels=True)
