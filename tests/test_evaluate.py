@@ -314,6 +314,23 @@ def test_linear_probe_lbfgs_honours_epochs_and_lr():
     assert short() < 0.99 <= linear_probe(x, y, grid, grid_labels, weight_decay=0.3)
 
 
+def test_linear_probe_adam_takes_one_step_per_minibatch(monkeypatch):
+    """Adam path: every epoch walks all N rows in ceil(N / batch_size) minibatches (61 rows in batches of 20:
+    20, 20, 20, 1), so 3 epochs are 12 Adam steps."""
+    steps = []
+    original = torch.optim.Adam.step
+
+    def counting_step(self, *args, **kwargs):
+        steps.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", counting_step)
+    x = torch.randn(61, 3)
+    y = torch.arange(61) % 2
+    linear_probe(x, y, x, y, batch_size=20, epochs=3)
+    assert len(steps) == 12
+
+
 def test_linear_probe_input_checks_and_class_count():
     x, y = _clusters(n_per=20, dim=4, classes=3)
     with pytest.raises(ValueError, match="^features and labels must have the same number of rows$"):
