@@ -30,7 +30,6 @@ import os
 import pickle
 import re
 import sys
-import tempfile
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -41,6 +40,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+
+from vprob.safe_io import atomic_writer
 
 FORMAT = "vprob-checkpoint"
 VERSION = 1
@@ -285,32 +286,9 @@ def _safe_torch_load(path: Path, map_location: str | torch.device, what: str, hi
 
 
 def _atomic_torch_save(path: Path, payload: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # Never leave a partial file behind, whatever interrupted the write (disk full, signal).
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    # Never a partial file, whatever interrupts the write (disk full, a signal): see atomic_writer.
+    with atomic_writer(path) as f:
+        torch.save(payload, f)
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -8,8 +8,8 @@
   builds plain data only); the top level must be a mapping.
 - :func:`safe_relative_path`: a path taken from a loaded file, joined to a base folder only if it stays
   inside it (no absolute paths, no ``..``, no symbolic link leading out).
-- :func:`write_atomic` and :func:`open_append`: writing into a run folder someone else prepared without
-  following a symbolic link planted there (``eval.json.tmp -> ~/.bashrc``) out of it.
+- :func:`atomic_writer`, :func:`write_atomic` and :func:`open_append`: writing into a run folder someone
+  else prepared without following a symbolic link planted there (``eval.json.tmp -> ~/.bashrc``) out of it.
 
 Checkpoints and weights files are read by :mod:`vprob.checkpoint` (``torch.load(weights_only=True)``).
 """
@@ -17,12 +17,14 @@ Checkpoints and weights files are read by :mod:`vprob.checkpoint` (``torch.load(
 from __future__ import annotations
 
 import codecs
+import contextlib
 import errno
 import io
 import json
 import os
 import pickle
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
@@ -243,21 +245,22 @@ def safe_relative_path(base: str | os.PathLike, name: str | os.PathLike) -> Path
 # Writing into a run folder that may hold planted symbolic links
 
 
-def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
-    """Replace ``path`` with ``data`` atomically (str is written as UTF-8), never through a symbolic link.
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike) -> Iterator[io.BufferedWriter]:
+    """A binary file that replaces ``path`` atomically when the block ends without an error, never through a
+    symbolic link; on any error (disk full, a signal) the temporary file is removed and ``path`` is left as
+    it was.
 
     The temporary file is created by ``tempfile.mkstemp`` in the same folder (a fresh name, opened with
     O_EXCL, so a link planted under a predictable name like ``eval.json.tmp`` is never followed), flushed
-    to disk and renamed over ``path`` (which replaces a link at ``path`` itself, not its target).
+    to disk and renamed over ``path`` (which replaces a link at ``path`` itself, not its target); the
+    folder is synced so that the rename survives a crash.
     """
     path = Path(path)
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    if not isinstance(payload, bytes | bytearray):
-        raise TypeError(f"data must be bytes or str, got {type(data).__name__}")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(payload)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -265,6 +268,29 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_dir(path.parent)
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
+    """Replace ``path`` with ``data`` atomically (str is written as UTF-8): :func:`atomic_writer`."""
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    if not isinstance(payload, bytes | bytearray):
+        raise TypeError(f"data must be bytes or str, got {type(data).__name__}")
+    with atomic_writer(path) as f:
+        f.write(payload)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def open_append(path: str | os.PathLike) -> io.TextIOWrapper:
