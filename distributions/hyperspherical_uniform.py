@@ -109,20 +109,50 @@ class HypersphericalUniform(TorchDistribution):
     def dtype(self) -> torch.dtype:
         return self._dtype
 
-    @staticmethod
-    def infer_shapes(dim: int, batch_shape=()) -> tuple[torch.Size, torch.Size]:
-        """Shapes of ``HypersphericalUniform(dim, batch_shape)``; ``dim`` is the integer itself."""
-        return torch.Size(batch_shape), torch.Size((_check_dim(dim),))
+    @classmethod
+    def infer_shapes(cls, dim=(), batch_shape=()) -> tuple[torch.Size, torch.Size]:
+        """Pyro's shapes-only protocol: ``(batch_shape, event_shape)`` from the *shapes* of the arguments.
+
+        Neither argument is a tensor: ``batch_shape`` is a shape already, and the event size is the *value*
+        of ``dim``. So the ambient dimension must be given as the event shape ``dim=(d,)``; the shape of
+        a Python integer, ``()`` (what a generic caller passes for a non-tensor argument), says nothing
+        about ``d``, and raises ``NotImplementedError`` as Pyro does for distributions whose shapes depend
+        on values (e.g. ``LKJCholesky``).
+
+        :param dim: the event shape ``(d,)``.
+        :param batch_shape: the batch shape.
+        :raises NotImplementedError: for ``dim=()``.
+        :raises TypeError: for a value where a shape is expected (e.g. ``dim=5``).
+        """
+        shapes = {}
+        for name, shape in (("dim", dim), ("batch_shape", batch_shape)):
+            if torch.is_tensor(shape) or not isinstance(shape, (tuple, list, torch.Size)):
+                raise TypeError(f"HypersphericalUniform.infer_shapes takes shapes (tuples of ints), got "
+                                f"{name} = {shape!r}; for the distribution with dim = d pass dim=(d,)")
+            shapes[name] = torch.Size(shape)
+        if len(shapes["dim"]) == 0:
+            raise NotImplementedError("HypersphericalUniform's event shape (d,) is the value of dim, not the "
+                                      "shape of a tensor argument: pass dim=(d,) or build the distribution")
+        if len(shapes["dim"]) != 1:
+            raise ValueError(f"HypersphericalUniform.infer_shapes: dim must be the event shape (d,), got "
+                             f"{tuple(shapes['dim'])}")
+        return shapes["batch_shape"], torch.Size((_check_dim(shapes["dim"][0]),))
 
     def expand(self, batch_shape, _instance=None) -> HypersphericalUniform:
+        """Expand to ``batch_shape`` under torch's rules: each existing batch size must be kept or be 1."""
+        batch_shape = torch.Size(batch_shape)
+        try:
+            # torch.Tensor.expand's own rule, on a meta tensor (shapes only, nothing allocated)
+            torch.empty(self.batch_shape, device="meta").expand(batch_shape)
+        except RuntimeError as e:
+            raise ValueError(f"HypersphericalUniform.expand: cannot expand batch_shape "
+                             f"{tuple(self.batch_shape)} to {tuple(batch_shape)} ({e})") from e
         new = self._get_checked_instance(HypersphericalUniform, _instance)
         new._dim = self._dim
         new._device = self._device
         new._dtype = self._dtype
         new._log_area = self._log_area
-        super(HypersphericalUniform, new).__init__(
-            torch.Size(batch_shape), self.event_shape, validate_args=False
-        )
+        super(HypersphericalUniform, new).__init__(batch_shape, self.event_shape, validate_args=False)
         new._validate_args = self.__dict__.get("_validate_args")
         return new
 

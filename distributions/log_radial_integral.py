@@ -103,6 +103,10 @@ _GH_CACHE: dict[tuple[int, torch.dtype, torch.device], tuple[Tensor, Tensor]] = 
 
 def _hermite_rule(n: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
     """Gauss--Hermite nodes ``x`` and ``x**2 + log(w)`` (weight ``exp(-x**2)``), cached per dtype/device."""
+    if torch.jit.is_tracing():
+        # A cache filled during one trace would make the next trace of the same code record fewer ops
+        # (torch.jit.trace's check compares them); the conversion of 2 x 48 numbers is cheap.
+        return tuple(r.to(dtype=dtype, device=device) for r in _GH_RULES[n])
     key = (n, dtype, device)
     rule = _GH_CACHE.get(key)
     if rule is None:

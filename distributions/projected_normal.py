@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
+from pyro.distributions import ProjectedNormal as _PyroProjectedNormal
 from pyro.distributions import constraints
 from pyro.distributions.torch_distribution import TorchDistribution
 from pyro.ops.tensor_utils import safe_normalize
@@ -19,13 +21,26 @@ __all__ = ["ProjectedNormal"]
 _LOG_2PI = math.log(2 * math.pi)
 
 
+def _log_sphere_area(dim: int) -> float:
+    """log |S^{dim-1}| (the area of the unit sphere in R^dim)."""
+    return math.log(2.0) + 0.5 * dim * math.log(math.pi) - math.lgamma(0.5 * dim)
+
+
+def _gauss_legendre(n: int) -> tuple[Tensor, Tensor]:
+    x, w = np.polynomial.legendre.leggauss(n)
+    return torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(w, dtype=torch.float64)
+
+
+_GAUSS_LEGENDRE_128 = _gauss_legendre(128)
+
+
 def _rowsum(x: Tensor) -> Tensor:
     """``x.sum(-1)`` as a matrix-vector product: on the CPU a reduction over a short last dimension (d = 3)
     is up to 30x slower than gemv (and an ``einsum`` of two such tensors becomes a batched 1 x d matmul)."""
     return x @ x.new_ones(x.shape[-1])
 
 
-class ProjectedNormal(TorchDistribution):
+class ProjectedNormal(_PyroProjectedNormal):
     r"""Projected normal distribution :math:`\mathrm{PN}(\mu, \Sigma)` on :math:`S^{d-1}`, any ``d >= 2``.
 
     If :math:`x \sim \mathcal N(\mu, \Sigma)` in :math:`\mathbb R^d` with a diagonal
@@ -72,7 +87,11 @@ class ProjectedNormal(TorchDistribution):
             pyro.sample("u", ProjectedNormal(loc, 0.5), obs=u)
 
     Use :class:`~distributions.reparam.ProjectedNormalReparam` to make latent sites of this distribution
-    acceptable to autoguides.
+    acceptable to autoguides; Pyro's ``MinimalReparam()`` and ``AutoReparam()`` strategies choose it for
+    this class (isotropic or diagonal scale) once :mod:`distributions` is imported. The class subclasses
+    :class:`pyro.distributions.ProjectedNormal` (so code that checks for Pyro's class accepts it), and
+    Pyro's own ``ProjectedNormalReparam`` is exact for it with an isotropic scale (it reads
+    :attr:`concentration`, ``loc / scale``); with a diagonal scale it is refused with a message naming ours.
 
     References:
 
@@ -145,7 +164,7 @@ class ProjectedNormal(TorchDistribution):
             if not bool(((scale > 0) & torch.isfinite(scale)).all()):
                 raise ValueError("ProjectedNormal: scale must be positive and finite, found values <= 0, "
                                  "NaN or infinite")
-        super().__init__(batch_shape, torch.Size((d,)), validate_args=False)
+        TorchDistribution.__init__(self, batch_shape, torch.Size((d,)), validate_args=False)
         self._validate_args = validate
 
     @classmethod
@@ -161,7 +180,7 @@ class ProjectedNormal(TorchDistribution):
         new = self._get_checked_instance(ProjectedNormal, _instance)
         new.loc = self.loc.expand(batch_shape + self.event_shape)
         new.scale = self.scale.expand(batch_shape + self.scale.shape[-1:])
-        super(ProjectedNormal, new).__init__(batch_shape, self.event_shape, validate_args=False)
+        TorchDistribution.__init__(new, batch_shape, self.event_shape, validate_args=False)
         new._validate_args = self.__dict__.get("_validate_args")
         return new
 
@@ -175,7 +194,10 @@ class ProjectedNormal(TorchDistribution):
         """``loc / scale`` for an isotropic scale: the argument of Pyro's equal ``ProjectedNormal``."""
         if not self.is_isotropic:
             raise ValueError("ProjectedNormal.concentration is defined only for an isotropic scale "
-                             f"(last dimension 1), got scale.shape = {tuple(self.scale.shape)}")
+                             f"(last dimension 1), got scale.shape = {tuple(self.scale.shape)}. Pyro's "
+                             "pyro.infer.reparam.ProjectedNormalReparam assumes a unit covariance: use "
+                             "distributions.ProjectedNormalReparam for a diagonal scale (MinimalReparam and "
+                             "AutoReparam choose it once `distributions` is imported)")
         return self.loc / self.scale
 
     @property
@@ -187,6 +209,67 @@ class ProjectedNormal(TorchDistribution):
     def mean(self) -> Tensor:
         """``normalize(loc)``, as in Pyro: the directional centroid, not the Euclidean mean ``E[u]``."""
         return safe_normalize(self.loc)
+
+    def entropy(self) -> Tensor:
+        r"""Differential entropy w.r.t. the surface measure, shape ``batch_shape`` (isotropic scale only).
+
+        With an isotropic scale the density depends on ``u`` only through :math:`w = \cos\theta`, the
+        cosine of the angle to the mean, and :math:`\kappa = |\mathrm{loc}|/\mathrm{scale}`:
+        :math:`\log p = -\tfrac d2\log 2\pi - \tfrac12\kappa^2\sin^2\theta + \log J_{d-1}(\kappa\cos\theta)`,
+        and :math:`\theta` has density :math:`q(\theta) = |S^{d-2}|\sin^{d-2}\theta\,p(\cos\theta)` on
+        :math:`[0, \pi]`. So :math:`H = -\int_0^\pi q(\theta)\log p\,d\theta`, a one-dimensional
+        integral, evaluated in float64 by Gauss--Legendre quadrature (128 nodes) on the window where
+        :math:`q` exceeds ``exp(-60)`` times its maximum, located first on a grid that is linear in
+        :math:`\theta` and geometric near 0 (the mass sits at :math:`\theta \sim 1/\kappa` for large
+        :math:`\kappa`, at :math:`\pi/2 \pm 1/\sqrt d` for large ``d``). Accurate to about ``1e-10``
+        relative over ``d`` up to 4096 and :math:`\kappa` up to ``1e4`` (tests: Monte Carlo, the uniform's
+        entropy at ``loc = 0``, a denser rule).
+
+        :raises NotImplementedError: for a diagonal scale, where the density depends on more than one
+            angle; estimate the entropy by Monte Carlo instead, e.g.
+            ``-dist.log_prob(dist.rsample((n,))).mean(0)`` (standard error ``std / sqrt(n)``).
+        """
+        if not self.is_isotropic:
+            raise NotImplementedError(
+                "ProjectedNormal.entropy() is implemented for an isotropic scale only (the density then "
+                "depends on one angle); for a diagonal scale estimate it by Monte Carlo, e.g. "
+                "-dist.log_prob(dist.rsample((n,))).mean(0)"
+            )
+        d = int(self.event_shape[0])
+        kappa = (torch.linalg.vector_norm(self.loc.to(torch.float64), dim=-1)
+                 / self.scale[..., 0].to(torch.float64)).unsqueeze(-1)  # batch_shape + (1,)
+
+        def log_q_and_log_p(theta: Tensor) -> tuple[Tensor, Tensor]:
+            sin, cos = torch.sin(theta), torch.cos(theta)
+            log_p = (log_radial_integral(d - 1, kappa * cos) - 0.5 * (kappa * sin).square()
+                     - 0.5 * d * _LOG_2PI)
+            # |S^{d-2}| sin^{d-2}: for d = 2 the "sphere" S^0 is two points (theta and -theta)
+            log_q = log_p + _log_sphere_area(d - 1)
+            if d > 2:
+                log_q = log_q + (d - 2) * torch.log(sin)
+            return log_q, log_p
+
+        # 1. Locate the window on a coarse grid (geometric near 0 for large kappa, linear for the rest).
+        grid = torch.cat([torch.logspace(-12, math.log10(math.pi), 600, dtype=torch.float64),
+                          torch.linspace(0, math.pi, 601, dtype=torch.float64)[1:-1]]).sort().values
+        grid = grid.to(kappa.device)
+        log_q, _ = log_q_and_log_p(grid)
+        inside = log_q >= log_q.max(-1, keepdim=True).values - 60.0
+        index = torch.arange(grid.numel(), device=grid.device)
+        first = torch.where(inside, index, grid.numel()).min(-1).values
+        last = torch.where(inside, index, -1).max(-1).values
+        lo = torch.where(first > 0, grid[(first - 1).clamp(min=0)], torch.zeros_like(grid[0]))
+        hi = torch.where(last < grid.numel() - 1, grid[(last + 1).clamp(max=grid.numel() - 1)],
+                         torch.full_like(grid[0], math.pi))
+        # 2. Gauss--Legendre on [lo, hi].
+        x, w = _GAUSS_LEGENDRE_128
+        x, w = x.to(grid.device), w.to(grid.device)
+        half = (0.5 * (hi - lo)).unsqueeze(-1)
+        theta = (0.5 * (hi + lo)).unsqueeze(-1) + half * x
+        log_q, log_p = log_q_and_log_p(theta)
+        weights = torch.softmax(log_q + torch.log(w), dim=-1)  # normalized: divides by the computed mass
+        entropy = -(weights * log_p).sum(-1)
+        return entropy.to(self.loc.dtype)
 
     def rsample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
         shape = self._extended_shape(torch.Size(sample_shape))
@@ -209,7 +292,7 @@ class ProjectedNormal(TorchDistribution):
         inv_scale = torch.reciprocal(self.scale).to(torch.float64)
         log_scale = self.scale.log()
         if self.is_isotropic:
-            return inv_scale[..., 0], self.loc.to(torch.float64), log_scale[..., 0] * self.event_shape[0]
+            return inv_scale[..., 0], self.loc.to(torch.float64), log_scale[..., 0] * int(self.event_shape[0])
         return inv_scale, self.loc.to(torch.float64) * inv_scale, _rowsum(log_scale)
 
     def log_prob(self, value: Tensor) -> Tensor:
@@ -229,7 +312,9 @@ class ProjectedNormal(TorchDistribution):
                 )
             self._validate_sample(value)
         out_dtype = torch.promote_types(value.dtype, self.loc.dtype)
-        d = self.event_shape[0]
+        # int(): under torch.jit.trace the event size is a 0-d tensor, and 0.5 * d * log(2 pi) would be
+        # evaluated in float32 (the event size is static, so the trace may bake it in).
+        d = int(self.event_shape[0])
         inv_scale, m, half_log_det = self._whitening
         # Everything below is in float64 (an explicit conversion: a mixed-dtype product is much slower).
         v = value.to(torch.float64)

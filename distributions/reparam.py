@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pyro
 import pyro.distributions as dist
+import pyro.infer.reparam.strategies as _strategies
 import torch
 from pyro.infer.reparam.reparam import Reparam
 
@@ -82,3 +83,39 @@ class ProjectedNormalReparam(Reparam):
         # Simulate a pyro.deterministic() site.
         new_fn = dist.Delta(value, event_dim=event_dim).mask(False)
         return {"fn": new_fn, "value": value, "is_observed": True}
+
+
+def _unwrap_distribution(fn):
+    """The innermost distribution under ``Independent``/``Masked``/... wrappers (as Pyro's strategies do)."""
+    while isinstance(getattr(fn, "base_dist", None), torch.distributions.Distribution):
+        if isinstance(fn, torch.distributions.TransformedDistribution):
+            return None  # the strategies handle these with TransformReparam and then see the base site
+        fn = fn.base_dist
+    return fn
+
+
+def _install_strategy_dispatch() -> None:
+    """Make Pyro's ``MinimalReparam`` and ``AutoReparam`` choose :class:`ProjectedNormalReparam` for ours.
+
+    Both strategies end in ``pyro.infer.reparam.strategies._minimal_reparam``, which dispatches on
+    ``isinstance(fn, pyro.distributions.ProjectedNormal)`` to Pyro's reparameterizer. Our class is a
+    subclass of Pyro's, so without this it would get Pyro's, which draws ``Normal(0, 1)`` noise around
+    ``concentration`` (unit covariance): exact for an isotropic scale, refused for a diagonal one. Observed
+    sites of our class need no reparameterization (``log_prob`` exists in every dimension), where Pyro's
+    would raise. Pyro has no registry for strategies, so we wrap that module function (once) and fall back
+    to it for everything else.
+    """
+    original = getattr(_strategies, "_minimal_reparam", None)
+    if original is None or getattr(original, "_vprob_wrapped", False):
+        return
+
+    def _minimal_reparam(fn, is_observed):
+        if isinstance(_unwrap_distribution(fn), ProjectedNormal):
+            return None if is_observed else ProjectedNormalReparam()
+        return original(fn, is_observed)
+
+    _minimal_reparam._vprob_wrapped = True
+    _strategies._minimal_reparam = _minimal_reparam
+
+
+_install_strategy_dispatch()

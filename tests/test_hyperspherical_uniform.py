@@ -74,7 +74,7 @@ def test_attributes_and_shapes():
     assert dist.log_prob(dist.sample((3,))).shape == (3, 4)
     assert dist.log_prob(torch.eye(5)[:1].expand(6, 1, 5)).shape == (6, 4)
     torch.testing.assert_close(dist.mean, torch.zeros(4, 5))
-    assert HypersphericalUniform.infer_shapes(5, (4,)) == (torch.Size([4]), torch.Size([5]))
+    assert HypersphericalUniform.infer_shapes(dim=(5,), batch_shape=(4,)) == ((4,), (5,))
     assert HypersphericalUniform(np.int64(3)).event_shape == (3,)
     assert HypersphericalUniform(3, dtype=torch.float64).sample().dtype == torch.float64
 
@@ -190,6 +190,39 @@ def test_inside_pyro_plate():
 def test_bad_dim(dim):
     with pytest.raises(ValueError, match="dim"):
         HypersphericalUniform(dim)
+
+
+def test_infer_shapes_takes_shapes_only():
+    # Pyro's protocol: shapes in, (batch_shape, event_shape) out; a generic caller passes () for the shape
+    # of a non-tensor argument such as dim, which cannot determine d.
+    assert HypersphericalUniform.infer_shapes(dim=(3,)) == (torch.Size(), torch.Size([3]))
+    with pytest.raises(NotImplementedError, match="value of dim"):
+        HypersphericalUniform.infer_shapes(dim=(), batch_shape=())
+    with pytest.raises(TypeError, match="takes shapes"):
+        HypersphericalUniform.infer_shapes(dim=5)
+    with pytest.raises(ValueError, match="dim must be"):
+        HypersphericalUniform.infer_shapes(dim=(1,))
+
+
+@pytest.mark.parametrize(
+    "old,new,ok",
+    [((), (4, 3), True), ((2, 1), (2, 4), True), ((2, 1), (5, 2, 7), True), ((3,), (3,), True),
+     ((2, 1), (4, 3), False), ((3,), (4,), False), ((2, 3), (3,), False), ((2,), (2, 0), False)],
+)
+def test_expand_follows_torch_rules(old, new, ok):
+    # The oracle is torch's own Tensor.expand.
+    try:
+        torch.empty(old).expand(new)
+        torch_ok = True
+    except RuntimeError:
+        torch_ok = False
+    assert torch_ok == ok
+    dist = HypersphericalUniform(3, batch_shape=old)
+    if ok:
+        assert dist.expand(new).batch_shape == new
+    else:
+        with pytest.raises(ValueError, match="cannot expand"):
+            dist.expand(new)
 
 
 def test_bad_dtype():

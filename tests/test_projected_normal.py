@@ -450,3 +450,69 @@ def test_cuda_matches_cpu_without_host_synchronization():
             torch.cuda.set_sync_debug_mode("default")
         torch.testing.assert_close(actual.cpu(), expected, rtol=1e-5, atol=1e-4)
         assert sample.shape == (2, 256, d)
+
+
+# --------------------------------------------------------------------------------------------------
+# Entropy
+def _entropy_by_scipy_quad(d, kappa):
+    """-int q(theta) log p(theta) dtheta by adaptive quadrature, through the public log_prob."""
+    import scipy.integrate
+
+    pn = ProjectedNormal(torch.tensor([kappa] + [0.0] * (d - 1), dtype=torch.float64))
+    log_area = log_sphere_area(d - 1) if d > 2 else math.log(2)
+
+    def terms(theta):
+        value = torch.zeros(d, dtype=torch.float64)
+        value[0], value[1] = math.cos(theta), math.sin(theta)
+        log_p = pn.log_prob(value).item()
+        log_q = log_p + log_area + ((d - 2) * math.log(math.sin(theta)) if d > 2 else 0.0)
+        return math.exp(log_q), log_p
+
+    width = min(math.pi, 40.0 / max(kappa, 1e-12))
+    points = [p for p in (1 / max(kappa, 1e-12), 3 / max(kappa, 1e-12)) if p < width]
+    mass = scipy.integrate.quad(lambda th: terms(th)[0], 0, width, points=points or None, epsabs=0,
+                                epsrel=1e-12, limit=200)[0]
+    cross = scipy.integrate.quad(lambda th: -terms(th)[0] * terms(th)[1], 0, width, points=points or None,
+                                 epsabs=0, epsrel=1e-12, limit=200)[0]
+    return cross, mass
+
+
+@pytest.mark.parametrize("d,kappa", [(2, 0.5), (2, 300.0), (3, 1.0), (3, 50.0), (5, 8.0), (16, 4.0)])
+def test_entropy_against_adaptive_quadrature(d, kappa):
+    expected, mass = _entropy_by_scipy_quad(d, kappa)
+    assert mass == pytest.approx(1.0, abs=1e-9)  # the oracle integrates the density to one
+    # PN(mu, s^2 I) = PN(mu / s, I): the same entropy with any scale
+    pn = ProjectedNormal(torch.tensor([0.0, 2.0 * kappa] + [0.0] * (d - 2), dtype=torch.float64), 2.0)
+    assert pn.entropy().item() == pytest.approx(expected, rel=1e-8, abs=1e-8)
+
+
+@pytest.mark.parametrize("d", [2, 3, 7, 128, 4096])
+def test_entropy_is_the_uniforms_at_zero_loc_and_batched(d):
+    loc = torch.zeros(3, d, dtype=torch.float64)
+    loc[1, 0], loc[2, -1] = 1e-6, 3.0
+    h = ProjectedNormal(loc, 1.0).entropy()
+    assert h.shape == (3,)
+    uniform = log_sphere_area(d)
+    assert h[0].item() == pytest.approx(uniform, rel=1e-12, abs=1e-12)
+    assert h[1].item() == pytest.approx(uniform, rel=1e-10, abs=1e-10)
+    assert h[2].item() < uniform  # the uniform maximizes the entropy on the sphere
+    # batch elements are independent: the third alone gives the same number
+    assert ProjectedNormal(loc[2], 1.0).entropy().item() == pytest.approx(h[2].item(), rel=1e-13)
+
+
+@pytest.mark.parametrize("d,kappa", [(3, 2.0), (10, 30.0), (256, 1e4)])
+def test_entropy_against_monte_carlo(d, kappa):
+    torch.manual_seed(0)
+    pn = ProjectedNormal(torch.tensor([kappa] + [0.0] * (d - 1), dtype=torch.float64))
+    log_p = pn.log_prob(pn.sample((40_000,)))
+    estimate, std_err = -log_p.mean().item(), log_p.std().item() / math.sqrt(len(log_p))
+    assert abs(pn.entropy().item() - estimate) < 4 * std_err
+    # and the test has power: a 1% change of kappa moves the entropy by more than that
+    other = ProjectedNormal(torch.tensor([1.01 * kappa] + [0.0] * (d - 1), dtype=torch.float64))
+    assert abs(other.entropy().item() - estimate) > 4 * std_err or kappa < 5
+
+
+def test_entropy_diagonal_scale_names_an_estimator():
+    pn = ProjectedNormal(torch.ones(3), torch.tensor([1.0, 2.0, 3.0]))
+    with pytest.raises(NotImplementedError, match=r"isotropic.*-dist.log_prob\(dist.rsample"):
+        pn.entropy()
