@@ -181,3 +181,32 @@ def test_increasing_in_t_and_k_consistent_with_jensen():
 def test_bad_k_raises(k):
     with pytest.raises(ValueError, match="k must be a non-negative integer"):
         log_radial_integral(k, torch.zeros(2))
+
+
+# --------------------------------------------------------------------------------------------------
+# The closed form (k < 16) and its switch to the tail recurrence
+@pytest.mark.parametrize("k", range(0, 16))
+def test_closed_form_switch_points_against_mpmath(k):
+    # Just above and just below -_T_CLOSED[dtype][k] the two branches meet; both must be accurate there, as
+    # must the closed form's worst case of cancellation (right at the switch, where C_k is largest).
+    from distributions.log_radial_integral import _T_CLOSED
+
+    for dtype, tol in ((torch.float64, TOL64), (torch.float32, 2e-5)):
+        switch = _T_CLOSED[dtype][k]
+        ts = [-switch * (1 - 1e-6), -switch * (1 + 1e-6)] + ([-2 * switch] if dtype == torch.float64 else [])
+        t = torch.tensor(ts, dtype=dtype, requires_grad=True)
+        out = log_radial_integral(k, t)
+        (grad,) = torch.autograd.grad(out.sum(), t)
+        for x, value, g in zip(t.tolist(), out.tolist(), grad.tolist(), strict=True):
+            assert rel_err(value, float(mp_log_radial_integral(k, x))) <= tol, (dtype, x)
+            ref = float(_mp_dlogj(k, x))
+            assert abs(g - ref) <= (1e-10 if dtype == torch.float64 else 1e-4) * abs(ref), (dtype, x)
+
+
+def test_k_as_a_zero_dim_integer_tensor():
+    # Under torch.jit.trace an event size arrives as a 0-d integer tensor.
+    t = torch.tensor([-3.0, 0.5], dtype=torch.float64)
+    expected = log_radial_integral(2, t)
+    torch.testing.assert_close(log_radial_integral(torch.tensor(2), t), expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="k must be a non-negative integer"):
+        log_radial_integral(torch.tensor(2.0), t)
