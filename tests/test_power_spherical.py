@@ -48,6 +48,16 @@ def mp_log_norm_const(d: int, kappa: float) -> mpmath.mpf:
         )
 
 
+_SCALE = 1100  # every float64 times 2^1100 is an integer
+
+
+def exact_dot(a, b) -> mpmath.mpf:
+    """The exact dot product of two float64 sequences (Python integers), rounded once to an mpf."""
+    ia = [(n << (_SCALE - k.bit_length() + 1)) for n, k in (float(v).as_integer_ratio() for v in a)]
+    ib = [(n << (_SCALE - k.bit_length() + 1)) for n, k in (float(v).as_integer_ratio() for v in b)]
+    return mpmath.mpf(sum(x * y for x, y in zip(ia, ib, strict=True))) / mpmath.mpf(2) ** (2 * _SCALE)
+
+
 def mp_log_prob(loc, kappa: float, x) -> mpmath.mpf:
     """kappa log(1 + mu.x) - log C at the points of the sphere nearest to the float inputs.
 
@@ -55,7 +65,7 @@ def mp_log_prob(loc, kappa: float, x) -> mpmath.mpf:
     off the sphere have no density of their own; the nearest point on the sphere is what they stand for).
     """
     with mpmath.workdps(MP_DPS):
-        w = mpmath.fdot(loc, x) / mpmath.sqrt(mpmath.fdot(loc, loc) * mpmath.fdot(x, x))
+        w = exact_dot(loc, x) / mpmath.sqrt(exact_dot(loc, loc) * exact_dot(x, x))
         log_c = mp_log_norm_const(len(loc), kappa)
         if kappa == 0:
             return -log_c
@@ -105,19 +115,27 @@ GRID_LOG_PROB = [(d, k) for d, k in GRID if d < 4096 or k in (0.0, 1e-4, 19.0, 1
 # log_prob and entropy against mpmath
 
 
-@pytest.mark.parametrize("dtype,tol", [(F64, 2e-14), (torch.float32, 2e-5)])
+# Relative tolerances: (at samples, the mode, random points; 1e-3 from the antipode). d <= 16 evaluates
+# log((1 + w)/2) from squared distances, full precision everywhere; higher d from the dot product, whose
+# absolute error of an ulp in 1 + w shows near the antipode.
+TOLS = {(F64, True): (2e-14, 2e-14), (torch.float32, True): (2e-5, 2e-5),
+        (F64, False): (1e-12, 1e-11), (torch.float32, False): (3e-4, 3e-3)}
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
 @pytest.mark.parametrize("d,kappa", GRID_LOG_PROB)
-def test_log_prob_against_mpmath(d, kappa, dtype, tol):
+def test_log_prob_against_mpmath(d, kappa, dtype):
     loc = random_loc(d, dtype, seed=d)
     p = PowerSpherical(loc, torch.tensor(kappa, dtype=dtype))
     torch.manual_seed(1)
     near_antipode = unit(-loc + 1e-3 * torch.randn(d, dtype=dtype))
-    x = torch.cat([p.sample((3,)), loc[None], near_antipode[None], unit(torch.randn(2, d, dtype=dtype))])
+    x = torch.cat([p.sample((3,)), loc[None], unit(torch.randn(2, d, dtype=dtype)), near_antipode[None]])
     lp = p.log_prob(x)
     assert lp.dtype == dtype and lp.shape == (7,)
+    tol, tol_antipode = TOLS[dtype, d <= 16]
     for i in range(len(x)):
         expected = float(mp_log_prob(loc.tolist(), kappa, x[i].tolist()))
-        assert rel_err(lp[i].item(), expected) < tol, (i, lp[i].item(), expected)
+        assert rel_err(lp[i].item(), expected) < (tol if i < 6 else tol_antipode), (i, lp[i].item(), expected)
 
 
 @pytest.mark.parametrize("d,kappa", GRID)
@@ -252,9 +270,10 @@ def test_sampler_law_of_w(d, kappa):
     pyro.set_rng_seed(d + int(kappa))
     loc = random_loc(d)
     p = PowerSpherical(loc, kappa)
-    x = p.sample((4000,))
-    assert x.shape == (4000, d)
-    torch.testing.assert_close(x.norm(dim=-1), torch.ones(4000, dtype=F64), rtol=0, atol=1e-14)
+    n = 4000 if d < 512 else 2000
+    x = p.sample((n,))
+    assert x.shape == (n, d)
+    torch.testing.assert_close(x.norm(dim=-1), torch.ones(n, dtype=F64), rtol=0, atol=1e-14)
     w = x @ loc
     a, b = beta_params(d, kappa)
     assert scipy.stats.kstest(((1 + w) / 2).numpy(), scipy.stats.beta(a, b).cdf).pvalue > 1e-3
@@ -355,7 +374,7 @@ def test_trace_mean_field_elbo_uses_the_exact_kl():
 # gradients
 
 
-@pytest.mark.parametrize("d,kappa", [(2, 0.0), (3, 0.7), (3, 25.0), (6, 3.0), (6, 1e3)])
+@pytest.mark.parametrize("d,kappa", [(2, 0.0), (3, 0.7), (3, 25.0), (6, 3.0), (6, 1e3), (32, 0.0), (32, 5.0)])
 def test_gradcheck_log_prob(d, kappa):
     torch.manual_seed(d)
     loc = random_loc(d, seed=d).requires_grad_()
@@ -429,11 +448,11 @@ def test_loc_gradient_against_the_mean(d, kappa):
     n = 20_000
     theta = torch.randn(d, dtype=F64, generator=torch.Generator().manual_seed(9)).requires_grad_()
     a = torch.randn(d, dtype=F64, generator=torch.Generator().manual_seed(10))
-    per_sample = PowerSpherical(unit(theta).expand(n, d), kappa).rsample() @ a
-    jac = torch.stack([torch.autograd.grad(per_sample[i], theta, retain_graph=True)[0] for i in range(200)])
-    (g_mc,) = torch.autograd.grad(per_sample.mean(), theta)
+    thetas = theta.detach().expand(n, d).clone().requires_grad_()  # one copy per sample: per-sample grads
+    (PowerSpherical(unit(thetas), kappa).rsample() @ a).sum().backward()
+    g_mc = thetas.grad.mean(0)
     (g_exact,) = torch.autograd.grad(PowerSpherical(unit(theta), kappa).mean @ a, theta)
-    se = jac.std(0) / math.sqrt(n)
+    se = thetas.grad.std(0) / math.sqrt(n)
     assert ((g_mc - g_exact).abs() < 4.5 * se + 1e-10).all(), (g_mc, g_exact, se)
 
 
@@ -508,7 +527,7 @@ def test_svi_recovers_direction_and_concentration():
     pyro.set_rng_seed(0)
     pyro.clear_param_store()
     true_loc = unit(torch.tensor([1.0, -2.0, 0.5]))
-    data = PowerSpherical(true_loc, 20.0).sample((2000,))
+    data = PowerSpherical(true_loc, 20.0).sample((1000,))
 
     def model(data):
         loc = pyro.param("loc", torch.tensor([0.0, 0.0, 1.0]), constraint=constraints.sphere)
@@ -516,8 +535,8 @@ def test_svi_recovers_direction_and_concentration():
         with pyro.plate("data", len(data)):
             pyro.sample("x", PowerSpherical(loc, kappa), obs=data)
 
-    svi = pyro.infer.SVI(model, lambda data: None, pyro.optim.Adam({"lr": 0.05}), pyro.infer.Trace_ELBO())
-    for _ in range(400):
+    svi = pyro.infer.SVI(model, lambda data: None, pyro.optim.Adam({"lr": 0.1}), pyro.infer.Trace_ELBO())
+    for _ in range(200):
         svi.step(data)
     loc, kappa = pyro.param("loc").detach(), pyro.param("kappa").item()
     assert (loc @ true_loc).item() > math.cos(0.05)
