@@ -70,7 +70,8 @@ def gaussian_kl(mu, nu):
     "options",
     [
         dict(df=5.0),
-        dict(df=3.0, radial_df=7.0, radial_weight=0.5, radial_scale=0.3),
+        dict(df=3.0, radial_df=7.0, radial_weight=0.5, radial_scale=0.3,
+             directional_scale="posterior_variance"),
         dict(df=5.0, radial_weight=0.0, directional="euclidean"),
     ],
 )
@@ -90,9 +91,13 @@ def test_objective_is_the_hand_written_symmetric_elbo(digits, options):
     assert log_nu.abs().max() < 8  # inside the clamp: nu = exp(log nu) exactly
     nu = log_nu.exp()
     y = torch.stack([h[1], h[0]]).detach()
+    # The tangent scale in radians^2: the delta-method variance nu / |mu|^2 of z/|z| (default), or nu.
+    angular = options.get("directional_scale", "angular") == "angular"
+    scale = nu / (mu**2).sum(-1, keepdim=True) if angular else nu
     log_lik = polar_t_log_density(
-        y, z, nu, options["df"], options.get("radial_df") or options["df"], options.get("radial_scale", 1.0),
-        options.get("radial_weight", 1.0), options.get("directional", "geodesic"))
+        y, z, scale, options["df"], options.get("radial_df") or options["df"],
+        options.get("radial_scale", 1.0), options.get("radial_weight", 1.0),
+        options.get("directional", "geodesic"))
     kl = gaussian_kl(mu, nu)
     elbo_12, elbo_21 = (log_lik - kl).mean(-1)
     torch.testing.assert_close(loss, -0.5 * (elbo_12 + elbo_21), rtol=1e-10, atol=1e-10)
@@ -126,7 +131,7 @@ def test_gradient_reaches_nu_from_both_the_kl_and_the_likelihood(digits):
     assert likelihood_only.abs().max() > 1e-3
     assert not torch.allclose(full, kl_only)
 
-    # The likelihood's scale is the posterior variance itself (not detached); its targets carry no gradient.
+    # The likelihood's scale is nu / |mu|^2 of the posterior (not detached); its targets carry no gradient.
     torch.manual_seed(0)
     guide_trace = poutine.trace(vje.guide).get_trace(x1, x2)
     model_trace = poutine.trace(poutine.replay(vje.model, trace=guide_trace)).get_trace(x1, x2)
@@ -134,7 +139,10 @@ def test_gradient_reaches_nu_from_both_the_kl_and_the_likelihood(digits):
     assert site["is_observed"] and not site["value"].requires_grad
     assert site["fn"].scale.requires_grad
     mu, nu = vje.posterior_from_features(vje.features(torch.cat([x1, x2])).view(2, 32, 16))
-    torch.testing.assert_close(site["fn"].scale, nu)
+    torch.testing.assert_close(site["fn"].scale, nu / mu.square().sum(-1, keepdim=True))
+    vje.directional_scale = "posterior_variance"
+    model_trace = poutine.trace(poutine.replay(vje.model, trace=guide_trace)).get_trace(x1, x2)
+    torch.testing.assert_close(model_trace.nodes["y"]["fn"].scale, nu)
 
 
 def test_user_svi_loop_reduces_the_loss_on_digits(digits):
@@ -307,3 +315,52 @@ def test_bad_options_raise_value_error(digits):
         vje.anomaly_score(digits.images[:4], augment, num_pairs=0)
     with pytest.raises(ValueError, match="coordinates"):
         vje.anomaly_score(digits.images[:4], augment, coordinates="spherical")
+
+
+def _pair_oracle(vje, h_a, h_b, z_a, z_b, mu_a, nu_a, mu_b, nu_b):
+    """-1/2 [log p(h_b | z_a; q_a) + log p(h_a | z_b; q_b)] on R^D, from the hand-written density."""
+    options = (vje.df, vje.radial_df or vje.df, vje.radial_scale, vje.radial_weight, vje.directional)
+    scale_a = nu_a / (mu_a**2).sum(-1, keepdim=True)
+    scale_b = nu_b / (mu_b**2).sum(-1, keepdim=True)
+    return -0.5 * (polar_t_log_density(h_b, z_a, scale_a, *options)
+                   + polar_t_log_density(h_a, z_b, scale_b, *options))
+
+
+def test_scores_put_each_view_s_embedding_under_the_other_view_s_posterior(digits):
+    """As in training, direction a scores the other view's embedding h_b under q(z | h_a): a swap (each view's
+    own embedding under its own posterior) gives other numbers."""
+    torch.manual_seed(0)
+    vje = VJE(DigitsConvNet(feature_dim=8)).double().eval()
+    # Different images as the two inputs: the two readings then differ clearly (both are functions of pairs).
+    x1, x2 = two_views(digits, batch=10)[0].double(), two_views(digits, batch=10, seed=1)[0].double()
+    h1, h2 = vje.features(x1).detach(), vje.features(x2).detach()  # eval mode: no batch dependence
+    (mu1, nu1), (mu2, nu2) = vje.posterior_from_features(h1), vje.posterior_from_features(h2)
+    got = vje.pair_nll(x1, x2, coordinates="cartesian")
+    expected = _pair_oracle(vje, h1, h2, mu1, mu2, mu1, nu1, mu2, nu2).detach()
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
+    swapped = -0.5 * (polar_t_log_density(h1, mu1, nu1 / (mu1**2).sum(-1, keepdim=True), vje.df, vje.df,
+                                          vje.radial_scale, 1.0, "geodesic")
+                      + polar_t_log_density(h2, mu2, nu2 / (mu2**2).sum(-1, keepdim=True), vje.df, vje.df,
+                                            vje.radial_scale, 1.0, "geodesic"))
+    assert (got - swapped.detach()).abs().max() > 1e-3  # a million times the tolerance above
+
+
+def test_monte_carlo_scores_average_the_likelihood_over_posterior_draws(digits):
+    torch.manual_seed(0)
+    vje = VJE(DigitsConvNet(feature_dim=8), score_samples=16).double().eval()
+    images = digits.images[:6]
+    normalize = SimCLRAugment.for_dataset("digits", digits).normalize
+
+    def same_views(x, generator):  # no augmentation: the generator draws only the posterior samples
+        return normalize(x).double()
+
+    scores = vje.anomaly_scores(images, same_views, num_pairs=1, generator=torch.Generator().manual_seed(5))
+    h = vje.features(normalize(images).double()).detach()
+    mu, nu = vje.posterior_from_features(h)
+    mu, nu = torch.stack([mu, mu]), torch.stack([nu, nu])
+    eps = torch.randn((16, 2, 6, 8), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    z = mu + nu.sqrt() * eps
+    expected = _pair_oracle(vje, h, h, z[:, 0], z[:, 1], mu[0], nu[0], mu[1], nu[1]).mean(0).detach()
+    torch.testing.assert_close(scores["nll_cartesian"], expected, rtol=1e-9, atol=1e-9)
+    plug_in = vje.anomaly_scores(images, same_views, num_pairs=1, samples=0)["nll_cartesian"]
+    assert (plug_in - expected).abs().max() > 1e-3  # the draws matter

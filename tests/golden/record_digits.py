@@ -22,7 +22,8 @@ CASES = {
     "vsimclr": ("vsimclr", {"kl": "bound"}),
     "vsimclr-exact": ("vsimclr", {"kl": "exact"}),
     "vsupcon": ("vsupcon", {}),
-    "vje": ("vje", {}),
+    # Recorded before VJE had directional_scale (its only reading then: the posterior variance itself).
+    "vje": ("vje", {"directional_scale": "posterior_variance"}),
 }
 ENGINE = dict(data="digits", epochs=1, max_steps=4, batch_size=64, device="cpu", log_every=1, seed=3)
 MODEL = dict(dim=8, head_hidden=32)

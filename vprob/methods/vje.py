@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 
 from vprob.methods.base import HEAD_HIDDEN, Capabilities, Method
-from vprob.models.vje import DIRECTIONAL_MODES
+from vprob.models.vje import DIRECTIONAL_MODES, DIRECTIONAL_SCALES
 from vprob.models.vje import VJE as VJEModel
 from vprob.options import Option, non_negative, positive
 
@@ -22,6 +22,10 @@ VJE_OPTIONS = (
     Option("directional", str, "geodesic", "VJE: directional factor (euclidean: the earlier version's "
            "ablation)", choices=DIRECTIONAL_MODES),
     positive("num_particles", int, 1, "VJE: posterior samples per image and step"),
+    Option("directional_scale", str, "angular", "VJE: the directional t's tangent scale: nu / |mu|^2 "
+           "(angular) or the posterior variance nu itself (the first reading)", choices=DIRECTIONAL_SCALES),
+    Option("score_samples", int, 0, "VJE: posterior samples averaged by the anomaly score (0: z = mu)",
+           check=lambda v: v >= 0, requirement=">= 0"),
 )
 
 

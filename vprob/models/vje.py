@@ -74,6 +74,10 @@ from vprob.models.elbo import two_view_objective
 from vprob.nets import LOG_VARIANCE_RANGE, MLPHead, feature_dim_of
 
 SCORE_COORDINATES = ("polar", "cartesian")
+# How the posterior variance nu (of z in R^D) becomes the directional t's tangent-plane scale (radians^2):
+# "posterior_variance" uses nu itself (the first reading), "angular" the delta-method variance of z/|z|,
+# nu / |mu|^2, which keeps the directional factor's mass on the sphere (see VJE's docstring).
+DIRECTIONAL_SCALES = ("posterior_variance", "angular")
 
 
 class Posterior(NamedTuple):
@@ -101,6 +105,8 @@ def check_options(
     radial_scale: float = 1.0,
     directional: str = "geodesic",
     num_particles: int = 1,
+    directional_scale: str = "angular",
+    score_samples: int = 0,
 ) -> None:
     """Raise ValueError, naming the option, if a VJE option is invalid."""
     _finite_number(df, "df", 0.0, True, " (use a large value such as 1e6 for the Gaussian limit)")
@@ -112,6 +118,11 @@ def check_options(
         raise ValueError(f"directional must be one of {DIRECTIONAL_MODES}, got {directional!r}")
     if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
         raise ValueError(f"num_particles must be an integer >= 1, got {num_particles!r}")
+    if directional_scale not in DIRECTIONAL_SCALES:
+        raise ValueError(f"directional_scale must be one of {DIRECTIONAL_SCALES}, got {directional_scale!r}")
+    if isinstance(score_samples, bool) or not isinstance(score_samples, int) or score_samples < 0:
+        raise ValueError(f"score_samples must be an integer >= 0 (0: the posterior mean), "
+                         f"got {score_samples!r}")
 
 
 def _first_conv_channels(module: nn.Module) -> int | None:
@@ -139,6 +150,15 @@ class VJE(nn.Module):
         num_particles: posterior samples per (direction, image) and step (default 1), vectorized in
             :meth:`elbo`.
         hidden: hidden width of the inference network g (default D).
+        directional_scale: how nu becomes the directional t's tangent-plane scale, in radians^2:
+            ``"angular"`` (default) nu / |mu|^2, the delta-method variance of the direction z/|z| under
+            q; ``"posterior_variance"``: nu itself, the first reading, kept as an ablation. With
+            nu itself the scale is in the units of z, not of angles: on digits (D = 128) sum(nu) ~ 39
+            against |mu|^2 ~ 8, the median tangent norm of the t is beyond pi and its mass on the sphere is
+            below e^-160, so the directional factor says little. BENCHMARKS.md compares the two.
+        score_samples: how the anomaly and uncertainty scores integrate over z: 0 plugs in the posterior
+            mean z = mu (deterministic); K > 0 averages the negative log-likelihood over K posterior
+            samples, the likelihood term the objective trains (default 0; BENCHMARKS.md compares them).
     """
 
     def __init__(
@@ -151,9 +171,13 @@ class VJE(nn.Module):
         num_particles: int = 1,
         hidden: int | None = None,
         radial_scale: float = 1.0,
+        directional_scale: str = "angular",
+        score_samples: int = 0,
     ) -> None:
         super().__init__()
-        check_options(df, radial_df, radial_weight, radial_scale, directional, num_particles)
+        check_options(df, radial_df, radial_weight, radial_scale, directional, num_particles,
+                      directional_scale, score_samples)
+        self.directional_scale, self.score_samples = directional_scale, score_samples
         self.df = float(df)
         self.radial_df = None if radial_df is None else float(radial_df)
         self.radial_scale = float(radial_scale)
@@ -227,15 +251,24 @@ class VJE(nn.Module):
 
     # ----------------------------------------------------------------------------------------------
     # Likelihood
-    def likelihood(self, z: Tensor, nu: Tensor) -> PolarStudentT:
-        """p(y | z; nu): PolarStudentT around z / |z| with directional scale nu and radial location log|z|.
+    def tangent_scale(self, mu: Tensor, nu: Tensor) -> Tensor:
+        """The directional t's tangent-plane scale (..., D) from the posterior (mu, nu) (..., D): nu / |mu|^2
+        (``directional_scale="angular"``) or nu itself (``"posterior_variance"``)."""
+        if self.directional_scale == "posterior_variance":
+            return nu
+        # A floor keeps the scale finite for mu = 0 (a scale that large makes the factor flat anyway).
+        return nu / mu.square().sum(-1, keepdim=True).clamp_min(1e-12)
 
-        ``z`` (..., D) and ``nu`` (..., D) broadcast; the batch shape is their broadcast without D.
+    def likelihood(self, z: Tensor, scale: Tensor) -> PolarStudentT:
+        """p(y | z): PolarStudentT around z / |z| with tangent-plane scale ``scale`` (:meth:`tangent_scale`)
+        and radial location log|z|.
+
+        ``z`` (..., D) and ``scale`` (..., D) broadcast; the batch shape is their broadcast without D.
         """
         z = _full_precision(z)
         radius = torch.linalg.vector_norm(z, dim=-1)
         return PolarStudentT(
-            z / radius.unsqueeze(-1), df=self.df, scale=nu, radial_loc=radius.log(),
+            z / radius.unsqueeze(-1), df=self.df, scale=scale, radial_loc=radius.log(),
             radial_scale=self.radial_scale, radial_df=self.radial_df, directional=self.directional,
         )
 
@@ -251,7 +284,7 @@ class VJE(nn.Module):
         prior = dist.Normal(outputs.h.new_zeros(self.dim), 1.0).expand([2, batch, self.dim]).to_event(1)
         with pyro.plate("directions", 2, dim=-2), pyro.plate("images", batch, dim=-1):
             z = pyro.sample("z", prior)
-            likelihood = self.likelihood(z, outputs.nu)
+            likelihood = self.likelihood(z, self.tangent_scale(outputs.mu, outputs.nu))
             pyro.sample("y", likelihood, obs=targets)
             if self.radial_weight != 1.0:
                 tempering = (self.radial_weight - 1.0) * likelihood.radial_log_prob(_log_radius(targets))
@@ -342,11 +375,13 @@ class VJE(nn.Module):
         """
         h = self.features(x)
         mu, nu = self.posterior_from_features(h)
-        return {"log_det": nu.log().sum(-1), "nll": self._combine(self._nll_parts(h, mu, nu), "polar")}
+        nll = self._nll_parts(h, mu, self.tangent_scale(mu, nu))
+        return {"log_det": nu.log().sum(-1), "nll": self._combine(nll, "polar")}
 
-    def _nll_parts(self, y: Tensor, z: Tensor, nu: Tensor) -> dict[str, Tensor]:
-        """-log p_dir(u), -log p_rad(log r) (unweighted) and log r of targets y (..., D) given z, nu."""
-        likelihood = self.likelihood(z, nu)
+    def _nll_parts(self, y: Tensor, z: Tensor, scale: Tensor) -> dict[str, Tensor]:
+        """-log p_dir(u), -log p_rad(log r) (unweighted) and log r of targets y (..., D) given z and the
+        tangent scale."""
+        likelihood = self.likelihood(z, scale)
         radius = torch.linalg.vector_norm(y, dim=-1)
         log_r = radius.log()
         return {
@@ -355,10 +390,21 @@ class VJE(nn.Module):
             "log_radius": log_r,
         }
 
-    def _pair_nll_parts(self, x1: Tensor, x2: Tensor) -> dict[str, Tensor]:
-        """The parts of :meth:`_nll_parts` for both directions of a pair of views, averaged: each (N,)."""
+    def _pair_nll_parts(self, x1: Tensor, x2: Tensor, samples: int = 0,
+                        generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """The parts of :meth:`_nll_parts` for both directions of a pair of views, averaged: each (N,).
+        Direction a scores the *other* view's embedding h_b under q(z | h_a), as in training; ``samples``
+        0 plugs in z = mu, K > 0 averages over K draws z ~ q (drawn with ``generator``)."""
         outputs = self._forward(x1, x2)
-        parts = self._nll_parts(outputs.h.flip(0), outputs.mu, outputs.nu)
+        scale = self.tangent_scale(outputs.mu, outputs.nu)
+        targets = outputs.h.flip(0)
+        if samples == 0:
+            parts = self._nll_parts(targets, outputs.mu, scale)
+        else:
+            eps = torch.randn((samples, *outputs.mu.shape), generator=generator, device=outputs.mu.device,
+                              dtype=outputs.mu.dtype)
+            parts = self._nll_parts(targets, outputs.mu + outputs.nu.sqrt() * eps, scale)
+            parts = {name: value.mean(0) if value.ndim == 3 else value for name, value in parts.items()}
         return {name: value.mean(0) for name, value in parts.items()}
 
     def _combine(self, parts: dict[str, Tensor], coordinates: str) -> Tensor:
@@ -372,7 +418,8 @@ class VJE(nn.Module):
         """Symmetric negative log-likelihood of two views x1, x2 (N, C, H, W) of the same images: (N,).
 
         -1/2 [log p(h_2 | z = mu_1; nu_1) + log p(h_1 | z = mu_2; nu_2)]: the likelihood term of the
-        objective with the posterior mean plugged in for z (choice: deterministic, no sampling noise).
+        objective with the posterior mean plugged in for z (deterministic, no sampling noise; the
+        anomaly scores can average over posterior samples instead, ``score_samples``).
 
         ``coordinates`` chooses the base measure of the density **(choice)**:
 
@@ -394,10 +441,12 @@ class VJE(nn.Module):
         num_pairs: int = 8,
         generator: torch.Generator | None = None,
         batch_size: int = 512,
+        samples: int | None = None,
     ) -> dict[str, Tensor]:
         """The likelihood scores of uint8 images (N, C, H, W), averaged over ``num_pairs`` pairs of augmented
         views, each (N,), higher = more anomalous: ``nll`` (polar coordinates, the default score),
         ``nll_cartesian`` (density on R^D) and ``nll_directional`` (the directional factor alone).
+        ``samples``: posterior draws averaged per pair (default: the model's ``score_samples``; 0: z = mu).
 
         ``augment(images_uint8, generator)`` draws one normalized view (e.g. a ``SimCLRAugment``);
         ``generator`` (on the images' device) makes the views reproducible. Uses the module's current mode:
@@ -409,12 +458,16 @@ class VJE(nn.Module):
             raise ValueError(f"num_pairs must be a positive integer, got {num_pairs!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        samples = self.score_samples if samples is None else samples
+        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
+            raise ValueError(f"samples must be an integer >= 0, got {samples!r}")
         chunks: list[dict[str, Tensor]] = []
         for start in range(0, images.shape[0], batch_size):
             chunk = images[start:start + batch_size]
             total: dict[str, Tensor] = {}
             for _ in range(num_pairs):
-                parts = self._pair_nll_parts(augment(chunk, generator), augment(chunk, generator))
+                views = augment(chunk, generator), augment(chunk, generator)
+                parts = self._pair_nll_parts(*views, samples=samples, generator=generator)
                 total = {name: total.get(name, 0.0) + value / num_pairs for name, value in parts.items()}
             chunks.append({
                 "nll": self._combine(total, "polar"),
