@@ -36,6 +36,7 @@ __all__ = [
     "adjust_contrast",
     "adjust_hue",
     "adjust_saturation",
+    "gaussian_blur",
     "rgb_to_grayscale",
 ]
 
@@ -117,6 +118,27 @@ def adjust_hue(x: Tensor, factor: Tensor) -> Tensor:
 _JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
 
 
+def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
+    """Blur each image of float ``x`` (N, C, H, W) with its own standard deviation ``sigma`` (N,) (0: none).
+
+    torchvision's ``gaussian_blur`` image by image: the kernel is exp(-t^2 / (2 sigma^2)) at the integer
+    offsets t = -(k-1)/2 .. (k-1)/2, normalized to sum 1, with reflection padding; applied as two 1-D passes
+    (the 2-D kernel is their outer product) in one grouped convolution per pass over the whole batch.
+    """
+    n, c, h, w = x.shape
+    half = kernel_size // 2
+    t = torch.arange(-half, half + 1, dtype=x.dtype, device=x.device)
+    s = _per_sample(sigma, t.unsqueeze(0)).clamp_min(1e-6)
+    kernel = torch.exp(-0.5 * (t / s) ** 2)
+    kernel = kernel / kernel.sum(dim=1, keepdim=True)
+    kernel = torch.where(_per_sample(sigma, kernel) > 0, kernel, (t == 0).to(x.dtype))  # a delta: identity
+    weight = kernel.repeat_interleave(c, dim=0)  # (N * C, k): one kernel per image channel
+    y = F.pad(x.reshape(1, n * c, h, w), (half, half, half, half), mode="reflect")
+    y = F.conv2d(y, weight.view(n * c, 1, 1, kernel_size), groups=n * c)
+    y = F.conv2d(y, weight.view(n * c, 1, kernel_size, 1), groups=n * c)
+    return y.view(n, c, h, w)
+
+
 # ------------------------------------------------------------------------------------------- parameters
 
 
@@ -130,6 +152,8 @@ class AugmentParams:
         samples whose jitter block was not drawn.
     order: (N, 4) int64, per-sample permutation of the four jitter ops (order[i, s] = op in slot s).
     gray: (N,) bool, convert to grayscale.
+    blur: (N,) Gaussian blur standard deviation in output pixels, 0 for no blur; ``None`` when the recipe
+        has no blur (``blur_p == 0``).
     """
 
     box: Tensor
@@ -137,6 +161,7 @@ class AugmentParams:
     jitter: Tensor
     order: Tensor
     gray: Tensor
+    blur: Tensor | None = None
 
 
 def _factor_range(value: float, name: str, center: float, bound: tuple[float, float]) -> tuple[float, float]:
@@ -162,6 +187,11 @@ class SimCLRAugment:
         grayscale_p: probability of converting to grayscale (3 channels kept).
         random_order: apply the four jitter ops in a random per-sample order, as ColorJitter does
             (costs four evaluations of each enabled op; ``False`` uses the fixed order b, c, s, h).
+        blur_p: probability of a Gaussian blur after grayscale (torchvision's ``RandomApply(GaussianBlur)``
+            as SimCLR's ImageNet recipe uses it, p = 0.5); 0 (the default) draws no extra random numbers,
+            so recipes without blur are unchanged.
+        blur_sigma: range of the blur's standard deviation (uniform), in output pixels.
+        blur_kernel: odd kernel size; default about 10 % of ``image_size`` made odd (SimCLR's choice).
     """
 
     def __init__(
@@ -177,6 +207,9 @@ class SimCLRAugment:
         jitter_p: float = 0.8,
         grayscale_p: float = 0.2,
         random_order: bool = True,
+        blur_p: float = 0.0,
+        blur_sigma: tuple[float, float] = (0.1, 2.0),
+        blur_kernel: int | None = None,
     ) -> None:
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels}")
@@ -190,7 +223,8 @@ class SimCLRAugment:
             raise ValueError(f"crop_scale must satisfy 0 < lo <= hi <= 1, got {crop_scale}")
         if not 0 < crop_ratio[0] <= crop_ratio[1]:
             raise ValueError(f"crop_ratio must satisfy 0 < lo <= hi, got {crop_ratio}")
-        for name, p in (("flip_p", flip_p), ("jitter_p", jitter_p), ("grayscale_p", grayscale_p)):
+        for name, p in (("flip_p", flip_p), ("jitter_p", jitter_p), ("grayscale_p", grayscale_p),
+                        ("blur_p", blur_p)):
             if not 0 <= p <= 1:
                 raise ValueError(f"{name} must lie in [0, 1], got {p}")
         if len(jitter) != 4:
@@ -211,6 +245,18 @@ class SimCLRAugment:
         self.jitter_p = float(jitter_p)
         self.grayscale_p = float(grayscale_p)
         self.random_order = bool(random_order)
+        if not 0 < blur_sigma[0] <= blur_sigma[1]:
+            raise ValueError(f"blur_sigma must satisfy 0 < lo <= hi, got {blur_sigma}")
+        if blur_kernel is None:
+            blur_kernel = max(3, int(0.1 * self.image_size) // 2 * 2 + 1)
+        if blur_kernel < 1 or blur_kernel % 2 == 0:
+            raise ValueError(f"blur_kernel must be a positive odd integer, got {blur_kernel}")
+        if blur_p > 0 and blur_kernel // 2 >= self.image_size:
+            raise ValueError(f"blur_kernel {blur_kernel} is too large for {self.image_size}-pixel images "
+                             "(reflection padding needs kernel // 2 < image_size)")
+        self.blur_p = float(blur_p)
+        self.blur_sigma = (float(blur_sigma[0]), float(blur_sigma[1]))
+        self.blur_kernel = int(blur_kernel)
         # (low, high) of each factor; the op is skipped entirely when the range is the neutral point.
         self._ranges = (
             _factor_range(brightness, "brightness", 1.0, (0.0, math.inf)),
@@ -238,7 +284,8 @@ class SimCLRAugment:
         device = torch.device(device)
         if generator is not None and generator.device.type != device.type:
             raise ValueError(f"the generator is on {generator.device} but the images are on {device}")
-        u = torch.rand(n, _N_DRAWS, generator=generator, device=device)
+        # Two more draws per sample only when the recipe blurs: recipes without blur keep their random stream.
+        u = torch.rand(n, _N_DRAWS + (2 if self.blur_p > 0 else 0), generator=generator, device=device)
         box = self._sample_boxes(u[:, :_N_CROP].view(n, _CROP_ATTEMPTS, 4), height, width)
         flip = u[:, _N_CROP] < self.flip_p
         apply_jitter = u[:, _N_CROP + 1] < self.jitter_p
@@ -251,7 +298,11 @@ class SimCLRAugment:
         )
         order = u[:, _N_CROP + 6 : _N_CROP + 10].argsort(dim=1)  # a uniform random permutation per sample
         gray = u[:, _N_CROP + 10] < self.grayscale_p
-        return AugmentParams(box=box, flip=flip, jitter=jitter, order=order, gray=gray)
+        blur = None
+        if self.blur_p > 0:
+            lo, hi = self.blur_sigma
+            blur = torch.where(u[:, _N_DRAWS] < self.blur_p, lo + (hi - lo) * u[:, _N_DRAWS + 1], 0.0)
+        return AugmentParams(box=box, flip=flip, jitter=jitter, order=order, gray=gray, blur=blur)
 
     def _sample_boxes(self, u: Tensor, height: int, width: int) -> Tensor:
         """torchvision's RandomResizedCrop.get_params, vectorized: (N, attempts, 4) uniforms -> (N, 4) boxes.
@@ -315,6 +366,8 @@ class SimCLRAugment:
             x = self._color_jitter(x, params.jitter, params.order)
         if self.grayscale_p > 0:
             x = torch.where(params.gray.view(-1, 1, 1, 1), rgb_to_grayscale(x).expand_as(x), x)
+        if self.blur_p > 0 and params.blur is not None:
+            x = gaussian_blur(x, params.blur, self.blur_kernel)
         return self._normalize_float(x).to(dtype=dtype, memory_format=memory_format)
 
     def normalize(
@@ -389,5 +442,6 @@ class SimCLRAugment:
             f"{type(self).__name__}(image_size={self.image_size}, channels={self.channels}, "
             f"crop_scale={self.crop_scale}, crop_ratio={self.crop_ratio}, flip_p={self.flip_p}, "
             f"jitter={self.jitter}, jitter_p={self.jitter_p}, grayscale_p={self.grayscale_p}, "
-            f"random_order={self.random_order})"
+            f"random_order={self.random_order}, blur_p={self.blur_p}, blur_sigma={self.blur_sigma}, "
+            f"blur_kernel={self.blur_kernel})"
         )

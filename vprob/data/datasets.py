@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Sequence
@@ -25,7 +24,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vprob.safe_io import atomic_writer
+
 __all__ = [
+    "UNLABELLED",
     "ImageSet",
     "channel_stats",
     "check_image_batch",
@@ -42,6 +44,7 @@ CIFAR10_FORMAT_HELP = (
 
 _CIFAR_SHAPE = (3, 32, 32)
 _DECODE_CHUNK = 8192  # images per decode_jpeg call: bounds the GPU decoder's scratch memory
+UNLABELLED = -1  # the label of an image without a class (ImageSet(unlabelled=True))
 
 
 def check_image_batch(images: Tensor, name: str = "images", non_empty: bool = False) -> None:
@@ -66,6 +69,11 @@ class ImageSet:
         classes: class names; ``classes[y]`` names label ``y``.
         mean, std: per-channel pixel statistics in [0, 1] units of the TRAIN split (both splits of a data
             set carry the train statistics, so normalization never peeks at the test set).
+        unlabelled: ``True`` allows the label ``UNLABELLED`` (-1) for images without a class (STL-10's
+            unlabeled split, an unlabelled image folder); such images train self-supervised methods only,
+            and :meth:`labelled` is what evaluation fits on. ``False`` (the default) refuses -1.
+        coarse_labels, coarse_classes: an optional second labelling (CIFAR-100's 20 superclasses), (N,)
+            int64 in ``[0, len(coarse_classes))`` on the images' device, for diagnostics; both or neither.
     """
 
     images: Tensor
@@ -73,6 +81,9 @@ class ImageSet:
     classes: tuple[str, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    unlabelled: bool = False
+    coarse_labels: Tensor | None = None
+    coarse_classes: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.images, Tensor):
@@ -98,13 +109,16 @@ class ImageSet:
         if not self.classes or not all(isinstance(c, str) for c in self.classes):
             raise TypeError("ImageSet.classes must be a non-empty sequence of str")
         # One host sync at construction time (never in the training loop).
+        lowest = UNLABELLED if self.unlabelled else 0
         if self.labels.numel() and not bool(
-            ((self.labels >= 0) & (self.labels < len(self.classes))).all()
+            ((self.labels >= lowest) & (self.labels < len(self.classes))).all()
         ):
+            allowed = " or -1 (unlabelled)" if self.unlabelled else ""
             raise ValueError(
-                f"ImageSet.labels must lie in [0, {len(self.classes)}) (one per class name); got values in "
-                f"[{int(self.labels.min())}, {int(self.labels.max())}]"
+                f"ImageSet.labels must lie in [0, {len(self.classes)}) (one per class name){allowed}; got "
+                f"values in [{int(self.labels.min())}, {int(self.labels.max())}]"
             )
+        self._check_coarse()
         channels = self.images.shape[1]
         self.mean = tuple(float(m) for m in self.mean)
         self.std = tuple(float(s) for s in self.std)
@@ -114,6 +128,24 @@ class ImageSet:
             raise ValueError(f"ImageSet.std needs one value per channel ({channels}), got {len(self.std)}")
         if not all(s > 0 for s in self.std):
             raise ValueError(f"ImageSet.std must be positive, got {self.std}")
+
+    def _check_coarse(self) -> None:
+        if (self.coarse_labels is None) != (self.coarse_classes is None):
+            raise ValueError("ImageSet.coarse_labels and ImageSet.coarse_classes go together "
+                             "(both or neither)")
+        if self.coarse_labels is None:
+            return
+        self.coarse_classes = tuple(self.coarse_classes)
+        if not isinstance(self.coarse_labels, Tensor) or self.coarse_labels.dtype != torch.int64:
+            raise TypeError("ImageSet.coarse_labels must be an int64 torch.Tensor")
+        if self.coarse_labels.shape != self.labels.shape or self.coarse_labels.device != self.images.device:
+            raise ValueError(f"ImageSet.coarse_labels must have shape {tuple(self.labels.shape)} on "
+                             f"{self.images.device}, got {tuple(self.coarse_labels.shape)} on "
+                             f"{self.coarse_labels.device}")
+        n = len(self.coarse_classes)
+        inside = (self.coarse_labels >= 0) & (self.coarse_labels < n)
+        if self.coarse_labels.numel() and not bool(inside.all()):
+            raise ValueError(f"ImageSet.coarse_labels must lie in [0, {n}) (one per coarse class name)")
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -137,16 +169,37 @@ class ImageSet:
 
     def to(self, device: torch.device | str) -> ImageSet:
         """The same set with images and labels on ``device``."""
-        return ImageSet(
-            self.images.to(device), self.labels.to(device), self.classes, self.mean, self.std
-        )
+        coarse = None if self.coarse_labels is None else self.coarse_labels.to(device)
+        return self._with(self.images.to(device), self.labels.to(device), coarse)
+
+    def _with(self, images: Tensor, labels: Tensor, coarse: Tensor | None) -> ImageSet:
+        return ImageSet(images, labels, self.classes, self.mean, self.std, self.unlabelled, coarse,
+                        self.coarse_classes)
+
+    @property
+    def num_labelled(self) -> int:
+        """How many images have a class (label >= 0); one host sync."""
+        return len(self) if not self.unlabelled else int((self.labels >= 0).sum())
+
+    def labelled(self) -> ImageSet:
+        """The images with a class (label >= 0), what kNN and linear evaluation fit on; the set itself when
+        every image has one. When the labelled images come first (STL-10: train, then unlabeled) this is a
+        view, not a copy."""
+        if not self.unlabelled:
+            return self
+        n = self.num_labelled
+        if n == len(self) or bool((self.labels[:n] >= 0).all()):
+            part = self.subset(slice(0, n))
+        else:
+            part = self.subset(self.labels >= 0)
+        return ImageSet(part.images, part.labels, part.classes, part.mean, part.std, False,
+                        part.coarse_labels, part.coarse_classes)
 
     def subset(self, mask_or_index: Tensor | Sequence[int] | slice) -> ImageSet:
         """The images selected by a boolean mask (N,) or an index (M,) / slice; keeps the train statistics."""
         if isinstance(mask_or_index, slice):
-            return ImageSet(
-                self.images[mask_or_index], self.labels[mask_or_index], self.classes, self.mean, self.std
-            )
+            return self._with(self.images[mask_or_index], self.labels[mask_or_index],
+                              None if self.coarse_labels is None else self.coarse_labels[mask_or_index])
         index = torch.as_tensor(mask_or_index, device=self.images.device)
         if index.dtype == torch.bool:
             if index.shape != (len(self),):
@@ -157,7 +210,8 @@ class ImageSet:
             raise ValueError(f"subset index must be 1-D, got shape {tuple(index.shape)}")
         else:
             index = index.long()
-        return ImageSet(self.images[index], self.labels[index], self.classes, self.mean, self.std)
+        return self._with(self.images[index], self.labels[index],
+                          None if self.coarse_labels is None else self.coarse_labels[index])
 
 
 def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -344,20 +398,17 @@ def _load_split(
         # Keyed by the content of the npz, so a changed source never reuses a stale cache.
         cache_file = cache_dir / f"{path.stem}-{_file_digest(path)}-uint8.npy"
         if cache_file.is_file():
-            cached = np.load(cache_file, allow_pickle=False)
+            try:
+                cached = np.load(cache_file, allow_pickle=False)
+            except (OSError, ValueError, EOFError):
+                cached = np.empty(0, np.uint8)  # unreadable: decode again and replace it
             if cached.dtype == np.uint8 and cached.shape == (n, *_CIFAR_SHAPE):
                 return torch.from_numpy(cached).to(device), torch.from_numpy(y).to(device), classes
     images = _decode_jpegs(path, jpeg, offsets, device)
     if cache_file is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".npy.tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, images.cpu().numpy())
-            os.replace(tmp, cache_file)  # atomic: a concurrent reader never sees half a file
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_writer(cache_file) as f:  # a concurrent reader never sees half a file
+            np.save(f, images.cpu().numpy())
     return images, torch.from_numpy(y).to(device), classes
 
 
