@@ -71,6 +71,15 @@ def _digamma_diff(alpha: Tensor, beta: Tensor) -> Tensor:
     return torch.where(alpha >= _ASYMPTOTIC_ALPHA, asym, torch.digamma(alpha) - torch.digamma(alpha + beta))
 
 
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    """Dot product over the last dimension: einsum (no temporary) for large d, vecdot (no batched matmul,
+    which is slow for tiny matrices) for small d."""
+    n = a.shape[-1]
+    if isinstance(n, int) and n <= _DOT_FORM_MAX_D:
+        return torch.linalg.vecdot(a, b)
+    return torch.einsum("...i,...i->...", a, b)
+
+
 class PowerSpherical(TorchDistribution):
     r"""Power spherical distribution :math:`\mathrm{PS}(\mu, \kappa)` on :math:`S^{d-1}`, any ``d >= 2``.
 
@@ -298,22 +307,25 @@ class PowerSpherical(TorchDistribution):
         beta = torch.zeros_like(kappa) + 0.5 * (self.event_shape[0] - 1)
         tt = Dirichlet(torch.stack([kappa + beta, beta], -1), validate_args=False).rsample(sample_shape)
         t, one_minus_t = tt.unbind(-1)
-        w = (t - one_minus_t).unsqueeze(-1)
-        radius = (2 * (t * one_minus_t).sqrt()).unsqueeze(-1)
+        w = t - one_minus_t
         v = torch.randn(shape[:-1] + (shape[-1] - 1,), dtype=dtype, device=device)
-        v = v / torch.linalg.vector_norm(v, dim=-1, keepdim=True).clamp(min=torch.finfo(dtype).tiny)
-        y = torch.cat([w, radius * v], dim=-1)
-        # Reflection along u = e1 + s loc, s = sign(loc_1) (s = 1 at 0): |u|^2 = 2 (1 + |loc_1|) >= 2, so no
-        # cancellation or singularity (u = e1 - loc would vanish at loc = e1). It maps e1 to -s loc, so
-        # x = -s H y maps e1 to loc; the law is the same as with the reflection e1 -> loc because v's law is
-        # invariant under the orthogonal maps involved. Each choice of s is smooth in loc near any loc with
-        # the same s, so the pathwise gradient is exact.
+        # sqrt(1 - w^2) / |v|, so that y = (w, radius * v) with v normalised
+        radius = 2 * (t * one_minus_t / _dot(v, v).clamp(min=torch.finfo(dtype).tiny)).sqrt()
+        # Reflection along u = e1 + s loc, s = sign(loc_1) (s = 1 at 0): |u|^2 = 1 + 2 |loc_1| + |loc|^2 >= 2,
+        # so no cancellation or singularity (u = e1 - loc would vanish at loc = e1). It maps e1 to -s loc,
+        # so x = -s H y maps e1 to loc; the law is the same as with the reflection e1 -> loc because v's law
+        # is invariant under the orthogonal maps involved. Each choice of s is smooth in loc near any loc
+        # with the same s, so the pathwise gradient is exact.
+        # Expanded, x = -s (y - c u) = c loc - s (y - c e1) with c = 2 u.y / u.u, u.y = w + s loc.y and
+        # loc.y = loc_1 w + radius (loc_rest . v): no u, and y built once, with c already in it.
         mu = self.loc
-        s = torch.where(mu[..., :1] >= 0, 1.0, -1.0).to(dtype)
-        u = s * mu
-        u = torch.cat([u[..., :1] + 1, u[..., 1:]], dim=-1)
-        coef = 2 * torch.einsum("...i,...i->...", u, y) / torch.einsum("...i,...i->...", u, u)
-        return torch.addcmul(y, coef.unsqueeze(-1), u, value=-1) * (-s)
+        mu_first, mu_rest = mu[..., 0], mu[..., 1:]
+        s = torch.where(mu_first >= 0, 1.0, -1.0).to(dtype)
+        u_dot_u = 1 + 2 * mu_first.abs() + _dot(mu, mu)
+        u_dot_y = w + s * (mu_first * w + radius * _dot(mu_rest, v))
+        coef = 2 * u_dot_y / u_dot_u
+        y = torch.cat([(w - coef).unsqueeze(-1), radius.unsqueeze(-1) * v], dim=-1)
+        return torch.addcmul(coef.unsqueeze(-1) * mu, (-s).unsqueeze(-1), y)
 
     def entropy(self) -> Tensor:
         """Closed form ``log C - kappa (log 2 + digamma(alpha) - digamma(alpha + beta))``, ``batch_shape``."""
