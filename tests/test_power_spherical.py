@@ -108,7 +108,7 @@ def beta_params(d: int, kappa: float) -> tuple[float, float]:
 # normaliser switches to its Stirling form: 18.99 and 19 straddle it at d = 3).
 GRID = [(d, k) for d in (2, 3, 5, 64, 4096) for k in (0.0, 1e-4, 0.5, 3.0, 18.99, 19.0, 100.0, 1e4, 1e5)]
 # fewer at d = 4096, where the 30-digit dot products take most of the time
-GRID_LOG_PROB = [(d, k) for d, k in GRID if d < 4096 or k in (0.0, 1e-4, 19.0, 1e5)]
+GRID_LOG_PROB = [(d, k) for d, k in GRID if d < 4096 or k in (0.0, 19.0, 1e5)]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -374,7 +374,7 @@ def test_trace_mean_field_elbo_uses_the_exact_kl():
 # gradients
 
 
-@pytest.mark.parametrize("d,kappa", [(2, 0.0), (3, 0.7), (3, 25.0), (6, 3.0), (6, 1e3), (32, 0.0), (32, 5.0)])
+@pytest.mark.parametrize("d,kappa", [(2, 0.0), (3, 0.7), (3, 25.0), (6, 3.0), (6, 1e3), (20, 0.0), (20, 5.0)])
 def test_gradcheck_log_prob(d, kappa):
     torch.manual_seed(d)
     loc = random_loc(d, seed=d).requires_grad_()
@@ -387,7 +387,8 @@ def test_gradcheck_log_prob(d, kappa):
         return PowerSpherical(loc, conc, validate_args=False).log_prob(x)
 
     assert torch.autograd.gradcheck(f, (loc, conc, x))
-    assert torch.autograd.gradgradcheck(f, (loc, conc, x))
+    if d <= 16:
+        assert torch.autograd.gradgradcheck(f, (loc, conc, x))
 
     def h(conc):
         p = PowerSpherical(loc.detach(), conc, validate_args=False)
@@ -536,7 +537,7 @@ def test_svi_recovers_direction_and_concentration():
             pyro.sample("x", PowerSpherical(loc, kappa), obs=data)
 
     svi = pyro.infer.SVI(model, lambda data: None, pyro.optim.Adam({"lr": 0.1}), pyro.infer.Trace_ELBO())
-    for _ in range(200):
+    for _ in range(120):
         svi.step(data)
     loc, kappa = pyro.param("loc").detach(), pyro.param("kappa").item()
     assert (loc @ true_loc).item() > math.cos(0.05)
