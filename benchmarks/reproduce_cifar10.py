@@ -55,6 +55,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "simclr": dict(method="simclr"),
     "vsimclr-bound": dict(method="vsimclr", kl="bound"),
     "vsimclr-exact": dict(method="vsimclr", kl="exact"),
+    # The KL weight in the paper's units: beta relative to the contrastive term at tau = 0.07.
+    "vsimclr-paper-kl": dict(method="vsimclr", kl="bound", kl_reference_tau=0.07),
     "supcon": dict(method="supcon"),
     "vsupcon": dict(method="vsupcon"),
     "projnce-centroid": dict(method="projnce", projection="centroid"),
@@ -66,6 +68,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "vje": dict(method="vje"),
     # The Gaussian limit of VJE's polar Student-t (df -> infinity): the heavy-tail ablation.
     "vje-gaussian": dict(method="vje", df=1e6),
+    # VJE's first reading: the posterior variance itself as the directional t's tangent scale.
+    "vje-variance-scale": dict(method="vje", directional_scale="posterior_variance"),
 }
 ONE_CLASS_RECIPES = tuple(name for name, recipe in RECIPES.items()
                           if recipe["method"] in anomaly_methods() and recipe.get("kl", "bound") == "bound")
