@@ -416,27 +416,62 @@ def test_memory_helpers_against_brute_force():
 # -------------------------------------------------------------------------- vprob train / evaluate / diagnose
 
 
-def _train_evaluate_diagnose(data, data_dir, run_dir, capsys, method="simclr"):
-    args = ["train", "--method", method, "--data", data, "--data-dir", str(data_dir),
-            "--run-dir", str(run_dir),
-            "--max-steps", "2", "--batch-size", "8", "--device", "cpu", "--no-progress", "--epochs", "1",
-            "--knn-k", "3"]
+def _vprob(data, data_dir, run_dir, capsys, diagnose=True):
+    """vprob train (2 steps), evaluate and diagnose on one data folder, in-process; returns eval.json."""
+    args = ["train", "--method", "simclr", "--data", data, "--data-dir", str(data_dir),
+            "--run-dir", str(run_dir), "--max-steps", "2", "--batch-size", "8", "--device", "cpu",
+            "--no-progress", "--epochs", "1", "--knn-k", "3"]
     assert main(args) == 0
     assert main(["evaluate", str(run_dir), "--device", "cpu"]) == 0
-    assert main(["diagnose", str(run_dir), "--device", "cpu", "--no-posterior", "--max-images", "64"]) == 0
+    if diagnose:
+        diagnose_args = ["diagnose", str(run_dir), "--device", "cpu", "--no-posterior", "--max-images", "64"]
+        assert main(diagnose_args) == 0
+        assert (run_dir / "report" / "report.json").is_file()
     capsys.readouterr()
     return json.loads((run_dir / "eval.json").read_text())
 
 
-@pytest.mark.parametrize("layout", ["cifar10", "cifar100", "imagefolder"])
-def test_vprob_commands_on_each_layout(layout, tmp_path, capsys, cifar10_dir, folder_dir):
-    if layout == "cifar10":
-        data_dir = cifar10_dir[0]
-    elif layout == "cifar100":
+def test_vprob_commands_on_cifar10_torchvision_layout(cifar10_dir, tmp_path, capsys):
+    evaluation = _vprob("cifar10", cifar10_dir[0], tmp_path / "run", capsys)
+    assert 0.0 <= evaluation["linear_top1"] <= 1.0
+
+
+@pytest.mark.slow  # 64-pixel images through a ResNet-18: about 20 s on one CPU core
+def test_vprob_train_and_evaluate_on_image_folder(folder_dir, tmp_path, capsys):
+    evaluation = _vprob("imagefolder", folder_dir, tmp_path / "run", capsys, diagnose=False)
+    assert 0.0 <= evaluation["linear_top1"] <= 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["cifar100", "imagefolder"])
+def test_vprob_commands_slow_layouts(layout, tmp_path, capsys, folder_dir):
+    data_dir = folder_dir
+    if layout == "cifar100":
         data_dir = tmp_path / "c100"
         write_cifar100(data_dir)
-    else:
-        data_dir = folder_dir
-    evaluation = _train_evaluate_diagnose(layout, data_dir, tmp_path / "run", capsys)
+    evaluation = _vprob(layout, data_dir, tmp_path / "run", capsys)
     assert 0.0 <= evaluation["linear_top1"] <= 1.0
-    assert (tmp_path / "run" / "report" / "report.json").is_file()
+
+
+_ENGINE_PENDING = pytest.mark.xfail(
+    strict=True, raises=(AssertionError, RuntimeError, IndexError, ValueError),
+    reason="the engine still evaluates on the whole training set: remove this mark once vprob.train and "
+           "vprob.runs call vprob.data.evaluation_sets (and training_set) as vprob/data/registry.py says")
+
+
+@pytest.mark.slow
+@_ENGINE_PENDING
+def test_vprob_commands_on_stl10(stl10_dir, tmp_path, capsys):
+    evaluation = _vprob("stl10", stl10_dir[0], tmp_path / "run", capsys)
+    assert 0.0 <= evaluation["linear_top1"] <= 1.0
+
+
+@pytest.mark.slow
+@_ENGINE_PENDING
+def test_vprob_train_on_unlabelled_image_folder(tmp_path, capsys):
+    write_image_folder(tmp_path / "u", labelled=False)
+    args = ["train", "--method", "simclr", "--data", "imagefolder", "--data-dir", str(tmp_path / "u"),
+            "--run-dir", str(tmp_path / "run"), "--max-steps", "2", "--batch-size", "8", "--device", "cpu",
+            "--no-progress", "--epochs", "1"]
+    assert main(args) == 0
+    assert "evaluation skipped" in capsys.readouterr().out
