@@ -467,3 +467,95 @@ def test_recipe_ratios_and_jitter_gates():
         assert aug.crop_ratio == pytest.approx((3 / 4, 4 / 3)) and aug.jitter_p == 0.8
     assert d.jitter == (0.2, 0.2, 0.0, 0.0) and d.std == (0.37,)
     assert c.mean == MEAN3 and c.std == STD3 and c.random_order
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(channels=2, mean=(0.5,) * 2, std=(0.5,) * 2), r"^channels must be 1 or 3, got 2$"),
+        (dict(image_size=0), r"^image_size must be positive, got 0$"),
+        (dict(mean=(0.5, 0.5)), r"^mean and std need 3 values each, got 2 and 3$"),
+        (dict(std=(0.5, 0.5)), r"^mean and std need 3 values each, got 3 and 2$"),
+        (dict(std=(0.5, 0.0, 0.5)), r"^std must be positive, got \(0\.5, 0\.0, 0\.5\)$"),
+        (dict(crop_scale=(0.5, 1.5)), r"^crop_scale must satisfy"),
+        (dict(crop_scale=(0.6, 0.5)), r"^crop_scale must satisfy"),
+        (dict(crop_ratio=(0.0, 1.0)), r"^crop_ratio must satisfy 0 < lo <= hi, got \(0\.0, 1\.0\)$"),
+        (dict(crop_ratio=(2.0, 1.0)), r"^crop_ratio must satisfy"),
+        (dict(flip_p=1.5), r"^flip_p must lie in \[0, 1\], got 1\.5$"),
+        (dict(jitter_p=-0.1), r"^jitter_p must lie in \[0, 1\]"),
+        (dict(grayscale_p=1.01), r"^grayscale_p must lie in \[0, 1\]"),
+        (dict(jitter=(0.4, 0.4, 0.4)), r"^jitter needs 4 values \(brightness, contrast, saturation, hue\)"),
+        (dict(jitter=(-0.1, 0.4, 0.4, 0.1)), r"^brightness jitter must be non-negative, got -0\.1$"),
+        (dict(jitter=(0.4, -0.1, 0.4, 0.1)), r"^contrast jitter must be non-negative"),
+        (dict(jitter=(0.4, 0.4, -0.1, 0.1)), r"^saturation jitter must be non-negative"),
+        (dict(jitter=(0.4, 0.4, 0.4, 0.51)), r"^hue jitter must lie in \[0, 0\.5\]"),
+    ],
+)
+def test_constructor_rejects_bad_arguments_by_name(kwargs, message):
+    args = dict(image_size=32, channels=3, mean=MEAN3, std=STD3)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        SimCLRAugment(**args)
+
+
+@pytest.mark.parametrize(
+    "jitter, grayscale_p", [((0, 0, 0.5, 0), 0.0), ((0, 0, 0, 0.3), 0.0), ((0, 0, 0, 0), 0.5)]
+)
+def test_one_channel_rejects_each_colour_op_alone(jitter, grayscale_p):
+    with pytest.raises(ValueError, match="^saturation, hue and grayscale augmentations need 3 channels"):
+        SimCLRAugment(8, 1, (0.5,), (0.5,), jitter=jitter, grayscale_p=grayscale_p)
+
+
+def test_constructor_boundary_values_are_valid():
+    SimCLRAugment(1, 3, MEAN3, STD3)  # a 1-pixel output
+    SimCLRAugment(32, 3, MEAN3, STD3, jitter=(0.4, 0.4, 0.4, 0.5), crop_scale=(1.0, 1.0), flip_p=1.0)
+    SimCLRAugment(8, 1, (0.5,), (0.5,), jitter=(0.4, 0.4, 0.0, 0.0), grayscale_p=0.0)
+    text = repr(SimCLRAugment(32, 3, MEAN3, STD3))
+    assert text.startswith("SimCLRAugment(image_size=32, channels=3, crop_scale=(0.08, 1.0)")
+
+
+def test_global_rng_without_a_generator_and_channel_message():
+    aug = SimCLRAugment(32, 3, MEAN3, STD3)
+    x = _images(4)
+    torch.manual_seed(1)
+    a = aug(x)
+    torch.manual_seed(1)
+    assert torch.equal(a, aug(x))
+    with pytest.raises(ValueError, match=r"^expected 3 channels, got 1$"):
+        aug(_images(2, c=1, size=8))
+
+
+def test_normalize_dtype_and_memory_format():
+    aug = SimCLRAugment(8, 3, MEAN3, STD3)
+    x = _images(2, size=8)
+    out = aug.normalize(x, dtype=torch.float64, memory_format=torch.channels_last)
+    assert out.dtype == torch.float64 and out.is_contiguous(memory_format=torch.channels_last)
+    assert not out.is_contiguous()
+    torch.testing.assert_close(out, aug.normalize(x).double(), atol=1e-6, rtol=0)
+
+
+def test_upsampled_crop_reads_the_border_not_zeros():
+    """Output pixels within half an input pixel of the image edge sample beyond the last pixel centre:
+    they must repeat the edge (padding 'border'), so a constant image stays constant when upsampled."""
+    x = torch.full((2, 3, 16, 16), 200, dtype=torch.uint8)
+    out = _plain(image_size=40)(x, _gen())
+    torch.testing.assert_close(out, torch.full((2, 3, 40, 40), 200 / 255), atol=1e-6, rtol=0)
+
+
+def test_gates_factors_order_and_crop_are_independent():
+    """Each random quantity has its own draw: with every gate at p = 0.5, the colour factors of the jittered
+    samples stay uniform on their full ranges, and no factor correlates with a gate, the crop or the order."""
+    n = 20_000
+    aug = SimCLRAugment(32, 3, MEAN3, STD3, crop_scale=(0.3, 0.5), flip_p=0.5, jitter=(0.4, 0.3, 0.2, 0.1),
+                        jitter_p=0.5, grayscale_p=0.5)
+    p = aug.sample_params(n, 32, 32, _gen(13), "cpu")
+    applied = (p.jitter != torch.tensor([1.0, 1.0, 1.0, 0.0])).any(dim=1)
+    f = p.jitter[applied].double().numpy()
+    for i, (lo, hi) in enumerate([(0.6, 1.4), (0.7, 1.3), (0.8, 1.2), (-0.1, 0.1)]):
+        assert _ks_uniform(f[:, i], lo, hi) > 1e-3, i
+    slot_of_op = p.order.argsort(dim=1)[applied].double().numpy()  # where each op sits in the order
+    box = p.box[applied].double().numpy()
+    gates = [p.flip[applied].numpy(), p.gray[applied].numpy()]
+    others = np.column_stack([*gates, box, slot_of_op]).astype(float)
+    corr = np.corrcoef(np.column_stack([f, others]).T)[:4, 4:]
+    assert np.abs(corr).max() < 0.05, np.abs(corr).max()
