@@ -18,8 +18,8 @@ Each parameter set is evaluated at a draw from the distribution itself (``rsampl
 point (for PolarStudentT a point of random direction and log-uniform radius in [1e-6, 1e6]), and at the
 antipode of the mean direction (not for PowerSpherical, whose density is zero there), and a gradient is
 taken of the log densities plus a random linear function of the draw (so the sampler's reparameterized
-gradient is checked too) with respect to every parameter. A parameter set counts once per kind of failure if any value (or any coordinate of a sample or
-gradient) is NaN or infinite. ``VonMisesFisher`` (``distributions/von_mises_fisher.py``) and
+gradient is checked too) with respect to every parameter. A parameter set counts once per kind of
+failure if any value (or any coordinate of a sample or gradient) is NaN or infinite. ``VonMisesFisher`` (``distributions/von_mises_fisher.py``) and
 ``PowerSpherical`` (``distributions/power_spherical.py``) are included when they can be imported.
 """
 
