@@ -19,8 +19,9 @@ point (for PolarStudentT a point of random direction and log-uniform radius in [
 antipode of the mean direction (not for PowerSpherical, whose density is zero there), and a gradient is
 taken of the log densities plus a random linear function of the draw (so the sampler's reparameterized
 gradient is checked too) with respect to every parameter. A parameter set counts once per kind of
-failure if any value (or any coordinate of a sample or gradient) is NaN or infinite. ``VonMisesFisher`` (``distributions/von_mises_fisher.py``) and
-``PowerSpherical`` (``distributions/power_spherical.py``) are included when they can be imported.
+failure if any value (or any coordinate of a sample or gradient) is NaN or infinite. ``VonMisesFisher``
+(``distributions/von_mises_fisher.py``) and ``PowerSpherical`` (``distributions/power_spherical.py``) are
+included when they can be imported.
 """
 
 from __future__ import annotations
