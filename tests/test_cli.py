@@ -39,6 +39,11 @@ def test_train_then_evaluate(tmp_path, capsys):
         (["train", "--epochs", "0"], "argument --epochs: must be > 0"),
         (["train", "--tau", "-1"], "must be > 0"),
         (["train", "--resume"], "--resume needs --run-dir"),
+        (["train", "--backbone", "resnet9"], "must be a registered backbone"),
+        (["train", "--stem", "cifar"], "does not apply to backbone 'digits_convnet'"),
+        (["train", "--stem", "large"], "invalid choice: 'large'"),
+        (["train", "--eval-every", "-1"], "argument --eval-every: must be >= 0"),
+        (["export", "nowhere"], "the following arguments are required: --out"),
     ],
 )
 def test_bad_arguments_exit_non_zero_with_a_clear_message(args, message):

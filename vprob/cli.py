@@ -1,5 +1,5 @@
 """The ``vprob`` command: ``vprob train``, ``vprob evaluate RUN_DIR``, ``vprob diagnose RUN_DIR``,
-``vprob anomaly``."""
+``vprob anomaly``, ``vprob export RUN_DIR --out FILE``."""
 
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ from typing import Any
 from vprob.checkpoint import CHECKPOINT_NAME, CheckpointError
 from vprob.config import TrainConfig, engine_options, make_config
 from vprob.data import DATASETS
+from vprob.engine.tensorboard import MissingExtraError
 from vprob.methods import METHODS, methods_with
 from vprob.options import Option, add_arguments, given
 
 # Errors a user can cause and fix: reported as one line and a non-zero exit, no traceback. (TypeError is
 # not among them: vprob reports bad values as ValueError, so a TypeError is a bug and keeps its traceback.)
-USER_ERRORS = (ValueError, OSError, CheckpointError)
+USER_ERRORS = (ValueError, OSError, CheckpointError, MissingExtraError)
 # A time budget (--stop-after) ran out at a checkpoint: not an error; the same command with --resume goes on.
 EXIT_PAUSED = 75  # EX_TEMPFAIL of sysexits.h: "try again later"
 
@@ -84,9 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train", help="train a model (default: VSimCLR on the bundled digits, CPU, about a minute)",
         description=f"Methods: {methods}.")
-    train.add_argument("--method", choices=tuple(METHODS), default="vsimclr")
-    train.add_argument("--data", choices=tuple(DATASETS), default="digits")
+    # No argparse defaults for method and data: a --config file's values stand unless these are given.
+    train.add_argument("--method", choices=tuple(METHODS), help=f"(default: {TrainConfig.method})")
+    train.add_argument("--data", choices=tuple(DATASETS), help=f"(default: {TrainConfig.data})")
     train.add_argument("--run-dir", help="output folder (default: runs/METHOD-DATA-TIMESTAMP)")
+    train.add_argument("--config", metavar="FILE",
+                       help="start from the settings in this JSON/YAML file (a run's config.json repeats "
+                            "that run in a new folder); flags given beside it override")
     train.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     train.add_argument("--stop-after", type=_positive_float, metavar="SECONDS",
                        help="training time budget of this call (jobs with a wall-clock limit): stop at the "
@@ -110,6 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
                           help="cap on the images used for spectra and the MI bound")
     diagnose.add_argument("--no-posterior", action="store_true",
                           help="skip posterior sampling (arviz, geomstats): spectra, MI, uncertainty, OOD")
+
+    export = commands.add_parser(
+        "export", help="write a run's trained backbone as a state_dict that torchvision's model loads",
+        description="The backbone's state_dict, with the keys and shapes of the torchvision model of the "
+                    "same name without its classifier (fc / heads), and the run's config beside it "
+                    "(vprob.export). --init-from reads it back.")
+    export.add_argument("run_dir")
+    export.add_argument("--out", required=True, metavar="FILE", help="the weights file to write")
 
     anomaly = commands.add_parser(
         "anomaly", help="one-class anomaly detection: train on one class, AUROC on the whole test set")
@@ -139,13 +152,36 @@ def _config(args: argparse.Namespace, exclude: tuple[str, ...] = ()) -> TrainCon
     """The configuration the command line gives (flags not given take the configuration's defaults)."""
     engine = given(args, [o for o in engine_options() if o.name not in _OWN_FLAGS + exclude])
     options = given(args, [o for o in method_options().values() if o.name not in exclude])
-    return make_config(method=args.method, data=args.data, run_dir=args.run_dir, **engine, **options)
+    return make_config(method=args.method or TrainConfig.method, data=args.data or TrainConfig.data,
+                       run_dir=args.run_dir, **engine, **options)
+
+
+def _config_with_file(args: argparse.Namespace) -> TrainConfig:
+    """The ``--config`` file's configuration with the flags given on this command line on top (method
+    options the file holds for another method than a given ``--method`` are dropped)."""
+    from vprob.config import load_config_file
+    from vprob.methods import get_method
+
+    base, notes = load_config_file(args.config)
+    for note in notes:
+        print(f"vprob train: note: {note}", file=sys.stderr)
+    engine = given(args, [o for o in engine_options() if o.name not in _OWN_FLAGS])
+    engine.update({key: getattr(args, key) for key in ("method", "data", "run_dir")
+                   if getattr(args, key) is not None})
+    options = dict(base.options)
+    if args.method is not None and args.method != base.method:
+        options = {k: v for k, v in options.items() if k in get_method(args.method).option_names()}
+    options.update(given(args, method_options().values()))
+    return replace(base, **engine, options=options)
 
 
 def _train(args: argparse.Namespace) -> dict[str, Any]:
     from vprob.train import train
 
-    config = _config(args)
+    if args.config and args.resume:
+        raise ValueError("--config and --resume do not go together: a resumed run continues with its own "
+                         "saved settings (flags given beside --resume override them)")
+    config = _config_with_file(args) if args.config else _config(args)
     if args.resume:
         config = _resumed_config(args, config)
     return train(config, resume=args.resume, progress=False if args.no_progress else None,
@@ -197,6 +233,15 @@ def _diagnose(args: argparse.Namespace) -> dict[str, Any]:
     return {**headline, "run_dir": str(args.run_dir)}
 
 
+def _export(args: argparse.Namespace) -> dict[str, Any]:
+    from vprob.export import export_run
+
+    metadata = export_run(args.run_dir, args.out)
+    stem = f", {metadata['stem']} stem" if "stem" in metadata else ""
+    print(f"exported the {metadata['backbone']} backbone{stem} (step {metadata['step']}) to {args.out}")
+    return {"run_dir": str(args.run_dir)}
+
+
 def _anomaly(args: argparse.Namespace) -> dict[str, Any]:
     from vprob.anomaly import run_anomaly
 
@@ -216,7 +261,8 @@ def _anomaly(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-COMMANDS = {"train": _train, "evaluate": _evaluate, "diagnose": _diagnose, "anomaly": _anomaly}
+COMMANDS = {"train": _train, "evaluate": _evaluate, "diagnose": _diagnose, "anomaly": _anomaly,
+            "export": _export}
 
 
 def main(argv: list[str] | None = None) -> int:

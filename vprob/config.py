@@ -10,6 +10,7 @@ the method's default.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -17,11 +18,12 @@ from typing import Any
 
 from torch import nn
 
+from vprob.backbones import BACKBONES, STEMS, check_stem, make_backbone
 from vprob.data.registry import DATASETS, get_dataset
 from vprob.methods import METHODS, get_method
-from vprob.nets import BACKBONE_NAMES, make_backbone
 from vprob.optim import OPTIMIZERS
 from vprob.options import Option
+from vprob.safe_io import read_config_file, safe_relative_path
 
 
 def _engine(help: str, default: Any = None, type: type | None = None, **option: Any) -> Any:
@@ -46,7 +48,14 @@ class TrainConfig:
     epochs: int | None = _engine("training epochs", type=int, check=_positive, requirement="> 0")
     batch_size: int | None = _engine("images per step (global, over every process)", type=int,
                                      check=_positive, requirement="> 0")
-    backbone: str | None = _engine("encoder network", type=str, choices=BACKBONE_NAMES)
+    # A check rather than fixed choices: backbones registered after import are valid too.
+    backbone: str | None = _engine(f"encoder network: {', '.join(BACKBONES)} (vprob.backbones)", type=str,
+                                   check=lambda v: v in BACKBONES,
+                                   requirement="a registered backbone (vprob.backbones.BACKBONES)")
+    stem: str | None = _engine("ResNet stem: cifar (3x3 stride-1 conv1, no max-pool) or imagenet (default: "
+                               "cifar up to 64 px, imagenet above)", type=str, choices=STEMS, nullable=True)
+    init_from: str | None = _engine("start from the backbone weights in this file (vprob export's, or "
+                                    "torchvision's state_dict .pth)", type=str, nullable=True)
     optimizer: str | None = _engine("optimizer", type=str, choices=OPTIMIZERS)
     lr: float | None = _engine("learning rate of the global batch", type=float, check=_positive,
                                requirement="> 0")
@@ -62,6 +71,11 @@ class TrainConfig:
     compile: bool = _engine("torch.compile the encoder and the augmentation", False, bool)
     checkpoint_every: int = _engine("epochs between checkpoints", 1, int, check=_positive, requirement="> 0")
     log_every: int = _engine("steps between metric lines", 10, int, check=_positive, requirement="> 0")
+    eval_every: int | None = _engine("epochs between online kNN accuracies (k = 20, on <= 5,000 test images; "
+                                     "0: never; default: 10 for images of 32 px and more, else never)",
+                                     type=int, check=lambda v: v >= 0, requirement=">= 0", nullable=True)
+    tensorboard: bool = _engine("also write every logged metric as TensorBoard events (RUN_DIR/tensorboard; "
+                                "pip install 'vprob[tensorboard]')", False, bool)
     knn_k: tuple[int, ...] = _engine("neighbours of the kNN evaluation (> 10: weighted vote)", (200, 10), int,
                                      many=True, check=_positive, requirement="> 0")
     skip_nonfinite: bool = _engine("skip steps with a non-finite loss or gradient instead of stopping",
@@ -87,6 +101,7 @@ class TrainConfig:
             if option.name in ("method", "data"):
                 continue
             values[option.name] = option.validate(values[option.name], "engine")
+        check_stem(values["backbone"], values["stem"])
         return TrainConfig(**values, options=resolve_method_options(method, self.options,
                                                                     spec.train_defaults))
 
@@ -161,10 +176,62 @@ def config_from_dict(values: dict[str, Any]) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def build_model(config: TrainConfig, gather: bool = False) -> nn.Module:
+def build_model(config: TrainConfig, gather: bool = False,
+                image_shape: tuple[int, int, int] | None = None) -> nn.Module:
     """The model of a resolved config (backbone + method), on CPU; ``gather``: contrast against every
-    process's embeddings (multi-process training)."""
-    return get_method(config.method).from_options(make_backbone(config.backbone), config.options, gather)
+    process's embeddings (multi-process training); ``image_shape``: the data's (C, H, W) the backbone is
+    built for (default: the backbone's own, :attr:`vprob.backbones.BackboneSpec.default_shape`)."""
+    channels, size = (None, None) if image_shape is None else (int(image_shape[0]), int(image_shape[-1]))
+    backbone = make_backbone(config.backbone, image_size=size, channels=channels, stem=config.stem)
+    return get_method(config.method).from_options(backbone, config.options, gather)
+
+
+# The files a run folder holds besides its config.json: a config.json beside them is that run's own record.
+_RUN_FOLDER_FILES = ("checkpoint.pt", "metrics.jsonl")
+# Paths a run's own record names: never followed from it (the user names them again if wanted).
+_RECORD_PATHS = ("run_dir", "init_from")
+
+
+def load_config_file(path: str | os.PathLike) -> tuple[TrainConfig, list[str]]:
+    """The configuration in a JSON or YAML file (``vprob train --config FILE``) and notes for the user.
+
+    Read with :func:`vprob.safe_io.read_config_file` (plain data only) and :func:`config_from_dict`
+    (unknown keys refused). Method options may sit in an ``options`` mapping (a saved ``config.json``) or at
+    the top level beside the engine's (a hand-written file); a top-level name that is neither an engine
+    field nor any method's option is refused.
+
+    Paths: a file that sits in a run folder (beside ``checkpoint.pt`` or ``metrics.jsonl``) is that run's
+    record, and the paths it names (``run_dir``, ``init_from``) are dropped with a note: repeating a run
+    writes a new folder, and nothing read from a run folder decides where vprob writes or what it loads.
+    Any other file is the user's own, like flags: an absolute ``run_dir`` is honoured, a relative one must
+    stay inside the current folder (:func:`vprob.safe_io.safe_relative_path`; ``..`` is refused: write it
+    absolute or pass ``--run-dir``). ``data_dir`` and ``init_from`` are read as given (only read, never
+    written; weights load without running code).
+    """
+    path = Path(path)
+    values = read_config_file(path)
+    notes: list[str] = []
+    if any((path.parent / name).exists() for name in _RUN_FOLDER_FILES):
+        dropped = [key for key in _RECORD_PATHS if values.get(key) is not None]
+        for key in dropped:
+            values[key] = None
+        if dropped:
+            notes.append(f"{path} is a run folder's record: its {' and '.join(dropped)} are not used (pass "
+                         f"{' / '.join('--' + k.replace('_', '-') for k in dropped)} to set them)")
+        return config_from_dict(values), notes
+    if "options" not in values:
+        engine = {f.name for f in fields(TrainConfig)}
+        method_names = {option.name for method in METHODS.values() for option in method.options}
+        unknown = sorted(set(values) - engine - method_names)
+        if unknown:
+            raise ValueError(f"config file {path}: unknown keys {unknown} (neither engine options nor any "
+                             "method's options)")
+        values = {**{k: v for k, v in values.items() if k in engine},
+                  "options": {k: v for k, v in values.items() if k not in engine}}
+    run_dir = values.get("run_dir")
+    if isinstance(run_dir, str) and not Path(run_dir).is_absolute():
+        values["run_dir"] = str(safe_relative_path(Path.cwd(), run_dir).relative_to(Path.cwd()))
+    return config_from_dict(values), notes
 
 
 def default_run_dir(config: TrainConfig, prefix: str = "") -> Path:
@@ -178,4 +245,5 @@ def with_anomaly_defaults(config: TrainConfig) -> TrainConfig:
 
 
 __all__ = ["DATASETS", "METHODS", "TrainConfig", "build_model", "config_from_dict", "default_run_dir",
-           "engine_options", "make_config", "resolve_method_options", "with_anomaly_defaults"]
+           "engine_options", "load_config_file", "make_config", "resolve_method_options",
+           "with_anomaly_defaults"]

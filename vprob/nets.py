@@ -1,17 +1,16 @@
-"""Encoders and projection heads (pure PyTorch).
+"""Encoders and projection heads (pure PyTorch), and the output width of any encoder.
 
-Backbones map normalized images (N, C, H, W) to features (N, feature_dim) and carry a ``feature_dim``
-attribute; heads map features to the embedding the loss sees.
+Backbones map normalized images (N, C, H, W) to features (N, F); vprob's own carry a ``feature_dim``
+attribute, and :func:`feature_dim_of` finds F for any other ``nn.Module`` by one dry forward pass. Heads map
+features to the embedding the loss sees. The registry of named backbones is :mod:`vprob.backbones`.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
-__all__ = ["BACKBONE_NAMES", "LOG_VARIANCE_RANGE", "DigitsConvNet", "MLPHead", "feature_dim_of",
-           "make_backbone", "resnet18_cifar"]
-
-BACKBONE_NAMES = ("resnet18_cifar", "digits_convnet")
+__all__ = ["LOG_VARIANCE_RANGE", "DigitsConvNet", "MLPHead", "feature_dim_of", "resnet18_cifar"]
 
 # Heads that predict a log variance clamp it to this range: exp() stays finite in bf16/fp32 (and VJE's
 # tangent t proper) during the first unstable steps.
@@ -23,16 +22,11 @@ def resnet18_cifar() -> nn.Module:
 
     conv1 becomes 3x3 stride 1 (padding 1) and the stem max-pool is removed, so 32x32 inputs keep a 4x4
     map before the global average pool (as in SimCLR's CIFAR-10 experiments); ``fc`` is the identity.
+    The registry's ``resnet18_cifar`` (:mod:`vprob.backbones`).
     """
-    from torchvision.models import resnet18
+    from vprob.backbones import make_backbone
 
-    model = resnet18(weights=None)
-    model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")  # as torchvision
-    model.maxpool = nn.Identity()
-    model.fc = nn.Identity()
-    model.feature_dim = 512
-    return model
+    return make_backbone("resnet18_cifar")
 
 
 def _conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
@@ -100,21 +94,86 @@ class MLPHead(nn.Module):
         return self.net(x)
 
 
-def feature_dim_of(encoder: nn.Module) -> int:
-    """The output width F of a backbone (N, C, H, W) -> (N, F), from its ``feature_dim`` attribute."""
-    feature_dim = getattr(encoder, "feature_dim", None)
-    if isinstance(feature_dim, bool) or not isinstance(feature_dim, int):
-        raise TypeError("encoder must have an integer attribute feature_dim (its output width)")
-    return feature_dim
+# Image sizes the dry pass tries when it has to guess the input shape: the common ones, small first.
+_GUESSED_SIZES = (32, 8, 28, 64, 96, 224, 16)
 
 
-def make_backbone(name: str, **kwargs) -> nn.Module:
-    """A backbone by name: "resnet18_cifar" or "digits_convnet" (``kwargs`` go to DigitsConvNet)."""
-    if name == "resnet18_cifar":
-        if kwargs:
-            raise TypeError(f"resnet18_cifar takes no options, got {sorted(kwargs)}")
-        return resnet18_cifar()
-    if name == "digits_convnet":
-        return DigitsConvNet(**kwargs)
-    raise ValueError(f"unknown backbone {name!r}; valid names: {', '.join(BACKBONE_NAMES)}")
+def feature_dim_of(encoder: nn.Module, feature_dim: int | None = None,
+                   image_shape: tuple[int, int, int] | None = None) -> int:
+    """The output width F of an encoder (N, C, H, W) -> (N, F).
 
+    In order: ``feature_dim`` if given (checked to be a positive integer); else the encoder's integer
+    ``feature_dim`` attribute (vprob's backbones); else one dry forward pass of a (2, C, H, W) batch of
+    zeros, in eval mode and without gradients (the modules' training flags are restored), so it changes no
+    BatchNorm statistics and draws no random numbers. The input shape (C, H, W) is ``image_shape`` if given,
+    else guessed from the encoder's first layer: a ``Conv2d``'s ``in_channels`` at 32, 8, 28, 64, 96, 224
+    and 16 px, or a first ``Linear``'s ``in_features`` read as a flattened square image of 1 or 3 channels
+    (``Linear(64, ...)``: 1 x 8 x 8).
+
+    Why a dry pass at construction rather than lazy heads materialized on the first batch: the engine,
+    Pyro's ``pyro.module`` and every optimizer collect parameters when they are built, before any batch,
+    and would hold uninitialized ones. For the same reason an encoder that still has lazy (uninitialized)
+    parameters is refused: call it once on a batch of real images first.
+
+    Raises:
+        ValueError: ``feature_dim`` is not a positive integer; the encoder has uninitialized parameters;
+            its output is not (N, F); or no tried input shape runs (the message says to pass
+            ``feature_dim=``).
+        TypeError: ``encoder`` is not an ``nn.Module``.
+    """
+    if not isinstance(encoder, nn.Module):
+        raise TypeError(f"encoder must be a torch.nn.Module, got {type(encoder).__name__}")
+    if feature_dim is not None:
+        if isinstance(feature_dim, bool) or not isinstance(feature_dim, int) or feature_dim < 1:
+            raise ValueError(f"feature_dim must be a positive integer or None, got {feature_dim!r}")
+        return feature_dim
+    declared = getattr(encoder, "feature_dim", None)
+    if isinstance(declared, int) and not isinstance(declared, bool):
+        return declared
+    if any(isinstance(p, nn.parameter.UninitializedParameter) for p in encoder.parameters()):
+        raise ValueError("encoder has lazy (uninitialized) parameters: call it once on a batch of your "
+                         "images before building the model (optimizers and pyro.module need real ones), "
+                         "or pass feature_dim= and build the encoder with explicit sizes")
+    shapes = [tuple(image_shape)] if image_shape is not None else _guess_image_shapes(encoder)
+    errors = []
+    for shape in shapes:
+        try:
+            out = _dry_forward(encoder, shape)
+        except Exception as exc:  # any failure means "not this input shape": try the next one
+            errors.append(f"{shape}: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}")
+            continue
+        if not isinstance(out, Tensor) or out.ndim != 2:
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"encoder must map images (N, C, H, W) to features (N, F); it returned {got} "
+                             f"for an input of shape {(2, *shape)}: end it with pooling and flattening")
+        return int(out.shape[1])
+    raise ValueError("could not find the encoder's output width by a dry forward pass (tried input shapes "
+                     f"{'; '.join(errors)}); pass feature_dim= (its output width) to the model")
+
+
+def _guess_image_shapes(encoder: nn.Module) -> list[tuple[int, int, int]]:
+    for module in encoder.modules():
+        if isinstance(module, nn.Conv2d):
+            return [(module.in_channels, size, size) for size in _GUESSED_SIZES]
+        if isinstance(module, nn.Linear):
+            shapes = []
+            for channels in (1, 3):
+                side = round((module.in_features / channels) ** 0.5)
+                if channels * side * side == module.in_features:
+                    shapes.append((channels, side, side))
+            return shapes
+    return [(3, size, size) for size in _GUESSED_SIZES] + [(1, 8, 8)]
+
+
+@torch.no_grad()
+def _dry_forward(encoder: nn.Module, shape: tuple[int, ...]) -> Tensor:
+    reference = next(iter(encoder.parameters()), None)
+    device = reference.device if reference is not None else torch.device("cpu")
+    dtype = reference.dtype if reference is not None and reference.is_floating_point() else torch.float32
+    modes = [(module, module.training) for module in encoder.modules()]
+    encoder.eval()
+    try:
+        return encoder(torch.zeros(2, *shape, device=device, dtype=dtype))
+    finally:
+        for module, mode in modes:
+            module.training = mode

@@ -24,19 +24,31 @@ def pyplot():
 
 
 def plot_training_curves(metrics_path: str | Path, out_path: str | Path) -> Path:
-    """Loss (and its parts, when logged) against the step, from a run's ``metrics.jsonl``."""
+    """Loss (and its parts, when logged) against the step, from a run's ``metrics.jsonl``; the online kNN
+    accuracy (``online_knn_*`` keys, ``--eval-every``), when logged, on a second axis at the right."""
     records = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    steps = [r["step"] for r in records]
     for key in ("loss", "contrastive", "kl_term"):
-        values = [r.get(key) for r in records]
-        if records and all(v is not None for v in values):
-            ax.plot(steps, values, label=key)
+        points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+        if points and len(points) == len(records):
+            ax.plot(*zip(*points, strict=True), label=key)
     ax.set_xlabel("step")
     ax.set_ylabel("per-batch objective")
-    if records:
-        ax.legend()
+    lines, labels = ax.get_legend_handles_labels()
+    online = sorted({key for r in records for key in r if key.startswith("online_knn")})
+    if online:
+        right = ax.twinx()
+        for key in online:
+            points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+            right.plot(*zip(*points, strict=True), "o-", color="black", markersize=3,
+                       label=key.removeprefix("online_").replace("_", " "))
+        right.set_ylabel("online kNN accuracy")
+        right.set_ylim(0, 1)
+        more_lines, more_labels = right.get_legend_handles_labels()
+        lines, labels = lines + more_lines, labels + more_labels
+    if lines:
+        ax.legend(lines, labels, fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     out_path = Path(out_path)

@@ -26,8 +26,10 @@ from vprob.data import ImageSet, augmentation_for, load_dataset
 from vprob.devices import resolve_device
 from vprob.engine import state
 from vprob.engine.loader import DeviceLoader, ViewMaker
+from vprob.engine.online_eval import OnlineKNN, auto_eval_every
 from vprob.engine.run_folder import RunFolder
 from vprob.engine.step import NonFiniteLossError, NonFiniteTracker, TrainStep
+from vprob.engine.tensorboard import MetricsWriter, MissingExtraError, summary_writer_class
 from vprob.evaluate import evaluate_backbone
 from vprob.methods import get_method
 from vprob.optim import build_optimizer, warmup_cosine
@@ -68,6 +70,8 @@ class Trainer:
         self.amp = on_cuda if config.amp is None else config.amp
         self.channels_last = on_cuda if config.channels_last is None else config.channels_last
         self.progress = progress
+        if config.tensorboard:
+            summary_writer_class()  # a missing extra fails here, before anything is written
         self.run = RunFolder(config.run_dir or default_run_dir(config), self.rank, self.world_size)
         self.run.prepare(asdict(config), resume)
 
@@ -79,7 +83,11 @@ class Trainer:
         self.loader = DeviceLoader(self.train_set, config.batch_size, self.generator, self.world_size,
                                    self.rank)
         self.augment = augmentation_for(config.data, self.train_set)
-        self.model = self._build_model()
+        self.image_shape = tuple(self.train_set.images.shape[1:])
+        self.model = self._build_model(init_from=None if resume else config.init_from)
+        self.eval_every = auto_eval_every(config.eval_every, self.train_set, config.normal_class is not None)
+        self.online_eval = (OnlineKNN(self.train_set, self.test_set, self.augment.normalize, amp=self.amp)
+                            if self.eval_every else None)
         self.views = ViewMaker(self.augment, self.model.num_views, self.generator, self.world_size, self.rank,
                                self.channels_last, config.compile)
         # The schedule always spans every epoch; max_steps only stops early (so a run stopped by it and
@@ -118,8 +126,14 @@ class Trainer:
         if self.world_size > 1 and self.config.sync_bn and self.device.type != "cuda":
             raise ValueError("--sync-bn needs CUDA devices (torch's SyncBatchNorm does not run on CPU)")
 
-    def _build_model(self) -> nn.Module:
-        model = build_model(self.config, gather=self.world_size > 1)
+    def _build_model(self, init_from: str | None = None) -> nn.Module:
+        model = build_model(self.config, gather=self.world_size > 1, image_shape=self.image_shape)
+        if init_from is not None:
+            from vprob.export import load_backbone_weights
+
+            for note in load_backbone_weights(model.encoder, init_from):
+                if self.rank == 0:
+                    print(f"note: {note}", file=sys.stderr)
         if self.config.sync_bn and self.world_size > 1:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = model.to(self.device)
@@ -131,7 +145,7 @@ class Trainer:
 
     def save(self) -> None:
         self.run.save_checkpoint(state.capture(self.config, self.model, self.optimizer, self.scheduler,
-                                               self.generator, self.step))
+                                               self.generator, self.step, self.image_shape))
 
     def fit(self, stop_after_s: float | None = None) -> dict[str, Any]:
         """Train to the end (or ``max_steps``), checkpoint, evaluate; returns the results dict.
@@ -156,47 +170,71 @@ class Trainer:
         # tracker keeps the first bad step, so no checkpoint is ever written after one.
         check_every = 1 if self.device.type == "cpu" else config.log_every
         self.model.train()
-        with self.run.open_metrics() as metrics:
-            while self.step < self.total_steps:
-                for images, labels in self.loader.epoch(self.step % steps_per_epoch):
-                    if self.step >= self.total_steps:
-                        break
-                    stats = self.train_step(self.views(images), labels)
-                    self.step += 1
-                    if not config.skip_nonfinite:
-                        nonfinite.record(self.step, stats)
-                        if self.step % check_every == 0:
-                            nonfinite.raise_if_any(self.checkpoint_path)
-                    if self.step % config.log_every == 0 or self.step == self.total_steps:
-                        record = self._log(metrics, stats, clock)
-                        bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:,.0f}")
-                    bar.update(1)
-                epoch = self.step // steps_per_epoch
-                if epoch % config.checkpoint_every == 0 or self.step >= self.total_steps:
-                    nonfinite.raise_if_any(self.checkpoint_path)
-                    self.save()
-                    if self.step < self.total_steps and clock.out_of_time_after_checkpoint():
-                        bar.close()
-                        raise TrainingPaused(
-                            f"paused at step {self.step} of {self.total_steps} after {clock.elapsed():.0f} s "
-                            f"(budget {stop_after_s:.0f} s); checkpoint saved to {self.checkpoint_path}: "
-                            "resume the run to continue")
-        bar.close()
-        results = self.evaluate()
-        results.update(steps=self.step, steps_this_session=self.step - clock.start_step,
-                       run_dir=str(self.run_dir))
+        postfix: dict[str, str] = {}
+        board = MetricsWriter(self.run_dir, self.step) if config.tensorboard and self.rank == 0 else None
+        try:
+            with self.run.open_metrics() as metrics:
+                while self.step < self.total_steps:
+                    for images, labels in self.loader.epoch(self.step % steps_per_epoch):
+                        if self.step >= self.total_steps:
+                            break
+                        stats = self.train_step(self.views(images), labels)
+                        self.step += 1
+                        if not config.skip_nonfinite:
+                            nonfinite.record(self.step, stats)
+                            if self.step % check_every == 0:
+                                nonfinite.raise_if_any(self.checkpoint_path)
+                        # Online kNN at the end of every eval_every-th epoch, logged with that step's record
+                        # (before the checkpoint, so a resumed run keeps it and never evaluates twice).
+                        eval_due = (self.online_eval is not None and self.step % steps_per_epoch == 0
+                                    and (self.step // steps_per_epoch) % self.eval_every == 0)
+                        if self.step % config.log_every == 0 or self.step == self.total_steps or eval_due:
+                            extra = self.online_eval(self.model.encoder) if eval_due else {}
+                            record = self._log(metrics, stats, clock, extra, board)
+                            postfix.update(loss=f"{record['loss']:.4f}",
+                                           img_s=f"{record['images_per_s']:,.0f}")
+                            if extra:
+                                postfix["knn"] = f"{next(iter(extra.values())):.3f}"
+                            bar.set_postfix(postfix)
+                        bar.update(1)
+                    epoch = self.step // steps_per_epoch
+                    if epoch % config.checkpoint_every == 0 or self.step >= self.total_steps:
+                        nonfinite.raise_if_any(self.checkpoint_path)
+                        self.save()
+                        if self.step < self.total_steps and clock.out_of_time_after_checkpoint():
+                            bar.close()
+                            raise TrainingPaused(
+                                f"paused at step {self.step} of {self.total_steps} after "
+                                f"{clock.elapsed():.0f} s (budget {stop_after_s:.0f} s); checkpoint saved to "
+                                f"{self.checkpoint_path}: resume the run to continue")
+            bar.close()
+            results = self.evaluate()
+            results.update(steps=self.step, steps_this_session=self.step - clock.start_step,
+                           run_dir=str(self.run_dir))
+            if board is not None:
+                board.write({"step": self.step, **{f"final/{k}": v for k, v in results.items()
+                                                   if k.startswith(("knn_", "linear_"))}})
+        finally:
+            if board is not None:
+                board.close()
         self.run.write_results(results)
         return results
 
-    def _log(self, metrics, stats: dict[str, torch.Tensor], clock: _Clock) -> dict[str, Any]:
+    def _log(self, metrics, stats: dict[str, torch.Tensor], clock: _Clock, extra: dict[str, float],
+             board: MetricsWriter | None) -> dict[str, Any]:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         record = {"step": self.step, "epoch": self.step / self.loader.steps_per_epoch,
                   "lr": self.scheduler.get_last_lr()[0],
                   "images_per_s": clock.rate(self.step, self.config.batch_size)}
         record.update({k: float(v) for k, v in stats.items()})
+        record.update(extra)
         metrics.write(json.dumps(record) + "\n")
         metrics.flush()
+        if board is not None:
+            board.write(record)
+        if extra:
+            clock.restart_window()  # the evaluation's time is not training throughput
         return record
 
     @torch.no_grad()
@@ -225,6 +263,9 @@ class _Clock:
         self.window_start, self.window_step = now, step
         return rate
 
+    def restart_window(self) -> None:
+        self.window_start = time.perf_counter()
+
     def out_of_time_after_checkpoint(self) -> bool:
         """Whether the stretch to the next checkpoint, assumed as long as the last one, would overrun."""
         now = time.perf_counter()
@@ -243,5 +284,5 @@ def train(config: TrainConfig, resume: bool = False, progress: bool | None = Non
     return Trainer(config, resume=resume, progress=progress).fit(stop_after_s=stop_after_s)
 
 
-__all__ = ["NonFiniteLossError", "Trainer", "TrainingPaused", "check_class_index", "one_class_subset",
-           "train"]
+__all__ = ["MissingExtraError", "NonFiniteLossError", "Trainer", "TrainingPaused", "check_class_index",
+           "one_class_subset", "train"]

@@ -17,17 +17,19 @@ from vprob.checkpoint import CheckpointError
 from vprob.config import TrainConfig, config_from_dict
 
 # Saved values a resumed run must share with the checkpoint.
-RESUME_KEYS = ("method", "data", "backbone", "batch_size", "epochs", "normal_class", "options")
+RESUME_KEYS = ("method", "data", "backbone", "stem", "batch_size", "epochs", "normal_class", "options")
 
 
 def capture(config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
             scheduler: torch.optim.lr_scheduler.LRScheduler, generator: torch.Generator,
-            step: int) -> dict[str, Any]:
+            step: int, image_shape: tuple[int, int, int] | None = None) -> dict[str, Any]:
     """The training state as plain containers and tensors (what :func:`vprob.checkpoint.save_checkpoint`
-    writes)."""
+    writes); ``image_shape``: the data's (C, H, W) the backbone was built for (so that a run loads, and
+    exports, without its data set)."""
     return {
         "config": asdict(config), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(), "step": step,
+        "image_shape": None if image_shape is None else [int(n) for n in image_shape],
         "rng": {"torch": torch.get_rng_state(), "generator": generator.get_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
     }

@@ -18,20 +18,22 @@ class PointEmbedding(Method, nn.Module):
     """A point-embedding learner: ``embed(x) = normalize(head(encoder(x)))``.
 
     Args:
-        encoder: backbone (N, C, H, W) -> (N, F) with an integer ``feature_dim``.
+        encoder: any module mapping images (N, C, H, W) to features (N, F); F is ``feature_dim`` if given,
+            else found by :func:`vprob.nets.feature_dim_of` (its ``feature_dim`` attribute or a dry pass).
         dim: embedding dimension d.
-        head_hidden: hidden width of the projector; defaults to ``encoder.feature_dim``.
+        head_hidden: hidden width of the projector; defaults to F.
         num_views: views per image V (>= 2).
+        feature_dim: the encoder's output width F (default: found as described for ``encoder``).
     """
 
     def __init__(self, encoder: nn.Module, dim: int = 128, head_hidden: int | None = None,
-                 num_views: int = 2) -> None:
+                 num_views: int = 2, feature_dim: int | None = None) -> None:
         super().__init__()
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 2:
             raise ValueError(f"dim must be an integer >= 2, got {dim!r}")
         if isinstance(num_views, bool) or not isinstance(num_views, int) or num_views < 2:
             raise ValueError(f"num_views must be an integer >= 2, got {num_views!r}")
-        feature_dim = feature_dim_of(encoder)
+        feature_dim = feature_dim_of(encoder, feature_dim)
         self.encoder = encoder
         self.head = MLPHead(feature_dim, head_hidden or feature_dim, dim)
         self.dim = dim

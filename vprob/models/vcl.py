@@ -56,17 +56,19 @@ class VCL(nn.Module):
     """VSimCLR (``supervised=False``) or VSupCon (``supervised=True``).
 
     Args:
-        encoder: backbone mapping images (N, C, H, W) to features (N, F); must have ``feature_dim``.
+        encoder: any module mapping images (N, C, H, W) to features (N, F); F is ``feature_dim`` if given,
+            else found by :func:`vprob.nets.feature_dim_of` (its ``feature_dim`` attribute or a dry pass).
         dim: embedding dimension d (the sphere is S^{d-1} in R^d), d >= 2.
         supervised: use SupCon on the samples (labels required) instead of InfoNCE.
         kl: ``"bound"`` (Gaussian data-processing bound, the paper's) or ``"exact"`` (Monte Carlo KL to the
             uniform prior through the projected normal's log-density).
         beta: weight of the normalized KL term (the KL is divided by d; beta = 1 by default, a choice).
         tau: temperature of the contrastive surrogate.
-        head_hidden: hidden width of the MLP head; defaults to ``encoder.feature_dim``.
+        head_hidden: hidden width of the MLP head; defaults to F.
         chunk_size: passed to the contrastive loss (``None`` = automatic memory-lean path).
         gather: contrast against every process's samples (``torch.distributed`` data parallelism; see
             ``vprob.losses.info_nce``); a no-op in a single process.
+        feature_dim: the encoder's output width F (default: found as described for ``encoder``).
     """
 
     def __init__(
@@ -80,6 +82,7 @@ class VCL(nn.Module):
         head_hidden: int | None = None,
         chunk_size: int | None = None,
         gather: bool = False,
+        feature_dim: int | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(dim, int) or dim < 2:
@@ -90,7 +93,7 @@ class VCL(nn.Module):
             raise ValueError(f"beta must be >= 0, got {beta!r}")
         if not tau > 0:
             raise ValueError(f"tau must be > 0, got {tau!r}")
-        feature_dim = feature_dim_of(encoder)
+        feature_dim = feature_dim_of(encoder, feature_dim)
         self.encoder = encoder
         self.head = MLPHead(feature_dim, head_hidden or feature_dim, 2 * dim)
         self.dim = dim
