@@ -58,7 +58,13 @@ myst_enable_extensions = ["dollarmath", "amsmath"]
 nb_execution_mode = "off"
 
 # --- API reference ------------------------------------------------------------------------------------------
-autodoc_default_options = {"members": True, "show-inheritance": True, "member-order": "bysource"}
+# undoc-members: a public name without a docstring (a constant such as CORRUPTIONS) is still listed.
+autodoc_default_options = {
+    "members": True,
+    "undoc-members": True,
+    "show-inheritance": True,
+    "member-order": "bysource",
+}
 autodoc_member_order = "bysource"
 # Type hints go into the parameter descriptions, where a long torch type does not bury the signature.
 autodoc_typehints = "description"
@@ -68,6 +74,9 @@ autoclass_content = "both"
 napoleon_google_docstring = True
 napoleon_numpy_docstring = True
 napoleon_use_rtype = False
+# "Attributes:" sections become fields of the class, not attribute entries that would duplicate the
+# dataclass fields autodoc lists itself.
+napoleon_use_ivar = True
 napoleon_preprocess_types = False
 # A reference that cannot be resolved (a torch type with intersphinx off) is left as plain text, not an error.
 nitpicky = False
@@ -133,9 +142,10 @@ def _command_line_reference() -> str:
 
     from vprob.cli import build_parser
 
-    # argparse wraps help to the terminal's width; fix it so the page does not depend on who builds it.
+    # argparse wraps help to the terminal's width; fix it so the page does not depend on who builds it, at
+    # the width the theme shows without scrolling.
     previous = os.environ.get("COLUMNS")
-    os.environ["COLUMNS"] = "110"
+    os.environ["COLUMNS"] = "82"
     try:
         parser = build_parser()
         parts = [
@@ -200,7 +210,43 @@ def _plain_text_norms(app, what, name, obj, options, lines) -> None:
             lines[i] = _escape_bars(head) + sep + tail
 
 
+# Packages whose public names (``__all__``) must each be documented on some page of docs/api/: the pages
+# list these names one by one (to link each to its maths section), so a new export would otherwise be missed.
+DOCUMENTED_PACKAGES = (
+    "distributions",
+    "vprob.losses",
+    "vprob.models",
+    "vprob.methods",
+    "vprob.data",
+    "vprob.diagnostics",
+    "vprob.nets",
+)
+
+
+def _check_exports_documented(app, env) -> None:
+    import importlib
+
+    from sphinx.util import logging
+
+    logger = logging.getLogger(__name__)
+    documented = set(env.get_domain("py").objects)
+    for package in DOCUMENTED_PACKAGES:
+        module = importlib.import_module(package)
+        for name in getattr(module, "__all__", ()):
+            # Documented at the package (distributions.ProjectedNormal) or in a submodule's automodule.
+            if not any(
+                full == f"{package}.{name}" or (full.startswith(f"{package}.") and full.endswith(f".{name}"))
+                for full in documented
+            ):
+                logger.warning(
+                    f"{package}.{name} is exported (__all__) but documented on no page of docs/api/",
+                    type="vprob",
+                    subtype="undocumented",
+                )
+
+
 def setup(app):
+    app.connect("env-check-consistency", _check_exports_documented)
     # Before napoleon (priority 500) rewrites the lines.
     app.connect("autodoc-process-docstring", _drop_builtin_type_docstrings, priority=100)
     # After napoleon, on the reStructuredText it produced.
