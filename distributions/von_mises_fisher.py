@@ -656,18 +656,23 @@ class VonMisesFisher(TorchDistribution):
         dtype = self.loc.dtype
         w = (0.5 * (tp - tm)).to(dtype)
         radial = torch.sqrt((tm * tp).clamp(min=torch.finfo(torch.float64).tiny)).to(dtype)
-        v = torch.randn(shape[:-1] + (d - 1,), dtype=dtype, device=self.loc.device)
-        v = v / torch.linalg.vector_norm(v, dim=-1, keepdim=True).clamp(min=torch.finfo(dtype).tiny)
-        z = torch.cat([w.unsqueeze(-1), radial.unsqueeze(-1) * v], dim=-1)
-        # Householder reflection H = I - 2 u u^T / |u|^2, u = e1 - mu, maps e1 to mu (u = 0: H = I).
-        u = -self.loc
-        u = torch.cat([u[..., :1] + 1.0, u[..., 1:]], dim=-1)
+        # z = w e1 + radial * v with v = g[1:] / |g[1:]| uniform on S^{d-2} (independent of kappa), written
+        # as z = a g + b e1 so that no (rows x d) tensor is built twice; then the Householder reflection
+        # H = I - 2 u u^T / |u|^2, u = e1 - mu, which maps e1 to mu (u = 0: H = I): x = z - c u.
+        g = torch.randn(shape, dtype=dtype, device=self.loc.device)
+        tail = g[..., 1:]
+        tail_norm = torch.linalg.vector_norm(tail, dim=-1).clamp(min=torch.finfo(dtype).tiny)
+        a = radial / tail_norm
+        b = w - a * g[..., 0]
+        u = torch.cat([1.0 - self.loc[..., :1], -self.loc[..., 1:]], dim=-1)
         u_sq = torch.einsum("...i,...i->...", u, u).clamp(min=torch.finfo(dtype).tiny)
-        u_dot_z = torch.einsum("...i,...i->...", u, z)
-        x = z - (2.0 * u_dot_z / u_sq).unsqueeze(-1) * u
+        u_dot_z = a * torch.einsum("...i,...i->...", g, u) + b * u[..., 0]
+        c = 2.0 * u_dot_z / u_sq
+        x = torch.addcmul(a.unsqueeze(-1) * g, c.unsqueeze(-1), u.expand(shape), value=-1.0)
+        x[..., 0] += b
         # One renormalisation removes the rounding of the steps above (float32 results would otherwise miss
         # constraints.sphere's tolerance); |x| = 1 exactly in exact arithmetic, so gradients are unchanged.
-        return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+        return x * torch.rsqrt(torch.einsum("...i,...i->...", x, x)).unsqueeze(-1)
 
 
 @register_kl(VonMisesFisher, HypersphericalUniform)
