@@ -17,7 +17,8 @@ included and validation off:
 
 "backward" is ``log_prob(...).sum().backward()`` to the parameters (and includes the forward pass). The
 callables of one dimension are timed *interleaved*: every repeat calls each of them once in turn, so a
-background load spreads over all of them alike, and the median over repeats is reported, with the ratio to
+background load spreads over all of them alike, and the median over repeats is reported (CPU: thread
+CPU time, see ``timed_interleaved``), with the ratio to
 its yardstick (``x Pyro`` and ``x Normal``). The issue #14 goals (CPU, one thread): ``x Pyro <= 2`` for
 forward and backward at d <= 4; ``x Normal <= 3`` forward and ``<= 5`` backward for d <= 16; ``x Normal <= 3``
 backward for d >= 128.
@@ -53,7 +54,13 @@ def _sync(device: torch.device) -> None:
 
 
 def timed_interleaved(fns: dict, device: torch.device, warmup: int, repeats: int) -> dict:
-    """Median seconds per call of each ``fns[name]()``, the calls interleaved round-robin."""
+    """Median seconds per call of each ``fns[name]()``, the calls interleaved round-robin.
+
+    On the CPU the clock is the thread's CPU time (``time.thread_time``): with one thread it is the cost of
+    the call, and unlike wall time it does not count the time the thread waited for a core on a shared
+    machine (which inflates long calls more than short ones). On CUDA it is wall time between syncs.
+    """
+    clock = time.perf_counter if device.type == "cuda" else time.thread_time
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -61,10 +68,10 @@ def timed_interleaved(fns: dict, device: torch.device, warmup: int, repeats: int
     for _ in range(repeats):
         for name, fn in fns.items():
             _sync(device)
-            start = time.perf_counter()
+            start = clock()
             fn()
             _sync(device)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
@@ -152,15 +159,15 @@ def run_nuts(warmup: int = 200, samples: int = 200, n_obs: int = 300) -> None:
 
     print(f"\n### NUTS, d = 3, {n_obs} observations, {warmup} warm-up + {samples} samples, "
           f"{torch.get_num_threads()} thread(s)\n")
-    print("| distribution | seconds | posterior mean of loc |")
+    print("| distribution | CPU seconds | posterior mean of loc |")
     print("| --- | ---: | --- |")
     results = {}
     for name, cls in (("Pyro's ProjectedNormal", dist.ProjectedNormal), ("ours", ProjectedNormal)) * 2:
         pyro.set_rng_seed(1)
         mcmc = MCMC(NUTS(model(cls)), num_samples=samples, warmup_steps=warmup, disable_progbar=True)
-        start = time.perf_counter()
+        start = time.process_time()  # CPU seconds: robust to waiting for a core on a shared machine
         mcmc.run()
-        results.setdefault(name, []).append(time.perf_counter() - start)
+        results.setdefault(name, []).append(time.process_time() - start)
         mean = mcmc.get_samples()["loc"].mean(0)
         print(f"| {name} | {results[name][-1]:.2f} | {[round(v, 3) for v in mean.tolist()]} |")
     ratio = min(results["ours"]) / min(results["Pyro's ProjectedNormal"])

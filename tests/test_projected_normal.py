@@ -516,3 +516,22 @@ def test_entropy_diagonal_scale_names_an_estimator():
     pn = ProjectedNormal(torch.ones(3), torch.tensor([1.0, 2.0, 3.0]))
     with pytest.raises(NotImplementedError, match=r"isotropic.*-dist.log_prob\(dist.rsample"):
         pn.entropy()
+
+
+@pytest.mark.parametrize("d", [3, 16, 17])  # the event-major layout (d <= 16) and the row layout
+@pytest.mark.parametrize("value_shape", [(), (5,), (2, 1, 5), (2, 4, 5)])
+def test_log_prob_broadcasts_value_against_batch(d, value_shape):
+    # Oracle: one event at a time (no broadcasting involved).
+    gen = torch.Generator().manual_seed(d)
+    loc = torch.randn(4, 5, d, dtype=torch.float64, generator=gen)
+    for scale in (torch.rand(5, d, dtype=torch.float64, generator=gen) + 0.5, torch.tensor([[0.7]] * 5)):
+        pn = ProjectedNormal(loc, scale.to(torch.float64))
+        value = torch.nn.functional.normalize(torch.randn(value_shape + (d,), dtype=torch.float64), dim=-1)
+        out = pn.log_prob(value)
+        shape = torch.broadcast_shapes(value_shape, (4, 5))
+        assert out.shape == shape
+        locs, values = loc.expand(shape + (d,)), value.expand(shape + (d,))
+        scales = scale.to(torch.float64).expand(shape + scale.shape[-1:])
+        for index in itertools.product(*map(range, shape)):
+            expected = ProjectedNormal(locs[index], scales[index]).log_prob(values[index])
+            torch.testing.assert_close(out[index], expected, rtol=1e-13, atol=1e-13)
