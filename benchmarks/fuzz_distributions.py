@@ -81,7 +81,7 @@ def make_uniform(n, d, dtype, gen):
 
 def make_polar_student_t(n, d, dtype, gen):
     direction = unit_vectors(n, d, dtype, gen).requires_grad_()
-    df = log_uniform((n, 1), 1.0, 100.0, dtype, gen).requires_grad_()
+    df = log_uniform((n,), 1.0, 100.0, dtype, gen).requires_grad_()
     scale = scale_like(n, d, dtype, gen).requires_grad_()
     radial_loc = torch.randn(n, generator=gen, dtype=torch.float64).to(dtype).requires_grad_()
     # a t on log r: a radial scale s puts radii at exp(+-s T), so s is kept <= 1 (beyond, draws overflow)
