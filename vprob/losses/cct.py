@@ -13,10 +13,12 @@ from vprob.losses._checks import check_embeddings, check_finite, full_precision,
 class CCTWeights(NamedTuple):
     """The "interpretable contrastive weights" of a :func:`cct` call (detached, for analysis and plots).
 
-    attraction: (V, B, V−1), w⁺ of query (view v, image i) over the other views u ≠ v in increasing order.
-    repulsion: (P, B, B−1), w⁻ of query (view x, image i) over the images j ≠ i (increasing) of view y, for
-        the P = V(V−1)/2 view pairs (x, y), x < y, listed in ``pairs``.
-    pairs: (P, 2) int64, the (x, y) view pair of each slice of ``repulsion``.
+    Attributes:
+        attraction: (V, B, V−1), w⁺ of query (view v, image i) over the other views u ≠ v in increasing
+            order.
+        repulsion: (P, B, B−1), w⁻ of query (view x, image i) over the images j ≠ i (increasing) of view y,
+            for the P = V(V−1)/2 view pairs (x, y), x < y, listed in ``pairs``.
+        pairs: (P, 2) int64, the (x, y) view pair of each slice of ``repulsion``.
     """
 
     attraction: Tensor
