@@ -475,3 +475,47 @@ def test_vprob_train_on_unlabelled_image_folder(tmp_path, capsys):
             "--no-progress", "--epochs", "1"]
     assert main(args) == 0
     assert "evaluation skipped" in capsys.readouterr().out
+
+
+def test_mixed_sizes_resized_like_torchvision(folder_dir):
+    """A 24x32 image: shorter side to 16 (bilinear, antialiased), then the centre crop, as torchvision's
+    Resize(16) + CenterCrop(16) on the decoded image (within one grey level of rounding)."""
+    from torchvision.transforms.v2 import functional as TF
+
+    train, _ = load_dataset("imagefolder", folder_dir, image_size=16)
+    path = folder_dir / "train" / "cat" / "4.JPEG"
+    decoded = torch.from_numpy(np.array(PIL.open(path).convert("RGB"))).permute(2, 0, 1)
+    assert tuple(decoded.shape[1:]) == (24, 32)
+    ref = TF.center_crop(TF.resize(decoded.float(), [16], antialias=True), [16, 16]).round()
+    cat_files = sorted(p for p in (folder_dir / "train" / "cat").iterdir() if p.suffix != ".txt")
+    got = train.images[cat_files.index(path)].float()
+    assert (got - ref).abs().max() <= 1
+
+
+def test_cifar_resized_on_request(cifar10_dir):
+    from vprob.data.decode import resize_square
+
+    full, _ = load_dataset("cifar10", cifar10_dir[0])
+    small, small_test = load_dataset("cifar10", cifar10_dir[0], image_size=16)
+    assert small.images.shape == (30, 3, 16, 16) and small_test.images.shape == (8, 3, 16, 16)
+    assert torch.equal(small.images, resize_square(full.images, 16))
+    assert small.mean == channel_stats(small.images)[0]
+    with pytest.raises(ValueError, match="takes no image_size"):
+        load_dataset("digits", image_size=16)
+
+
+def test_engine_contract_evaluates_stl10_on_labelled_images_only(stl10_dir):
+    """What the engine is to call: evaluation_sets gives kNN and the linear probe the 10 labelled train images
+    (never the unlabeled ones, whose label -1 would index no class)."""
+    from torch import nn
+
+    from vprob.data import augmentation_for
+    from vprob.evaluate import evaluate_backbone
+
+    train, test = load_dataset("stl10", stl10_dir[0])
+    splits = evaluation_sets("stl10", train, test)
+    encoder = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten())
+    normalize = augmentation_for("stl10", train).normalize
+    results = evaluate_backbone(encoder, splits.train, splits.test, normalize, knn_k=(3,), seed=0,
+                                device=torch.device("cpu"), amp=False)
+    assert 0.0 <= results["linear_top1"] <= 1.0 and (splits.train.labels >= 0).all()
