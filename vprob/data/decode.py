@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["DEVICE_FRACTION", "bytes_needed", "check_fits", "decode_files", "largest_image_size",
-           "resize_square"]
+__all__ = ["DEVICE_FRACTION", "bytes_needed", "check_fits", "check_fits_device", "decode_files",
+           "largest_image_size", "resize_square"]
 
 # At most this share of the free device memory goes to the uint8 image set: the rest is for the model, its
 # activations and the augmented float views.
