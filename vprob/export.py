@@ -65,7 +65,9 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike) -> dict[str, 
         raise ValueError(f"--out {out} would overwrite the run's checkpoint; choose another file")
     run = load_run(run_dir, "cpu", data=False)
     metadata = backbone_metadata(run.config, run.image_shape, run.step)
-    save_state_dict_file(out, run.model.encoder.state_dict(), metadata)
+    encoder = run.model.encoder
+    assert isinstance(encoder, nn.Module)  # every method keeps its backbone as ``encoder``
+    save_state_dict_file(out, encoder.state_dict(), metadata)
     return metadata
 
 
