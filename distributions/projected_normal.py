@@ -38,6 +38,13 @@ _GAUSS_LEGENDRE_128 = _gauss_legendre(128)
 _EVENT_MAJOR_MAX_D = 16
 
 
+def _align_event_major(x: Tensor, batch_dims: int) -> Tensor:
+    """View an event-major ``(d,) + batch_shape`` tensor as ``(d,) + (1,) * k + batch_shape`` so that it
+    broadcasts against an event-major value with ``batch_dims`` batch dimensions."""
+    extra = batch_dims - (x.dim() - 1)
+    return x.reshape(x.shape[:1] + (1,) * extra + x.shape[1:]) if extra > 0 else x
+
+
 def _rowsum(x: Tensor) -> Tensor:
     """``x.sum(-1)`` as a matrix-vector product: on the CPU a reduction over a short last dimension (d = 3)
     is up to 30x slower than gemv (and an ``einsum`` of two such tensors becomes a batched 1 x d matmul)."""
@@ -291,26 +298,27 @@ class ProjectedNormal(_PyroProjectedNormal):
         which amounts to an exact computation with ``scale`` perturbed by half an ulp (harmless: log p is
         well conditioned in ``scale``). ``sum log scale`` enters ``log p`` additively, so its rounding is
         that of the result. For an isotropic scale the whitening is applied to the per-event sums instead of
-        the vectors: a broadcast ``(B, d) * (B, 1)`` product costs ten times a plain one on the CPU.
+        the vectors: a broadcast ``(B, d) * (B, 1)`` product costs ten times a plain one on the CPU. For
+        ``d <= _EVENT_MAJOR_MAX_D`` the vectors are event-major, shape ``(d,) + batch_shape`` (see
+        :meth:`log_prob`).
         """
+        d = int(self.event_shape[0])
+        if d <= _EVENT_MAJOR_MAX_D:
+            # Event-major (d,) + batch_shape, built by one transposing conversion per parameter.
+            def event_major(x: Tensor, dtype: torch.dtype) -> Tensor:
+                return x.movedim(-1, 0).to(dtype, memory_format=torch.contiguous_format)
+
+            loc = event_major(self.loc, torch.float64)
+            if self.is_isotropic:
+                scale = self.scale[..., 0]
+                return torch.reciprocal(scale).to(torch.float64), loc, scale.log() * d
+            inv_scale = torch.reciprocal(event_major(self.scale, self.scale.dtype)).to(torch.float64)
+            return inv_scale, loc * inv_scale, event_major(self.scale, self.scale.dtype).log().sum(0)
         inv_scale = torch.reciprocal(self.scale).to(torch.float64)
         log_scale = self.scale.log()
         if self.is_isotropic:
-            return inv_scale[..., 0], self.loc.to(torch.float64), log_scale[..., 0] * int(self.event_shape[0])
+            return inv_scale[..., 0], self.loc.to(torch.float64), log_scale[..., 0] * d
         return inv_scale, self.loc.to(torch.float64) * inv_scale, _rowsum(log_scale)
-
-    def _event_major(self, x: Tensor, batch_dims: int) -> Tensor:
-        """``x`` of shape ``batch_shape + (d,)`` as a contiguous ``(d,) + (1,) * k + batch_shape`` tensor
-        that broadcasts against an event-major value with ``batch_dims`` batch dimensions (cached)."""
-        cache = self.__dict__.setdefault("_event_major_cache", {})
-        key = (id(x), batch_dims)
-        if key not in cache:
-            xt = x.movedim(-1, 0).contiguous()
-            extra = batch_dims - (xt.dim() - 1)
-            if extra > 0:
-                xt = xt.reshape(xt.shape[:1] + (1,) * extra + xt.shape[1:])
-            cache[key] = xt
-        return cache[key]
 
     def log_prob(self, value: Tensor) -> Tensor:
         """Log density w.r.t. the surface measure, shape ``broadcast(value.shape[:-1], batch_shape)``.
@@ -341,9 +349,9 @@ class ProjectedNormal(_PyroProjectedNormal):
             batch = torch.broadcast_shapes(value.shape[:-1], self.batch_shape)
             v = value.expand(batch + (d,)).movedim(-1, 0)
             v = v.to(torch.float64, memory_format=torch.contiguous_format)
-            m = self._event_major(m, v.dim() - 1)
+            m = _align_event_major(m, v.dim() - 1)
             if not self.is_isotropic:
-                v = v * self._event_major(inv_scale, v.dim() - 1)
+                v = v * _align_event_major(inv_scale, v.dim() - 1)
             a = v.square().sum(0)
             b = (v * m).sum(0)
             perp_sq = torch.addcmul(m, b / a, v, value=-1).square().sum(0)
