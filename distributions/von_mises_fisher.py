@@ -81,7 +81,12 @@ def _debye_u(k_max: int) -> tuple[tuple[Fraction, ...], ...]:
     return tuple(tuple(u) for u in us)
 
 
-@functools.cache
+_COEFFICIENT_CACHE: dict[float, tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...], float]] = {}
+
+
+# torch.compile calls this eagerly and keeps the result as a constant instead of tracing the rational
+# arithmetic (minutes of tracing); a plain dict cache, as dynamo would look through functools.cache.
+@torch.compiler.assume_constant_result
 def _debye_coefficients(mu: float) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...], float]:
     """Float coefficients (in powers of p) of the three series the Debye step needs at order ``mu``.
 
@@ -90,6 +95,8 @@ def _debye_coefficients(mu: float) -> tuple[tuple[float, ...], tuple[float, ...]
     which ``V - U = -(1 - p^2) p Q`` (DLMF 10.41.12, v_k the polynomials of the derivative's expansion).
     Sums are exact rationals, rounded once.
     """
+    if mu in _COEFFICIENT_CACHE:
+        return _COEFFICIENT_CACHE[mu]
     us = _debye_u(_DEBYE_TERMS)
     m = Fraction(mu)
     big_u: list[Fraction] = [Fraction(0)]
@@ -108,12 +115,14 @@ def _debye_coefficients(mu: float) -> tuple[tuple[float, ...], tuple[float, ...]
         acc = acc + big_u[j]
         quotient[j - 1] = acc
     u_at_1 = sum(big_u)
-    return (
+    result = (
         tuple(float(c) for c in big_u),
         tuple(float(c) for c in quotient),
         tuple(float(c) for c in big_q),
         float(u_at_1),
     )
+    _COEFFICIENT_CACHE[mu] = result
+    return result
 
 
 def _horner(coeffs: tuple[float, ...], p: Tensor) -> Tensor:
@@ -265,7 +274,6 @@ _MAX_EAGER_ROUNDS = 10_000
 _TRACED_ROUNDS = 24
 
 
-@functools.cache
 def _coarse_grid() -> Tensor:
     """Sorted points in [-1, 0]: uniform ones (interior peaks) and -2^-j (an integrand that falls off
     steeply from the end point 0, e.g. the mirrored side at large kappa, on a scale down to 2^-48 of the
@@ -275,7 +283,6 @@ def _coarse_grid() -> Tensor:
     return torch.unique(torch.cat([uniform, geometric]))
 
 
-@functools.cache
 def _composite_rule() -> tuple[Tensor, Tensor]:
     """Nodes in [0, 1] and weights (summing to 1) of Gauss-Legendre on each panel of ``_PANEL_BREAKS``.
 
@@ -290,6 +297,11 @@ def _composite_rule() -> tuple[Tensor, Tensor]:
         all_nodes.append(a + (b - a) * 0.5 * (nodes + 1.0))
         all_weights.append((b - a) * weights)
     return torch.cat(all_nodes), torch.cat(all_weights)
+
+
+# Built once at import (module constants are plain constants to torch.compile).
+_GRID = _coarse_grid()
+_RULE_NODES, _RULE_WEIGHTS = _composite_rule()
 
 
 def _wood_proposal(
@@ -390,8 +402,8 @@ def _dw_dkappa(
     y_c = torch.where(k > 0, torch.log(alpha / kt.clamp(min=1e-300)).clamp(max=0.0), torch.zeros_like(kt))
     span = -y_c + _LOG_2 + 45.0 / alpha + 12.0 / math.sqrt(alpha)
     flat = [t.reshape(-1, 1) for t in (tw, w_minus_a, kt, -tw / two_minus_tw, span)]
-    grid, (nodes, weights) = _coarse_grid().to(kappa.device), _composite_rule()
-    nodes, weights = nodes.to(kappa.device), weights.to(kappa.device)
+    grid = _GRID.to(kappa.device)
+    nodes, weights = _RULE_NODES.to(kappa.device), _RULE_WEIGHTS.to(kappa.device)
     out = []
     # Chunks of rows keep the (rows x nodes) temporaries in cache (several times faster on a CPU).
     for start in range(0, flat[0].shape[0], _QUADRATURE_CHUNK):
