@@ -16,8 +16,11 @@ Everything is written relative to the small-argument limit,
 (no NaN) and :math:`e_\nu` keeps its relative accuracy as :math:`x \to 0` (the KL to the uniform,
 about :math:`\kappa^2/(2d)`, depends on it), and its companion :math:`e_\nu(x) - x` is computed without
 cancellation for large :math:`x` (the entropy depends on that). The Debye polynomials :math:`u_k` are
-generated exactly (rational arithmetic) from their recurrence (DLMF 10.41.10) at first use. Measured against
-40-digit mpmath: relative error below 5e-15 for :math:`\nu` in [0, 2047] and :math:`x` in [0, 1e5].
+generated exactly (rational arithmetic) from their recurrence (DLMF 10.41.10) at first use. The order
+:math:`\nu = 1/2` (the sphere :math:`S^2`) uses the closed form :math:`I_{1/2}(x) = \sqrt{2/(\pi x)}\sinh x`
+instead (Taylor series below :math:`x = 1`), several times faster. Measured against 40-digit mpmath for
+:math:`\nu` in [0, 2047] and :math:`x` in [0, 1e5]: relative error at most 7e-16 for :math:`e_\nu` and
+:math:`I_{\nu+1}/I_\nu`, 4e-15 for :math:`e_\nu - x`, 6e-14 for :math:`1 - I_{\nu+1}/I_\nu`.
 """
 
 from __future__ import annotations
@@ -137,6 +140,8 @@ def _bessel_core(nu: float, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
     ``e = log I_nu(x) - nu log(x/2) + lgamma(nu + 1)`` and ``r = I_{nu+1}(x) / I_nu(x)``.
     """
+    if nu == 0.5:
+        return _bessel_core_half(x)
     shift = max(0, math.ceil(_DEBYE_MIN_ORDER - nu))
     mu = nu + shift
     c_u, c_w, c_q, u_at_1 = _debye_coefficients(mu)
@@ -171,6 +176,50 @@ def _bessel_core(nu: float, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         log_prod = torch.log1p(prod_m1)
         e = e + log_prod
         e_minus_x = e_minus_x + log_prod
+    return e, e_minus_x, r, one_minus_r
+
+
+def _series_coefficients() -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Taylor coefficients in x^2 of sinh(x)/x - 1 and of the Langevin function coth(x) - 1/x divided by x.
+
+    (sinh x)/x - 1 = sum_{k>=1} x^{2k}/(2k+1)!; coth x - 1/x = sum_{n>=1} 2^{2n} B_{2n} x^{2n-1}/(2n)!
+    with the Bernoulli numbers B_{2n} (from their recurrence, exactly).
+    """
+    bern = [Fraction(1)]
+    for m in range(1, 42):
+        bern.append(-sum(math.comb(m + 1, j) * bern[j] for j in range(m)) / (m + 1))
+    sinh_c = tuple(float(Fraction(1, math.factorial(2 * k + 1))) for k in range(1, 12))
+    langevin_c = tuple(
+        float(Fraction(2 ** (2 * n)) * bern[2 * n] / math.factorial(2 * n)) for n in range(1, 21)
+    )
+    return sinh_c, langevin_c
+
+
+_SINH_SERIES, _LANGEVIN_SERIES = _series_coefficients()
+
+
+def _bessel_core_half(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`_bessel_core` for nu = 1/2 (the sphere S^2, d = 3) in closed form, several times faster.
+
+    I_{1/2}(x) = sqrt(2 / (pi x)) sinh x, so e = log(sinh(x)/x), e - x = log(-expm1(-2x) / (2x)) and
+    r = coth x - 1/x; below x = 1 the Taylor series (20 terms, converging like (x/pi)^2 per term) avoid
+    the cancellation of coth x - 1/x and of log(sinh(x)/x) = (e - x) + x.
+    """
+    small = x < 1.0
+    xs = torch.where(small, x, torch.zeros_like(x))
+    xl = torch.where(small, torch.ones_like(x), x)
+    x2 = xs * xs
+    sinh_m1 = _horner(_SINH_SERIES, x2) * x2
+    ratio_small = _horner(_LANGEVIN_SERIES, x2) * xs
+    em1 = torch.expm1(-2.0 * xl)
+    e_minus_x_large = torch.log(-em1 / (2.0 * xl))
+    e = torch.where(small, torch.log1p(sinh_m1), e_minus_x_large + xl)
+    e_minus_x = torch.where(small, torch.log1p(sinh_m1) - xs, e_minus_x_large)
+    # with em1 = e^{-2x} - 1: coth x = -(2 + em1) / em1 and 1 - coth x = 2 (1 + em1) / em1 (tiny, exact)
+    r_large = -(2.0 + em1) / em1 - 1.0 / xl
+    one_minus_r_large = 1.0 / xl + 2.0 * (1.0 + em1) / em1
+    r = torch.where(small, ratio_small, r_large)
+    one_minus_r = torch.where(small, 1.0 - ratio_small, one_minus_r_large)
     return e, e_minus_x, r, one_minus_r
 
 
