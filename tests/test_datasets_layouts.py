@@ -453,21 +453,13 @@ def test_vprob_commands_slow_layouts(layout, tmp_path, capsys, folder_dir):
     assert 0.0 <= evaluation["linear_top1"] <= 1.0
 
 
-_ENGINE_PENDING = pytest.mark.xfail(
-    strict=True, raises=(AssertionError, RuntimeError, IndexError, ValueError),
-    reason="the engine still evaluates on the whole training set: remove this mark once vprob.train and "
-           "vprob.runs call vprob.data.evaluation_sets (and training_set) as vprob/data/registry.py says")
-
-
 @pytest.mark.slow
-@_ENGINE_PENDING
 def test_vprob_commands_on_stl10(stl10_dir, tmp_path, capsys):
     evaluation = _vprob("stl10", stl10_dir[0], tmp_path / "run", capsys)
     assert 0.0 <= evaluation["linear_top1"] <= 1.0
 
 
 @pytest.mark.slow
-@_ENGINE_PENDING
 def test_vprob_train_on_unlabelled_image_folder(tmp_path, capsys):
     write_image_folder(tmp_path / "u", labelled=False)
     args = ["train", "--method", "simclr", "--data", "imagefolder", "--data-dir", str(tmp_path / "u"),

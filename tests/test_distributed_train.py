@@ -45,7 +45,7 @@ LAUNCHER = textwrap.dedent("""
         return module
 
 
-    engine.build_model = lambda config, gather=False: without_batch_norm(build_model(config, gather))
+    engine.build_model = lambda config, gather=False, **kw: without_batch_norm(build_model(config, gather, **kw))
     sys.exit(main(sys.argv[1:]))
 """)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -46,10 +46,11 @@ from vprob.checkpoint import CHECKPOINT_NAME
 from vprob.config import TrainConfig, default_run_dir, with_anomaly_defaults
 from vprob.data import SimCLRAugment, check_image_batch, get_dataset
 from vprob.diagnostics.uncertainty import auroc
+from vprob.engine.loader import check_class_index
 from vprob.evaluate import map_batches
 from vprob.jsonio import write_json_atomic
 from vprob.methods import get_method, methods_with
-from vprob.train import Trainer, TrainingPaused, check_class_index
+from vprob.train import Trainer, TrainingPaused
 
 SCORES = ("likelihood", "likelihood_cartesian", "log_det", "knn")
 RESULTS_NAME = "anomaly.json"

@@ -283,5 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in results.items():
         if isinstance(value, float):
             print(f"{key}: {value:.4f}")
+        elif key == "evaluation_skipped":
+            print(value)
     print(f"run folder: {results['run_dir']}")
     return 0

@@ -45,6 +45,11 @@ class TrainConfig:
     data: str = _engine("data set", "digits", str)
     data_dir: str | None = _engine("data folder (CIFAR-10: the folder of train.npz and test.npz)", type=str,
                                    nullable=True)
+    image_size: int | None = _engine("resize the images to this size (default: the data set's); data sets "
+                                     "decoded from files only", type=int, check=_positive,
+                                     requirement="> 0", nullable=True)
+    cache_dir: str | None = _engine("where decoded data sets are cached (default: $VPROB_CACHE_DIR, else "
+                                    "~/.cache/vprob)", type=str, nullable=True)
     epochs: int | None = _engine("training epochs", type=int, check=_positive, requirement="> 0")
     batch_size: int | None = _engine("images per step (global, over every process)", type=int,
                                      check=_positive, requirement="> 0")
@@ -232,6 +237,12 @@ def load_config_file(path: str | os.PathLike) -> tuple[TrainConfig, list[str]]:
     if isinstance(run_dir, str) and not Path(run_dir).is_absolute():
         values["run_dir"] = str(safe_relative_path(Path.cwd(), run_dir).relative_to(Path.cwd()))
     return config_from_dict(values), notes
+
+
+def data_options(config: TrainConfig) -> dict[str, Any]:
+    """The keyword arguments of :func:`vprob.data.load_dataset` that ``config`` sets."""
+    values = dict(image_size=config.image_size, cache_dir=config.cache_dir)
+    return {key: value for key, value in values.items() if value is not None}
 
 
 def default_run_dir(config: TrainConfig, prefix: str = "") -> Path:

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from vprob.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
-from vprob.config import TrainConfig, build_model, config_from_dict
-from vprob.data import ImageSet, SimCLRAugment, augmentation_for, load_dataset
+from vprob.config import TrainConfig, build_model, config_from_dict, data_options
+from vprob.data import ImageSet, SimCLRAugment, augmentation_for, evaluation_sets, load_dataset
 from vprob.devices import resolve_device
 from vprob.evaluate import evaluate_backbone
 from vprob.jsonio import write_json_atomic
@@ -57,8 +57,13 @@ def load_run(run_dir: str | Path, device: str | torch.device = "auto",
     device = device if isinstance(device, torch.device) else resolve_device(device)
     train_set = test_set = augment = None
     if data:
-        train_set, test_set = load_dataset(config.data, config.data_dir, device=device)
-        augment = augmentation_for(config.data, train_set)
+        full_train, full_test = load_dataset(config.data, config.data_dir, device=device,
+                                             **data_options(config))
+        augment = augmentation_for(config.data, full_train)
+        sets = evaluation_sets(config.data, full_train, full_test)
+        if sets.skipped:
+            raise ValueError(f"{run_dir}: {sets.reason}; nothing to evaluate or diagnose")
+        train_set, test_set = sets.train, sets.test
     image_shape = state.get("image_shape")
     if image_shape is None and train_set is not None:  # a checkpoint older than the record: the data's
         image_shape = train_set.images.shape[1:]

@@ -10,26 +10,24 @@ scheduler, every RNG state and the step: a resumed run continues bit for bit on 
 
 from __future__ import annotations
 
-import json
 import sys
-import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from vprob import distributed
-from vprob.config import TrainConfig, build_model, default_run_dir
-from vprob.data import ImageSet, augmentation_for, load_dataset
+from vprob.config import TrainConfig, build_model, data_options, default_run_dir
+from vprob.data import augmentation_for
 from vprob.devices import resolve_device
 from vprob.engine import state
-from vprob.engine.loader import DeviceLoader, ViewMaker
+from vprob.engine.loader import DeviceLoader, ViewMaker, training_data
 from vprob.engine.online_eval import OnlineKNN, auto_eval_every
+from vprob.engine.progress import Progress
 from vprob.engine.run_folder import RunFolder
 from vprob.engine.step import NonFiniteLossError, NonFiniteTracker, TrainStep
-from vprob.engine.tensorboard import MetricsWriter, MissingExtraError, summary_writer_class
+from vprob.engine.tensorboard import MissingExtraError, summary_writer_class
 from vprob.evaluate import evaluate_backbone
 from vprob.methods import get_method
 from vprob.optim import build_optimizer, warmup_cosine
@@ -40,19 +38,19 @@ class TrainingPaused(RuntimeError):
     the end, and resuming the run continues it exactly."""
 
 
-def check_class_index(normal_class: int, classes: tuple[str, ...]) -> None:
-    """ValueError naming ``normal_class`` and the valid range unless it indexes ``classes``."""
-    if isinstance(normal_class, bool) or not isinstance(normal_class, int) or not (
-        0 <= normal_class < len(classes)
-    ):
-        raise ValueError(f"normal class {normal_class!r} does not exist: valid class indices are "
-                         f"0..{len(classes) - 1} ({', '.join(classes)})")
-
-
-def one_class_subset(image_set: ImageSet, normal_class: int) -> ImageSet:
-    """The images of one class (``check_class_index`` first)."""
-    check_class_index(normal_class, image_set.classes)
-    return image_set.subset(image_set.labels == normal_class)
+def join_process_group(config: TrainConfig, device: torch.device) -> tuple[torch.device, int, int]:
+    """Join torchrun's process group, if launched by it: each rank trains on its share of every global batch
+    on its own device (``cuda:LOCAL_RANK``). Returns (device, world size, rank)."""
+    if distributed.launched_by_torchrun() and device.type == "cuda":
+        device = torch.device("cuda", distributed.local_rank())
+        torch.cuda.set_device(device)
+    distributed.init_from_env(device.type)
+    world_size, rank = distributed.world_size(), distributed.rank()
+    if world_size > 1 and not get_method(config.method).capabilities.distributed:
+        raise ValueError(f"{config.method} has no multi-process form; train it in one process")
+    if world_size > 1 and config.sync_bn and device.type != "cuda":
+        raise ValueError("--sync-bn needs CUDA devices (torch's SyncBatchNorm does not run on CPU)")
+    return device, world_size, rank
 
 
 class Trainer:
@@ -64,8 +62,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, resume: bool = False, progress: bool | None = None,
                  elbo: Any = None) -> None:
         self.config = config = config.resolved()
-        self.device = resolve_device(config.device)
-        self._join_process_group()
+        self.device, self.world_size, self.rank = join_process_group(config, resolve_device(config.device))
         on_cuda = self.device.type == "cuda"
         self.amp = on_cuda if config.amp is None else config.amp
         self.channels_last = on_cuda if config.channels_last is None else config.channels_last
@@ -74,19 +71,26 @@ class Trainer:
             summary_writer_class()  # a missing extra fails here, before anything is written
         self.run = RunFolder(config.run_dir or default_run_dir(config), self.rank, self.world_size)
         self.run.prepare(asdict(config), resume)
+        self.run_dir, self.checkpoint_path = self.run.path, self.run.checkpoint_path
 
         torch.manual_seed(config.seed)
         self.generator = torch.Generator(self.device).manual_seed(config.seed)
-        self.train_set, self.test_set = load_dataset(config.data, config.data_dir, device=self.device)
-        if config.normal_class is not None:
-            self.train_set = one_class_subset(self.train_set, config.normal_class)
+        data = training_data(config.data, config.data_dir, self.device,
+                             get_method(config.method).capabilities.needs_labels, config.normal_class,
+                             **data_options(config))
+        self.train_set, self.test_set, self.eval_sets = data.train, data.test, data.evaluation
         self.loader = DeviceLoader(self.train_set, config.batch_size, self.generator, self.world_size,
                                    self.rank)
         self.augment = augmentation_for(config.data, self.train_set)
         self.image_shape = tuple(self.train_set.images.shape[1:])
         self.model = self._build_model(init_from=None if resume else config.init_from)
-        self.eval_every = auto_eval_every(config.eval_every, self.train_set, config.normal_class is not None)
-        self.online_eval = (OnlineKNN(self.train_set, self.test_set, self.augment.normalize, amp=self.amp)
+        # Online kNN on the evaluation splits; off by default for one-class runs and unlabelled data.
+        sets = self.eval_sets
+        self.eval_every = auto_eval_every(config.eval_every, self.train_set,
+                                          config.normal_class is not None or sets.skipped)
+        if self.eval_every and sets.skipped:
+            raise ValueError(f"eval_every: {sets.reason}")
+        self.online_eval = (OnlineKNN(sets.train, sets.test, self.augment.normalize, amp=self.amp)
                             if self.eval_every else None)
         self.views = ViewMaker(self.augment, self.model.num_views, self.generator, self.world_size, self.rank,
                                self.channels_last, config.compile)
@@ -104,27 +108,6 @@ class Trainer:
             self.step = state.restore(self.run.load_checkpoint(map_location=self.device), config, self.model,
                                       self.optimizer, self.scheduler, self.generator)
             self.run.truncate_metrics(self.step)
-
-    @property
-    def run_dir(self) -> Path:
-        return self.run.path
-
-    @property
-    def checkpoint_path(self) -> Path:
-        return self.run.checkpoint_path
-
-    def _join_process_group(self) -> None:
-        """Join torchrun's process group, if launched by it: each rank trains on its share of every global
-        batch on its own device (``cuda:LOCAL_RANK``)."""
-        if distributed.launched_by_torchrun() and self.device.type == "cuda":
-            self.device = torch.device("cuda", distributed.local_rank())
-            torch.cuda.set_device(self.device)
-        distributed.init_from_env(self.device.type)
-        self.world_size, self.rank = distributed.world_size(), distributed.rank()
-        if self.world_size > 1 and not get_method(self.config.method).capabilities.distributed:
-            raise ValueError(f"{self.config.method} has no multi-process form; train it in one process")
-        if self.world_size > 1 and self.config.sync_bn and self.device.type != "cuda":
-            raise ValueError("--sync-bn needs CUDA devices (torch's SyncBatchNorm does not run on CPU)")
 
     def _build_model(self, init_from: str | None = None) -> nn.Module:
         model = build_model(self.config, gather=self.world_size > 1, image_shape=self.image_shape)
@@ -155,124 +138,63 @@ class Trainer:
         past it, training stops there and :class:`TrainingPaused` is raised; nothing is evaluated and
         nothing is lost. Under torchrun, rank 0's clock decides for every rank.
         """
-        from tqdm.auto import tqdm
-
         if stop_after_s is not None and not stop_after_s > 0:
             raise ValueError(f"stop_after_s must be a positive number of seconds or None, "
                              f"got {stop_after_s!r}")
         config, steps_per_epoch = self.config, self.loader.steps_per_epoch
-        show = sys.stderr.isatty() if self.progress is None else self.progress
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not show, unit="step",
-                   desc=f"{config.method} {config.data}", dynamic_ncols=True)
-        clock = _Clock(self.step, stop_after_s)
         nonfinite = NonFiniteTracker()
         # On CUDA the finiteness check waits for log and checkpoint boundaries (no host sync per step); the
         # tracker keeps the first bad step, so no checkpoint is ever written after one.
         check_every = 1 if self.device.type == "cpu" else config.log_every
         self.model.train()
-        postfix: dict[str, str] = {}
-        board = MetricsWriter(self.run_dir, self.step) if config.tensorboard and self.rank == 0 else None
-        try:
-            with self.run.open_metrics() as metrics:
-                while self.step < self.total_steps:
-                    for images, labels in self.loader.epoch(self.step % steps_per_epoch):
-                        if self.step >= self.total_steps:
-                            break
-                        stats = self.train_step(self.views(images), labels)
-                        self.step += 1
-                        if not config.skip_nonfinite:
-                            nonfinite.record(self.step, stats)
-                            if self.step % check_every == 0:
-                                nonfinite.raise_if_any(self.checkpoint_path)
-                        # Online kNN at the end of every eval_every-th epoch, logged with that step's record
-                        # (before the checkpoint, so a resumed run keeps it and never evaluates twice).
-                        eval_due = (self.online_eval is not None and self.step % steps_per_epoch == 0
-                                    and (self.step // steps_per_epoch) % self.eval_every == 0)
-                        if self.step % config.log_every == 0 or self.step == self.total_steps or eval_due:
-                            extra = self.online_eval(self.model.encoder) if eval_due else {}
-                            record = self._log(metrics, stats, clock, extra, board)
-                            postfix.update(loss=f"{record['loss']:.4f}",
-                                           img_s=f"{record['images_per_s']:,.0f}")
-                            if extra:
-                                postfix["knn"] = f"{next(iter(extra.values())):.3f}"
-                            bar.set_postfix(postfix)
-                        bar.update(1)
-                    epoch = self.step // steps_per_epoch
-                    if epoch % config.checkpoint_every == 0 or self.step >= self.total_steps:
-                        nonfinite.raise_if_any(self.checkpoint_path)
-                        self.save()
-                        if self.step < self.total_steps and clock.out_of_time_after_checkpoint():
-                            bar.close()
-                            raise TrainingPaused(
-                                f"paused at step {self.step} of {self.total_steps} after "
-                                f"{clock.elapsed():.0f} s (budget {stop_after_s:.0f} s); checkpoint saved to "
-                                f"{self.checkpoint_path}: resume the run to continue")
-            bar.close()
+        with Progress(self.run, self.total_steps, self.step, config.batch_size,
+                      f"{config.method} {config.data}", self.progress, stop_after_s,
+                      config.tensorboard and self.rank == 0) as progress:
+            start_step = self.step
+            while self.step < self.total_steps:
+                for images, labels in self.loader.epoch(self.step % steps_per_epoch):
+                    if self.step >= self.total_steps:
+                        break
+                    stats = self.train_step(self.views(images), labels)
+                    self.step += 1
+                    if not config.skip_nonfinite:
+                        nonfinite.record(self.step, stats)
+                        if self.step % check_every == 0:
+                            nonfinite.raise_if_any(self.checkpoint_path)
+                    # Online kNN at the end of every eval_every-th epoch, logged with that step's record
+                    # (before the checkpoint, so a resumed run keeps it and never evaluates twice).
+                    eval_due = (self.online_eval is not None and self.step % steps_per_epoch == 0
+                                and (self.step // steps_per_epoch) % self.eval_every == 0)
+                    if self.step % config.log_every == 0 or self.step == self.total_steps or eval_due:
+                        extra = self.online_eval(self.model.encoder) if eval_due else {}
+                        lr = self.scheduler.get_last_lr()[0]
+                        progress.log(self.step, self.step / steps_per_epoch, lr, stats, extra)
+                    progress.advance()
+                epoch = self.step // steps_per_epoch
+                if epoch % config.checkpoint_every == 0 or self.step >= self.total_steps:
+                    nonfinite.raise_if_any(self.checkpoint_path)
+                    self.save()
+                    if self.step < self.total_steps and progress.out_of_time_after_checkpoint():
+                        raise TrainingPaused(
+                            f"paused at step {self.step} of {self.total_steps} after "
+                            f"{progress.elapsed():.0f} s (budget {stop_after_s:.0f} s); checkpoint saved to "
+                            f"{self.checkpoint_path}: resume the run to continue")
             results = self.evaluate()
-            results.update(steps=self.step, steps_this_session=self.step - clock.start_step,
+            results.update(steps=self.step, steps_this_session=self.step - start_step,
                            run_dir=str(self.run_dir))
-            if board is not None:
-                board.write({"step": self.step, **{f"final/{k}": v for k, v in results.items()
-                                                   if k.startswith(("knn_", "linear_"))}})
-        finally:
-            if board is not None:
-                board.close()
+            progress.final(self.step, results)
         self.run.write_results(results)
         return results
-
-    def _log(self, metrics, stats: dict[str, torch.Tensor], clock: _Clock, extra: dict[str, float],
-             board: MetricsWriter | None) -> dict[str, Any]:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-        record = {"step": self.step, "epoch": self.step / self.loader.steps_per_epoch,
-                  "lr": self.scheduler.get_last_lr()[0],
-                  "images_per_s": clock.rate(self.step, self.config.batch_size)}
-        record.update({k: float(v) for k, v in stats.items()})
-        record.update(extra)
-        metrics.write(json.dumps(record) + "\n")
-        metrics.flush()
-        if board is not None:
-            board.write(record)
-        if extra:
-            clock.restart_window()  # the evaluation's time is not training throughput
-        return record
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
         """kNN (cosine; weighted k = 200 and majority k = 10 by default) and linear-probe accuracy on
         frozen backbone features."""
-        return evaluate_backbone(self.model.encoder, self.train_set, self.test_set, self.augment.normalize,
-                                 knn_k=self.config.knn_k, seed=self.config.seed, device=self.device,
-                                 amp=self.amp)
-
-
-class _Clock:
-    """Image rate between log lines, and the time budget checked at checkpoints (rank 0's clock decides)."""
-
-    def __init__(self, start_step: int, budget_s: float | None) -> None:
-        self.start_step, self.budget_s = start_step, budget_s
-        self.start = self.last_save = self.window_start = time.perf_counter()
-        self.window_step = start_step
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.start
-
-    def rate(self, step: int, batch_size: int) -> float:
-        now = time.perf_counter()
-        rate = (step - self.window_step) * batch_size / max(now - self.window_start, 1e-9)
-        self.window_start, self.window_step = now, step
-        return rate
-
-    def restart_window(self) -> None:
-        self.window_start = time.perf_counter()
-
-    def out_of_time_after_checkpoint(self) -> bool:
-        """Whether the stretch to the next checkpoint, assumed as long as the last one, would overrun."""
-        now = time.perf_counter()
-        last_stretch, self.last_save = now - self.last_save, now
-        if self.budget_s is None:
-            return False
-        return bool(distributed.broadcast_from_rank0(now - self.start + last_stretch > self.budget_s))
+        if self.eval_sets.skipped:
+            return {"evaluation_skipped": self.eval_sets.reason}
+        return evaluate_backbone(self.model.encoder, self.eval_sets.train, self.eval_sets.test,
+                                 self.augment.normalize, knn_k=self.config.knn_k, seed=self.config.seed,
+                                 device=self.device, amp=self.amp)
 
 
 def train(config: TrainConfig, resume: bool = False, progress: bool | None = None,
@@ -284,5 +206,4 @@ def train(config: TrainConfig, resume: bool = False, progress: bool | None = Non
     return Trainer(config, resume=resume, progress=progress).fit(stop_after_s=stop_after_s)
 
 
-__all__ = ["MissingExtraError", "NonFiniteLossError", "Trainer", "TrainingPaused", "check_class_index",
-           "one_class_subset", "train"]
+__all__ = ["MissingExtraError", "NonFiniteLossError", "Trainer", "TrainingPaused", "train"]

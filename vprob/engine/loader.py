@@ -4,13 +4,52 @@ batched augmentation that turns a uint8 batch into V views (after airbench's GPU
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import fields
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from vprob.data import ImageSet, SimCLRAugment
+from vprob.data import ImageSet, SimCLRAugment, evaluation_sets, load_dataset, training_set
 from vprob.data.augment import AugmentParams
+from vprob.data.registry import EvalSets
+
+
+@dataclass
+class TrainingData:
+    """The images of a run: ``train`` (what the method trains on), ``test``, and the evaluation splits."""
+
+    train: ImageSet
+    test: ImageSet
+    evaluation: EvalSets
+
+
+def check_class_index(normal_class: int, classes: tuple[str, ...]) -> None:
+    """ValueError naming ``normal_class`` and the valid range unless it indexes ``classes``."""
+    if isinstance(normal_class, bool) or not isinstance(normal_class, int) or not (
+        0 <= normal_class < len(classes)
+    ):
+        raise ValueError(f"normal class {normal_class!r} does not exist: valid class indices are "
+                         f"0..{len(classes) - 1} ({', '.join(classes)})")
+
+
+def one_class_subset(image_set: ImageSet, normal_class: int) -> ImageSet:
+    """The images of one class (``check_class_index`` first)."""
+    check_class_index(normal_class, image_set.classes)
+    return image_set.subset(image_set.labels == normal_class)
+
+
+def training_data(data: str, data_dir: str | None, device: torch.device, needs_labels: bool,
+                  normal_class: int | None = None, **load_options: Any) -> TrainingData:
+    """Load a registered data set onto ``device``: kNN and linear evaluation fit on its labelled images
+    (STL-10: its 5,000 labelled train images, not the 100,000 unlabeled ones); training uses all of them
+    unless the method needs labels, or only the images of ``normal_class`` (the one-class protocol)."""
+    full_train, test = load_dataset(data, data_dir, device=device, **load_options)
+    evaluation = evaluation_sets(data, full_train, test)
+    train = training_set(full_train, needs_labels)
+    if normal_class is not None:
+        train = one_class_subset(train, normal_class)
+    return TrainingData(train, test, evaluation)
 
 
 class DeviceLoader:
@@ -77,4 +116,5 @@ class ViewMaker:
 
 
 def _take_rows(params: AugmentParams, rows: Tensor) -> AugmentParams:
-    return AugmentParams(**{f.name: getattr(params, f.name)[rows] for f in fields(params)})
+    taken = {f.name: getattr(params, f.name) for f in fields(params)}
+    return AugmentParams(**{name: None if value is None else value[rows] for name, value in taken.items()})
