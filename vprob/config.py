@@ -23,6 +23,7 @@ from vprob.data.registry import DATASETS, get_dataset
 from vprob.methods import METHODS, get_method
 from vprob.optim import OPTIMIZERS
 from vprob.options import Option
+from vprob.recipes import RECIPES, get_recipe
 from vprob.safe_io import read_config_file, safe_relative_path
 
 
@@ -43,6 +44,9 @@ class TrainConfig:
 
     method: str = _engine("training method", "vsimclr", str)
     data: str = _engine("data set", "digits", str)
+    recipe: str | None = _engine("a named recipe of a paper (vprob.recipes): its values replace the data "
+                                 "set's defaults; values given beside it win", type=str,
+                                 choices=tuple(RECIPES), nullable=True)
     data_dir: str | None = _engine("data folder (CIFAR-10: the folder of train.npz and test.npz)", type=str,
                                    nullable=True)
     image_size: int | None = _engine("resize the images to this size (default: the data set's); data sets "
@@ -99,7 +103,13 @@ class TrainConfig:
         """A copy with every default filled in and every value validated (ValueError naming the value)."""
         method, spec = get_method(self.method), get_dataset(self.data)
         values = {key: value for key, value in asdict(self).items() if key != "options"}
-        for key, default in spec.train_defaults.items():
+        preset = get_recipe(self.recipe).values_for(self.method, self.data) if self.recipe else {}
+        unknown = sorted(set(preset) - set(values) - set(method.option_names()))
+        if unknown:
+            raise ValueError(f"recipe {self.recipe!r} sets {', '.join(unknown)}, which method "
+                             f"{self.method!r} does not take")
+        defaults = {**spec.train_defaults, **preset}  # given > recipe > data set > method
+        for key, default in defaults.items():
             if key in values and values[key] is None:
                 values[key] = default
         for option in engine_options():
@@ -107,8 +117,7 @@ class TrainConfig:
                 continue
             values[option.name] = option.validate(values[option.name], "engine")
         check_stem(values["backbone"], values["stem"])
-        return TrainConfig(**values, options=resolve_method_options(method, self.options,
-                                                                    spec.train_defaults))
+        return TrainConfig(**values, options=resolve_method_options(method, self.options, defaults))
 
     @property
     def num_views(self) -> int:
