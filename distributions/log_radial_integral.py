@@ -43,25 +43,33 @@ three pieces, each used only where it is accurate to a few ulps:
    over ``t`` in ``[-1e7, 1e7]``: the relative error of :math:`\log J` is below about ``1e-13`` in float64
    and ``3e-8`` in float32. At ``d = 128`` this is 16 nodes in float64 and 10 in float32.
 
-3. ``1 <= k < 16``: the quadrature needs many nodes here (the left tail in ``s`` is only exponential), so we
-   use the three-term recurrence in the direction in which it is stable, on ratios
-   :math:`\rho_j = J_j / J_{j-1} > 0` so that nothing overflows:
+3. ``0 <= k < 16`` (the everyday ``d <= 16``; the quadrature would need many nodes, the left tail in ``s``
+   being only exponential): the closed form :math:`J_k = J_0 (P_k(t) + Q_k(t)\,h)` with
+   :math:`J_0 = \sqrt{\pi/2}\,\operatorname{erfc}(-t/\sqrt2)`, :math:`h = e^{-t^2/2}/J_0 = \varphi/\Phi`
+   and the polynomials of the recurrence :math:`J_{k+1} = t J_k + k J_{k-1}` (:math:`P_0 = 1, P_1 = t`,
+   :math:`Q_0 = 0, Q_1 = 1`), carried scaled by :math:`\max(|t|, 1)^j` so that nothing overflows. For
+   ``t >= 0`` every term is positive (no cancellation); for ``t < 0`` the terms alternate and the form
+   loses :math:`C_k(-t)` ulps, so it is used only for ``t >= -_T_CLOSED[dtype][k]``, where
+   :math:`C_k \le 200` (float64) or ``20`` (float32). Below that (the far side of the sphere) the tail is
+   the recurrence backward from ``M = 16``, where the quadrature gives :math:`\log J_M` and
+   :math:`\rho_{M+1} = J_{M+1}/J_M` (the quadrature mean of ``r``): :math:`\rho_j = j / (\rho_{j+1} - t)`
+   (a sum of positive terms; errors are damped), :math:`\log J_k = \log J_M - \sum_{j=k+1}^{M}\log\rho_j`;
+   for ``k = 0`` the Mills-ratio form :math:`J_0 = e^{-t^2/2}\sqrt{\pi/2}\operatorname{erfcx}(-t/\sqrt2)`.
+   The closed form's derivative is analytic, :math:`\frac{d}{dt}\log J_k = k J_{k-1}/J_k` (integration by
+   parts; :math:`h` for ``k = 0``), from the same numbers (:class:`_Analytic`), so the backward pass costs
+   one multiplication. On the CPU the tail is evaluated only on the elements that need it (a host check
+   costs nothing there); on CUDA and under ``torch.jit.trace``/``torch.compile`` both branches run on
+   sanitized copies of ``t`` and are merged with ``torch.where`` (no host synchronisation, no branch baked
+   into a trace, and the unused branch never sees values that would give ``nan`` gradients).
 
-   * ``t >= 0``: forward, :math:`\rho_1 = t + \varphi(t)/\Phi(t)`, :math:`\rho_{j+1} = t + j/\rho_j`
-     (a sum of positive terms: relative errors do not grow), :math:`\log J_k = \log J_0 + \sum_j \log\rho_j`.
-   * ``t < 0``: backward from ``M = 16``, where the quadrature gives :math:`\log J_M` and
-     :math:`\rho_{M+1}` (the quadrature mean of ``r``), then :math:`\rho_j = j / (\rho_{j+1} - t)` (again a
-     sum of positive terms; errors are damped) and :math:`\log J_k = \log J_M - \sum_{j=k+1}^{M}\log\rho_j`.
+Gradients of the quadrature and the tail come from autograd (the formulas are smooth in ``t``; the
+branches agree to rounding where they meet). Measured against ``mpmath``
+(``tests/test_log_radial_integral.py``, ``k`` in ``0..4095``, ``|t| <= 1e7``, and both sides of every
+switch point): ``|error| <= 1.5e-13 * max(1, |log J|)`` in float64, and ``<= 5e-6 * max(1, |log J|)`` in float32; the derivative agrees to
+``1e-10`` relative in float64.
 
-   Both branches are evaluated on sanitized copies of ``t`` and merged with ``torch.where``, so there is no
-   data-dependent control flow, no host synchronisation, and the unused branch never sees values that
-   would give ``nan`` gradients.
-
-Gradients come from autograd through these formulas (which are smooth in ``t``; the two branches at
-``t = 0`` agree to rounding). Measured against ``mpmath`` (``tests/test_log_radial_integral.py``, ``k`` in
-``0..4095``, ``|t| <= 1e7``): ``|error| <= 1.5e-13 * max(1, |log J|)`` in float64, and
-``<= 5e-6 * max(1, |log J|)`` in float32 (there the rounding of the O(10) terms being summed dominates);
-the derivative agrees to ``3e-13`` relative in float64.
+The Gauss--Hermite rules are computed with numpy once, at import (numpy must stay out of traced code), and
+converted per dtype and device on first use.
 
 Inputs of dtype float16/bfloat16 are evaluated in float32 and cast back.
 """
