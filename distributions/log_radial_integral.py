@@ -65,8 +65,8 @@ three pieces, each used only where it is accurate to a few ulps:
 Gradients of the quadrature and the tail come from autograd (the formulas are smooth in ``t``; the
 branches agree to rounding where they meet). Measured against ``mpmath``
 (``tests/test_log_radial_integral.py``, ``k`` in ``0..4095``, ``|t| <= 1e7``, and both sides of every
-switch point): ``|error| <= 1.5e-13 * max(1, |log J|)`` in float64, and ``<= 5e-6 * max(1, |log J|)`` in float32; the derivative agrees to
-``1e-10`` relative in float64.
+switch point): ``|error| <= 1.5e-13 * max(1, |log J|)`` in float64, and ``<= 5e-6 * max(1, |log J|)``
+in float32; the derivative agrees to ``1e-10`` relative in float64.
 
 The Gauss--Hermite rules are computed with numpy once, at import (numpy must stay out of traced code), and
 converted per dtype and device on first use.
