@@ -546,13 +546,13 @@ class VonMisesFisher(TorchDistribution):
 
     References:
 
-    [1] K. V. Mardia, P. E. Jupp (2000), "Directional Statistics", Wiley.
-    [2] A. T. A. Wood (1994), "Simulation of the von Mises Fisher distribution", Communications in
-        Statistics - Simulation and Computation 23(1), 157-164.
-    [3] T. R. Davidson, L. Falorsi, N. De Cao, T. Kipf, J. M. Tomczak (2018), "Hyperspherical Variational
-        Auto-Encoders", UAI. https://arxiv.org/abs/1804.00891
-    [4] M. Figurnov, S. Mohamed, A. Mnih (2018), "Implicit Reparameterization Gradients", NeurIPS.
-        https://arxiv.org/abs/1805.08498
+    - [1] K. V. Mardia, P. E. Jupp (2000), "Directional Statistics", Wiley.
+    - [2] A. T. A. Wood (1994), "Simulation of the von Mises Fisher distribution", Communications in
+      Statistics - Simulation and Computation 23(1), 157-164.
+    - [3] T. R. Davidson, L. Falorsi, N. De Cao, T. Kipf, J. M. Tomczak (2018), "Hyperspherical
+      Variational Auto-Encoders", UAI. https://arxiv.org/abs/1804.00891
+    - [4] M. Figurnov, S. Mohamed, A. Mnih (2018), "Implicit Reparameterization Gradients", NeurIPS.
+      https://arxiv.org/abs/1805.08498
 
     :param torch.Tensor loc: mean direction :math:`\mu`, unit vectors of shape ``batch_shape + (d,)``,
         ``d >= 2``.

@@ -146,14 +146,15 @@ def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
 class AugmentParams:
     """Per-sample augmentation parameters for a batch of N images (all tensors on the images' device).
 
-    box: (N, 4) crop boxes (x0, y0, w, h) in input pixels (continuous; the image spans [0, W] x [0, H]).
-    flip: (N,) bool, horizontal flip.
-    jitter: (N, 4) colour factors (brightness, contrast, saturation, hue); neutral (1, 1, 1, 0) for
-        samples whose jitter block was not drawn.
-    order: (N, 4) int64, per-sample permutation of the four jitter ops (order[i, s] = op in slot s).
-    gray: (N,) bool, convert to grayscale.
-    blur: (N,) Gaussian blur standard deviation in output pixels, 0 for no blur; ``None`` when the recipe
-        has no blur (``blur_p == 0``).
+    Attributes:
+        box: (N, 4) crop boxes (x0, y0, w, h) in input pixels (continuous; the image spans [0, W] x [0, H]).
+        flip: (N,) bool, horizontal flip.
+        jitter: (N, 4) colour factors (brightness, contrast, saturation, hue); neutral (1, 1, 1, 0) for
+            samples whose jitter block was not drawn.
+        order: (N, 4) int64, per-sample permutation of the four jitter ops (order[i, s] = op in slot s).
+        gray: (N,) bool, convert to grayscale.
+        blur: (N,) Gaussian blur standard deviation in output pixels, 0 for no blur; ``None`` when the
+            recipe has no blur (``blur_p == 0``).
     """
 
     box: Tensor
