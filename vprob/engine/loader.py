@@ -116,5 +116,8 @@ class ViewMaker:
 
 
 def _take_rows(params: AugmentParams, rows: Tensor) -> AugmentParams:
-    taken = {f.name: getattr(params, f.name) for f in fields(params)}
-    return AugmentParams(**{name: None if value is None else value[rows] for name, value in taken.items()})
+    taken: dict[str, Any] = {}
+    for f in fields(params):
+        value = getattr(params, f.name)
+        taken[f.name] = None if value is None else value[rows]  # blur is None when the recipe has none
+    return AugmentParams(**taken)
