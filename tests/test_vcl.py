@@ -116,3 +116,38 @@ def test_bad_arguments():
     vsupcon = VCL(DigitsConvNet(), dim=4, supervised=True)
     with pytest.raises(ValueError, match="labels"):
         vsupcon.training_loss(torch.zeros(2, 4, 1, 8, 8))
+
+
+@pytest.mark.parametrize("posterior", ["vmf", "power_spherical"])
+def test_vmf_and_power_spherical_posteriors_use_their_exact_analytic_kl(digits, posterior):
+    """-ELBO / 2B = L_con(z) + beta/d * mean KL(q || U) with the closed-form KL (not a bound, not Monte
+    Carlo) at the guide's own sample z; the KL checked against log q(z) - log p(z) averaged over draws."""
+    from distributions import HypersphericalUniform, PowerSpherical, VonMisesFisher
+
+    pyro.clear_param_store()
+    torch.manual_seed(1)
+    vcl = VCL(DigitsConvNet(), dim=8, beta=0.7, tau=0.2, posterior=posterior)
+    x1, x2, labels = two_views(digits, batch=32)
+    torch.manual_seed(4)
+    loss, stats = vcl.training_loss(torch.stack([x1, x2]), labels)
+    torch.manual_seed(4)
+    z = poutine.trace(vcl.guide).get_trace(x1, x2, labels).nodes["z"]["value"]
+    direction, kappa = vcl.posterior(torch.cat([x1, x2]))
+    assert direction.shape == (64, 8) and kappa.shape == (64,)
+    family = VonMisesFisher if posterior == "vmf" else PowerSpherical
+    q = family(direction.view(2, 32, 8), kappa.view(2, 32))
+    kl = torch.distributions.kl_divergence(q, HypersphericalUniform(8))
+    expected = info_nce(z, tau=0.2) + 0.7 / 8 * kl.mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    # The registered KL is E_q[log q - log p] (a Monte Carlo check of what the ELBO used).
+    draws = q.sample((4000,))
+    monte_carlo = (q.log_prob(draws) + log_sphere_area(8)).mean(0)
+    torch.testing.assert_close(kl, monte_carlo, rtol=0.05, atol=0.02)
+    assert stats["log_det"].isfinite() and vcl.uncertainty(x1)["log_det"].shape == (32,)
+
+
+def test_the_posterior_option_reaches_the_model_and_refuses_unknown_families():
+    model = get_method("vsupcon").from_options(DigitsConvNet(), {"dim": 8, "posterior": "vmf"})
+    assert model.posterior_family == "vmf" and model.head.out_dim == 9  # d directions + one concentration
+    with pytest.raises(ValueError, match="posterior must be one of"):
+        VCL(DigitsConvNet(), dim=8, posterior="gaussian")

@@ -25,6 +25,14 @@ Two KL modes:
 * ``kl="exact"``: the true KL(PN || U), estimated by Monte Carlo through ``ProjectedNormal.log_prob`` in the
   full dimension d (one sample per view and step: log q(z) + log|S^{d-1}|).
 
+Three posterior families (``posterior``): the projected normal above (the paper's), or a von Mises-Fisher or
+power spherical posterior, vMF(mu/|mu|, kappa) and PS(mu/|mu|, kappa), whose concentration kappa =
+softplus(.) comes from the head as the projected normal's scale does. Their KL to the uniform prior is exact
+and analytic (registered), so ``TraceMeanField_ELBO`` uses it and no bound is needed; ``kl`` then does not
+apply. Their uncertainty score is the log determinant of the tangent-plane Gaussian that approximates them
+at their mode: -(d - 1) log kappa for the vMF (variance 1/kappa per direction) and (d - 1) log(2/kappa) for
+the power spherical ((1 + cos t)^kappa ~ exp(-kappa t^2 / 4)).
+
 Reference: "Variational contrastive learning" (VCL: VSimCLR, VSupCon); SimCLR (Chen et al., 2020);
 SupCon (Khosla et al., 2020).
 
@@ -44,12 +52,21 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from torch import Tensor, nn
 
-from distributions import HypersphericalUniform, ProjectedNormal, ProjectedNormalReparam
+from distributions import (
+    HypersphericalUniform,
+    PowerSpherical,
+    ProjectedNormal,
+    ProjectedNormalReparam,
+    VonMisesFisher,
+)
 from vprob.losses import info_nce, supcon
 from vprob.models.elbo import two_view_objective
 from vprob.nets import LOG_VARIANCE_RANGE, MLPHead, feature_dim_of
 
 KL_MODES = ("bound", "exact")
+POSTERIORS = ("projected_normal", "vmf", "power_spherical")
+# The concentration of a vMF or power spherical posterior stays where their numerics are tested.
+CONCENTRATION_RANGE = (1e-4, 1e5)
 
 
 class VCL(nn.Module):
@@ -83,8 +100,11 @@ class VCL(nn.Module):
         chunk_size: int | None = None,
         gather: bool = False,
         feature_dim: int | None = None,
+        posterior: str = "projected_normal",
     ) -> None:
         super().__init__()
+        if posterior not in POSTERIORS:
+            raise ValueError(f"posterior must be one of {POSTERIORS}, got {posterior!r}")
         if not isinstance(dim, int) or dim < 2:
             raise ValueError(f"dim must be an integer >= 2, got {dim!r}")
         if kl not in KL_MODES:
@@ -95,7 +115,11 @@ class VCL(nn.Module):
             raise ValueError(f"tau must be > 0, got {tau!r}")
         feature_dim = feature_dim_of(encoder, feature_dim)
         self.encoder = encoder
-        self.head = MLPHead(feature_dim, head_hidden or feature_dim, 2 * dim)
+        # The head gives the location and, per coordinate, log sigma^2 (projected normal) or one
+        # concentration (vMF, power spherical).
+        spread_width = dim if posterior == "projected_normal" else 1
+        self.head = MLPHead(feature_dim, head_hidden or feature_dim, dim + spread_width)
+        self.posterior_family = posterior
         self.dim = dim
         self.supervised = supervised
         self.kl = kl
@@ -109,11 +133,28 @@ class VCL(nn.Module):
     # ----------------------------------------------------------------------------------------------
     # Posterior
     def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Posterior parameters of images x (N, C, H, W): (loc (N, d), scale (N, d)), float32."""
+        """Posterior parameters of images x (N, C, H, W), float32: (loc (N, d), scale (N, d)) for the
+        projected normal; (mean direction (N, d), concentration (N,)) for the vMF and power spherical."""
         out = self.head(self.encoder(x)).float()
-        loc, log_variance = out.split(self.dim, dim=-1)
-        scale = torch.exp(0.5 * log_variance.clamp(*LOG_VARIANCE_RANGE))
-        return loc, scale
+        loc, spread = out.split(self.dim, dim=-1)
+        if self.posterior_family == "projected_normal":
+            return loc, torch.exp(0.5 * spread.clamp(*LOG_VARIANCE_RANGE))
+        return F.normalize(loc, dim=-1), F.softplus(spread.squeeze(-1)).clamp(*CONCENTRATION_RANGE)
+
+    def posterior_distribution(self, loc: Tensor, spread: Tensor):
+        """q(z | x) from :meth:`posterior`'s parameters (any batch shape)."""
+        if self.posterior_family == "projected_normal":
+            return ProjectedNormal(loc, spread)
+        family = VonMisesFisher if self.posterior_family == "vmf" else PowerSpherical
+        return family(loc, spread)
+
+    def _log_det(self, loc: Tensor, spread: Tensor) -> Tensor:
+        """log det of the posterior's covariance (projected normal: of the pre-projection Gaussian; vMF and
+        power spherical: of their tangent-plane Gaussian at the mode)."""
+        if self.posterior_family == "projected_normal":
+            return 2 * spread.log().sum(-1)
+        tangent_variance = 1.0 / spread if self.posterior_family == "vmf" else 2.0 / spread
+        return (self.dim - 1) * tangent_variance.log()
 
     @torch.no_grad()
     def embed(self, x: Tensor) -> Tensor:
@@ -123,16 +164,24 @@ class VCL(nn.Module):
 
     @torch.no_grad()
     def uncertainty(self, x: Tensor) -> dict[str, Tensor]:
-        """Per-image uncertainty scores, each (N,): ``log_det`` = sum_k log sigma_k^2 and the scale-free
-        ``log_det_scale_free`` = sum_k log sigma_k^2 - 2 d log|mu| (invariant to rescaling mu and sigma)."""
-        loc, scale = self.posterior(x)
-        log_det = 2 * scale.log().sum(-1)
+        """Per-image uncertainty scores, each (N,): ``log_det`` (:meth:`_log_det`; projected normal:
+        sum_k log sigma_k^2) and, for the projected normal, the scale-free ``log_det_scale_free`` =
+        sum_k log sigma_k^2 - 2 d log|mu| (invariant to rescaling mu and sigma)."""
+        loc, spread = self.posterior(x)
+        log_det = self._log_det(loc, spread)
+        if self.posterior_family != "projected_normal":
+            return {"log_det": log_det}
         return {"log_det": log_det, "log_det_scale_free": log_det - 2 * self.dim * loc.norm(dim=-1).log()}
 
     # ----------------------------------------------------------------------------------------------
     # Pyro model / guide
+    @property
+    def _bound(self) -> bool:
+        """The Gaussian bound applies: a projected normal posterior with ``kl="bound"``."""
+        return self.posterior_family == "projected_normal" and self.kl == "bound"
+
     def _prior(self, like: Tensor):
-        if self.kl == "bound":
+        if self._bound:
             # PN(0, I) is exactly the uniform distribution; written this way its reparameterized
             # pre-projection site is N(0, I), which makes the KL the analytic Gaussian bound.
             return ProjectedNormal(torch.zeros_like(like), 1.0)
@@ -155,9 +204,9 @@ class VCL(nn.Module):
     def _guide(self, x1: Tensor, x2: Tensor, labels: Tensor | None = None) -> Tensor:
         pyro.module("vcl", self)
         batch = x1.shape[0]
-        loc, scale = self.posterior(torch.cat([x1, x2]))
-        loc, scale = loc.view(2, batch, self.dim), scale.view(2, batch, self.dim)
-        self.last_stats["log_det"] = 2 * scale.detach().log().sum(-1).mean()
+        loc, spread = self.posterior(torch.cat([x1, x2]))
+        loc, spread = loc.view(2, batch, self.dim), spread.view(2, batch, *spread.shape[1:])
+        self.last_stats["log_det"] = self._log_det(loc.detach(), spread.detach()).mean()
         self.last_stats["loc_norm"] = loc.detach().norm(dim=-1).mean()
         with (
             pyro.plate("views", 2, dim=-2),
@@ -166,11 +215,11 @@ class VCL(nn.Module):
         ):
             # With the bound's reparameterization, the guide's "z" is a deterministic function of its
             # Gaussian site "z_normal"; marking it auxiliary tells Pyro it has no model counterpart.
-            infer = {"is_auxiliary": True} if self.kl == "bound" else {}
-            return pyro.sample("z", ProjectedNormal(loc, scale), infer=infer)
+            infer = {"is_auxiliary": True} if self._bound else {}
+            return pyro.sample("z", self.posterior_distribution(loc, spread), infer=infer)
 
     def _reparam(self, fn):
-        if self.kl == "bound":
+        if self._bound:
             return poutine.reparam(fn, config={"z": ProjectedNormalReparam()})
         return fn
 
@@ -179,12 +228,14 @@ class VCL(nn.Module):
         return self._reparam(self._model)(x1, x2, labels)
 
     def guide(self, x1: Tensor, x2: Tensor, labels: Tensor | None = None) -> Tensor:
-        """Projected-normal posterior over z (2, B, d) given the two views x1, x2 (B, C, H, W)."""
+        """The posterior over z (2, B, d) given the two views x1, x2 (B, C, H, W)."""
         return self._reparam(self._guide)(x1, x2, labels)
 
     def elbo(self, **kwargs) -> Trace_ELBO:
-        """The ELBO that computes this mode's KL best: analytic bound or Monte Carlo exact KL."""
-        return TraceMeanField_ELBO(**kwargs) if self.kl == "bound" else Trace_ELBO(**kwargs)
+        """The ELBO that computes this KL best: analytic (the Gaussian bound, or the exact KL of a vMF or
+        power spherical posterior) or Monte Carlo (the projected normal's exact KL)."""
+        analytic = self._bound or self.posterior_family != "projected_normal"
+        return TraceMeanField_ELBO(**kwargs) if analytic else Trace_ELBO(**kwargs)
 
     # ----------------------------------------------------------------------------------------------
     def _contrastive(self, z: Tensor, labels: Tensor | None) -> Tensor:
