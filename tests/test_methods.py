@@ -152,3 +152,32 @@ def test_a_method_added_in_one_place_trains_evaluates_and_is_offered(registered,
 def test_register_method_refuses_what_is_not_a_method():
     with pytest.raises(TypeError, match="subclass of vprob.methods.Method"):
         register_method(nn.Linear)
+
+
+def test_a_run_saved_before_the_registries_still_reads(tmp_path):
+    """config.json of the H100 runs of 2026-11-22 (the flat layout: method options at the top, VJE's with a
+    vje_ prefix, options of other methods present) gives the same run; a checkpoint of that layout loads."""
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from vprob.checkpoint import save_checkpoint
+    from vprob.config import build_model, config_from_dict
+    from vprob.runs import load_run
+
+    saved = json.loads((Path(__file__).parents[1] / "benchmarks/results/h100-2026-11-22/vsimclr/config.json")
+                       .read_text())
+    config = config_from_dict(saved).resolved()
+    assert (config.method, config.lr, config.batch_size) == ("vsimclr", 0.06, 512)
+    assert config.options == {"dim": 128, "head_hidden": 1024, "tau": 0.5, "posterior": "projected_normal",
+                              "kl": "bound", "beta": 1.0, "kl_reference_tau": None, "chunk_size": None}
+    # An old digits checkpoint: flat config, the same state_dict keys as today's model.
+    legacy = {**saved, "data": "digits", "data_dir": None, "dim": 8, "head_hidden": 16,
+              "backbone": "digits_convnet", "tau": 0.2}
+    model = build_model(config_from_dict(legacy).resolved())
+    save_checkpoint(tmp_path / "checkpoint.pt", {"config": legacy, "model": model.state_dict(), "step": 3})
+    run = load_run(tmp_path, "cpu")
+    assert run.step == 3 and run.config.options["dim"] == 8
+    for name, value in model.state_dict().items():
+        assert torch.equal(run.model.state_dict()[name], value)
