@@ -260,7 +260,14 @@ def _log_j_small(k: int, t: Tensor) -> Tensor:
         out = _Analytic.apply(torch.where(closed, t, -threshold), k, False)
         tail = ~closed
         if bool(tail.any()):
-            out = out.masked_scatter(tail, _log_j_tail(k, t[tail]))
+            t_tail = t[tail]
+            if t.dtype == torch.float32:
+                # The float32 switch points are close to 0 (k = 15: -0.4); the few elements beyond go
+                # through the float64 scheme, whose closed form reaches much further than the quadrature
+                # tail at a fraction of its cost.
+                out = out.masked_scatter(tail, _log_j_small(k, t_tail.double()).float())
+            else:
+                out = out.masked_scatter(tail, _log_j_tail(k, t_tail))
         return out
     # Without host synchronisation (CUDA) or under a tracer (whose graph must not bake in a branch): both,
     # on sanitized copies, so that the unused one never produces nan values or gradients.

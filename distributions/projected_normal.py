@@ -294,9 +294,9 @@ class ProjectedNormal(_PyroProjectedNormal):
         """Value-independent parts of ``log_prob``: ``1/scale`` and ``loc/scale`` (or ``loc`` itself for an
         isotropic scale) in float64, and ``sum log scale`` in the parameters' dtype.
 
-        ``1/scale`` is rounded once in the parameters' dtype and then used for both ``loc`` and ``value``,
-        which amounts to an exact computation with ``scale`` perturbed by half an ulp (harmless: log p is
-        well conditioned in ``scale``). ``sum log scale`` enters ``log p`` additively, so its rounding is
+        In the row layout ``1/scale`` is rounded once in the parameters' dtype and then used for both
+        ``loc`` and ``value``, which amounts to an exact computation with ``scale`` perturbed by half an ulp
+        (harmless: log p is well conditioned in ``scale``); the event-major path converts first. ``sum log scale`` enters ``log p`` additively, so its rounding is
         that of the result. For an isotropic scale the whitening is applied to the per-event sums instead of
         the vectors: a broadcast ``(B, d) * (B, 1)`` product costs ten times a plain one on the CPU. For
         ``d <= _EVENT_MAJOR_MAX_D`` the vectors are event-major, shape ``(d,) + batch_shape`` (see
@@ -312,8 +312,9 @@ class ProjectedNormal(_PyroProjectedNormal):
             if self.is_isotropic:
                 scale = self.scale[..., 0]
                 return torch.reciprocal(scale).to(torch.float64), loc, scale.log() * d
-            inv_scale = torch.reciprocal(event_major(self.scale, self.scale.dtype)).to(torch.float64)
-            return inv_scale, loc * inv_scale, event_major(self.scale, self.scale.dtype).log().sum(0)
+            scale = event_major(self.scale, torch.float64)
+            inv_scale = torch.reciprocal(scale)
+            return inv_scale, loc * inv_scale, scale.log().sum(0).to(self.scale.dtype)
         inv_scale = torch.reciprocal(self.scale).to(torch.float64)
         log_scale = self.scale.log()
         if self.is_isotropic:
