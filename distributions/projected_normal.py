@@ -299,8 +299,8 @@ class ProjectedNormal(_PyroProjectedNormal):
         (harmless: log p is well conditioned in ``scale``); the event-major path converts first.
         ``sum log scale`` enters ``log p`` additively, so its rounding is that of the result. For an
         isotropic scale the whitening is applied to the per-event sums instead of the vectors: a broadcast
-        ``(B, d) * (B, 1)`` product costs ten times a plain one on the CPU. For ``d <= _EVENT_MAJOR_MAX_D`` the vectors are event-major, shape ``(d,) + batch_shape`` (see
-        :meth:`log_prob`).
+        ``(B, d) * (B, 1)`` product costs ten times a plain one on the CPU. For ``d <= _EVENT_MAJOR_MAX_D``
+        the vectors are event-major, shape ``(d,) + batch_shape`` (see :meth:`log_prob`).
         """
         d = int(self.event_shape[0])
         if d <= _EVENT_MAJOR_MAX_D:
