@@ -559,3 +559,34 @@ def test_gates_factors_order_and_crop_are_independent():
     others = np.column_stack([*gates, box, slot_of_op]).astype(float)
     corr = np.corrcoef(np.column_stack([f, others]).T)[:4, 4:]
     assert np.abs(corr).max() < 0.05, np.abs(corr).max()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(blur_p=1.5), r"^blur_p must lie in \[0, 1\], got 1\.5$"),
+        (dict(blur_p=0.5, blur_sigma=(0.0, 1.0)), r"^blur_sigma must satisfy 0 < lo <= hi, got \(0\.0, 1\.0"),
+        (dict(blur_p=0.5, blur_sigma=(2.0, 1.0)), r"^blur_sigma must satisfy"),
+        (dict(blur_p=0.5, blur_kernel=4), r"^blur_kernel must be a positive odd integer, got 4$"),
+        (dict(blur_p=0.5, blur_kernel=65), r"^blur_kernel 65 is too large for 32-pixel images \(reflection"),
+    ],
+)
+def test_blur_arguments_are_checked_by_name(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SimCLRAugment(32, 3, MEAN3, STD3, **kwargs)
+
+
+def test_blur_boundary_values_and_sigma_law():
+    SimCLRAugment(32, 3, MEAN3, STD3, blur_p=0.5, blur_sigma=(1.0, 1.0), blur_kernel=1)
+    SimCLRAugment(32, 3, MEAN3, STD3, blur_p=0.5, blur_kernel=63)  # 63 // 2 = 31 < 32
+    SimCLRAugment(32, 3, MEAN3, STD3, blur_p=0.0, blur_kernel=65)  # no blur: no size limit
+    assert SimCLRAugment(32, 3, MEAN3, STD3).sample_params(4, 32, 32, _gen(), "cpu").blur is None
+    n = 20_000
+    aug = SimCLRAugment(32, 3, MEAN3, STD3, grayscale_p=0.5, blur_p=0.3, blur_sigma=(0.5, 1.5))
+    p = aug.sample_params(n, 32, 32, _gen(17), "cpu")
+    blurred = p.blur > 0
+    assert abs(blurred.double().mean().item() - 0.3) < 5 * math.sqrt(0.21 / n)
+    sigma = p.blur[blurred].double().numpy()
+    assert _ks_uniform(sigma, 0.5, 1.5) > 1e-3
+    assert abs(np.corrcoef(sigma, p.gray[blurred].numpy())[0, 1]) < 0.05
+    assert abs(np.corrcoef(blurred.numpy(), p.gray.numpy())[0, 1]) < 0.05
