@@ -369,4 +369,9 @@ class PolarStudentT(TorchDistribution):
         u = a.cos().unsqueeze(-1) * m + sinc.unsqueeze(-1) * v
         u = u / _norm(u).unsqueeze(-1)
         log_r = self._radial().rsample(sample_shape)
+        # A heavy-tailed log r (radial_df near 1) can leave the dtype's range: keep r, and r^2 in the norms
+        # that log_prob takes, positive and finite (a draw beyond is set to that edge; its gradient is zero).
+        info = torch.finfo(log_r.dtype)
+        edge = 0.5 * min(-math.log(info.tiny), math.log(info.max)) - 0.5 * math.log(self.dim) - 1.0
+        log_r = log_r.clamp(-edge, edge)
         return log_r.exp().unsqueeze(-1) * u
