@@ -50,3 +50,29 @@ def test_digits_split_is_a_deterministic_function_of_the_seed(split):
     other, _ = load_digits(seed=1)
     assert not torch.equal(train.images, other.images)
     assert other.labels.bincount(minlength=10).tolist() == train.labels.bincount(minlength=10).tolist()
+
+
+def _numpy_nt_xent(z, tau):
+    """SimCLR's NT-Xent for two views (2, B, d), written out in float64 numpy."""
+    rows = np.concatenate([z[0], z[1]]).astype(np.float64)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    n, b = len(rows), len(z[0])
+    sim = rows @ rows.T / tau
+    losses = []
+    for i in range(n):
+        others = np.delete(sim[i], i)
+        log_denominator = others.max() + np.log(np.exp(others - others.max()).sum())
+        losses.append(log_denominator - sim[i, (i + b) % n])
+    return float(np.mean(losses))
+
+
+def test_info_nce_default_temperature_is_0_07():
+    """SimCLR's / MoCo's tau = 0.07 is the default (a changed default would silently change every run)."""
+    import inspect
+
+    from vprob.losses import info_nce
+
+    z = torch.randn(2, 6, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert info_nce(z).item() == pytest.approx(_numpy_nt_xent(z.numpy(), 0.07), rel=1e-10)
+    assert info_nce(z, tau=0.5).item() == pytest.approx(_numpy_nt_xent(z.numpy(), 0.5), rel=1e-10)
+    assert inspect.signature(info_nce).parameters["gather"].default is False
