@@ -76,3 +76,17 @@ def test_info_nce_default_temperature_is_0_07():
     assert info_nce(z).item() == pytest.approx(_numpy_nt_xent(z.numpy(), 0.07), rel=1e-10)
     assert info_nce(z, tau=0.5).item() == pytest.approx(_numpy_nt_xent(z.numpy(), 0.5), rel=1e-10)
     assert inspect.signature(info_nce).parameters["gather"].default is False
+
+
+def test_supcon_and_cct_default_temperatures():
+    """SupCon's tau = 0.07 (Khosla et al. 2020) and CCT's t_pos = 1, t_neg = 0.9 are the defaults: the
+    default call equals the call with those values and differs from nearby ones."""
+    from vprob.losses import cct, supcon
+
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(2, 8, 5, generator=g, dtype=torch.float64)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    assert supcon(z, labels).item() == supcon(z, labels, tau=0.07).item() != supcon(z, labels, tau=0.1).item()
+    base = cct(z).item()
+    assert base == cct(z, t_pos=1.0, t_neg=0.9).item()
+    assert base != cct(z, t_pos=2.0, t_neg=0.9).item() and base != cct(z, t_pos=1.0, t_neg=1.9).item()
