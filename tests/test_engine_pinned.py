@@ -87,6 +87,7 @@ def test_supcon_and_cct_default_temperatures():
     z = torch.randn(2, 8, 5, generator=g, dtype=torch.float64)
     labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
     assert supcon(z, labels).item() == supcon(z, labels, tau=0.07).item() != supcon(z, labels, tau=0.1).item()
-    base = cct(z).item()
-    assert base == cct(z, t_pos=1.0, t_neg=0.9).item()
-    assert base != cct(z, t_pos=2.0, t_neg=0.9).item() and base != cct(z, t_pos=1.0, t_neg=1.9).item()
+    z3 = torch.randn(3, 8, 5, generator=g, dtype=torch.float64)  # t_pos weighs >= 2 positives: 3 views
+    base = cct(z3).item()
+    assert base == cct(z3, t_pos=1.0, t_neg=0.9).item()
+    assert base != cct(z3, t_pos=2.0, t_neg=0.9).item() and base != cct(z3, t_pos=1.0, t_neg=1.9).item()
