@@ -73,6 +73,7 @@ class Run:
 
 def _recipe_label(method: str, config: dict[str, Any]) -> str:
     """The method, plus the option that tells its recipes apart (as in reproduce_cifar10.py's RECIPES)."""
+    config = config.get("options", config)  # runs saved before the registries kept options at the top
     if method in VARIATIONAL_OF and "kl" in config:
         return f"{method}-{config['kl']}"
     if method == "projnce" and "projection" in config:
@@ -103,7 +104,7 @@ def expand(paths: Sequence[str]) -> list[Path]:
     return out
 
 
-def load_run(run_dir: Path) -> Run:
+def load_report(run_dir: Path) -> Run:
     """Read a run's report (``report/report.json``, or ``report.json`` if given the report folder itself)."""
     candidates = [run_dir / "report" / "report.json", run_dir / "report.json"]
     report_path = next((p for p in candidates if p.is_file()), None)
@@ -327,7 +328,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="plot the raw mean score instead of its change from the clean images")
     args = parser.parse_args(argv)
 
-    runs = [load_run(path) for path in expand(args.run_dirs)]
+    runs = [load_report(path) for path in expand(args.run_dirs)]
     data = sorted({str(run.report.get("data")) for run in runs})
     if len(data) > 1:
         print(f"warning: the runs are on different data sets {data}", file=sys.stderr)

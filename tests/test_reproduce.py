@@ -59,8 +59,8 @@ def test_one_class_records_join_the_method_row_of_the_table(tmp_path, capsys):
     assert len(record["auroc_per_class"]) == 10
     assert set(record["mean_auroc"]) == {"likelihood", "likelihood_cartesian", "log_det", "knn"}
     assert all(0 <= value <= 1 for value in record["mean_auroc"].values())
-    with pytest.raises(SystemExit, match="--one-class supports"):
-        script.main(["--method", "cct-2views", "--one-class", *common])
+    with pytest.raises(SystemExit, match="--one-class supports"):  # a supervised method has one class only
+        script.main(["--method", "supcon", "--one-class", *common])
     capsys.readouterr()
     script.main(["--table", "--results", str(tmp_path / "results")])
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| vje |"))

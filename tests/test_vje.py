@@ -295,8 +295,10 @@ def test_bad_options_raise_value_error(digits):
         make_config(method="vje", directional="chordal").resolved()
     with pytest.raises(ValueError, match="df"):
         get_method("vje").from_options(DigitsConvNet(), {"df": -2.0})
-    with pytest.raises(TypeError, match="feature_dim"):
+    # No feature_dim attribute and no image shape a dry pass can find: a clear message saying what to pass.
+    with pytest.raises(ValueError, match="pass feature_dim="):
         VJE(torch.nn.Linear(4, 4))
+    assert VJE(torch.nn.Linear(4, 4), feature_dim=4).dim == 4
 
     vje = VJE(DigitsConvNet())
     x1, x2 = two_views(digits, batch=4)

@@ -150,6 +150,8 @@ class VJE(nn.Module):
         num_particles: posterior samples per (direction, image) and step (default 1), vectorized in
             :meth:`elbo`.
         hidden: hidden width of the inference network g (default D).
+        feature_dim: the encoder's output width D (default: its ``feature_dim`` attribute, else found by
+            one dry forward pass: :func:`vprob.nets.feature_dim_of`).
         directional_scale: how nu becomes the directional t's tangent-plane scale, in radians^2:
             ``"angular"`` (default) nu / |mu|^2, the delta-method variance of the direction z/|z| under
             q; ``"posterior_variance"``: nu itself, the first reading, kept as an ablation. With
@@ -173,6 +175,7 @@ class VJE(nn.Module):
         radial_scale: float = 1.0,
         directional_scale: str = "angular",
         score_samples: int = 0,
+        feature_dim: int | None = None,
     ) -> None:
         super().__init__()
         check_options(df, radial_df, radial_weight, radial_scale, directional, num_particles,
@@ -184,7 +187,7 @@ class VJE(nn.Module):
         self.radial_weight = float(radial_weight)
         self.directional = directional
         self.num_particles = num_particles
-        feature_dim = feature_dim_of(encoder)
+        feature_dim = feature_dim_of(encoder, feature_dim)
         if feature_dim < 2:
             raise ValueError(f"encoder.feature_dim must be >= 2 (directions on S^(D-1)), got {feature_dim}")
         if hidden is not None and (isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1):
