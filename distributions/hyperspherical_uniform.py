@@ -55,7 +55,7 @@ class HypersphericalUniform(TorchDistribution):
     ``normalize(N(0, I_d))`` (the standard normal is rotation invariant, so its direction is uniform);
     :meth:`rsample` is reparameterized trivially (there is no parameter to differentiate).
 
-    It is the prior :math:`p(z)` of VCL (vprob's METHODS.md 1.2 and 3.1) and the reference measure of
+    It is the prior :math:`p(z)` of VCL (docs/maths.md: Uniform, VCL) and the reference measure of
     the projected normal.
 
     .. warning:: ``dim`` is the **ambient** dimension ``d``: samples have ``event_shape == (d,)``.

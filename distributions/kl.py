@@ -15,7 +15,7 @@ from torch.distributions.kl import register_kl
 from distributions.hyperspherical_uniform import HypersphericalUniform
 from distributions.projected_normal import ProjectedNormal
 
-__all__ = ["gaussian_kl_bound"]
+__all__ = ["gaussian_kl_bound", "gaussian_kl_to_standard"]
 
 
 def gaussian_kl_bound(pn: ProjectedNormal | PyroProjectedNormal) -> Tensor:
@@ -48,8 +48,21 @@ def gaussian_kl_bound(pn: ProjectedNormal | PyroProjectedNormal) -> Tensor:
         scale = torch.ones_like(loc)
     else:
         raise TypeError(f"gaussian_kl_bound: expected a ProjectedNormal, got {type(pn).__name__}")
-    var_ratio = scale.square()
-    return 0.5 * (var_ratio + loc.square() - 1 - var_ratio.log()).sum(-1)
+    return gaussian_kl_to_standard(loc, scale.square())
+
+
+def gaussian_kl_to_standard(loc: Tensor, variance: Tensor) -> Tensor:
+    r"""KL of a diagonal Gaussian to the standard normal, over the last dimension:
+
+    .. math::
+
+        \mathrm{KL}(\mathcal N(\mu, \mathrm{diag}\,\nu) \,\|\, \mathcal N(0, I))
+        = \tfrac12 \sum_k (\nu_k + \mu_k^2 - 1 - \log \nu_k).
+
+    ``loc`` and ``variance`` (..., d) give (...). The Gaussian bound of the projected normal
+    (:func:`gaussian_kl_bound`) and VJE's KL term.
+    """
+    return 0.5 * (variance + loc.square() - 1 - variance.log()).sum(-1)
 
 
 @register_kl(HypersphericalUniform, HypersphericalUniform)

@@ -6,7 +6,7 @@ of ``VCL.uncertainty(x)``: ``log_det`` = sum_k log sigma_k^2 and its scale-free 
 Hook for other probabilistic models (VJE comes later): any model with a method
 ``uncertainty(x) -> dict[str, Tensor (N,)]`` is scored by :func:`uncertainty_scores` and therefore by
 ``vprob.diagnose`` with no change here; VJE should return its posterior score (log det of the posterior
-covariance) and its representation-space negative log-likelihood (METHODS.md 3.2) under names of its
+covariance) and its representation-space negative log-likelihood (docs/maths.md, VJE) under names of its
 choice, higher = more uncertain. A model without ``uncertainty`` has no score and is skipped.
 """
 

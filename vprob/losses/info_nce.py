@@ -6,7 +6,7 @@ from torch import Tensor
 
 from vprob.losses._batch import anchor_mean, contrast_batch
 from vprob.losses._checks import check_chunk_size, check_embeddings, check_positive, full_precision, prepare
-from vprob.losses.supcon import held_out_centroid, log_softmax_terms
+from vprob.losses.log_softmax import held_out_centroid, log_softmax_terms
 
 
 def info_nce(

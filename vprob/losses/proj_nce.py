@@ -48,7 +48,7 @@ from vprob.losses._checks import (
     prepare,
 )
 from vprob.losses.chunked import masked_logsumexp
-from vprob.losses.supcon import held_out_centroid, log_softmax_terms
+from vprob.losses.log_softmax import held_out_centroid, log_softmax_terms
 
 PROJECTIONS = ("centroid", "median", "orthogonal", "mlp")
 

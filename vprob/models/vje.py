@@ -68,6 +68,7 @@ from pyro.infer import TraceMeanField_ELBO
 from torch import Tensor, nn
 
 from distributions import PolarStudentT
+from distributions.kl import gaussian_kl_to_standard
 from distributions.polar_student_t import DIRECTIONAL_MODES
 from vprob.data import check_image_batch
 from vprob.models.elbo import two_view_objective
@@ -496,11 +497,6 @@ class VJE(nn.Module):
             raise ValueError(f"coordinates must be one of {SCORE_COORDINATES}, got {coordinates!r}")
         scores = self.anomaly_scores(images, augment, num_pairs, generator, batch_size)
         return scores["nll" if coordinates == "polar" else "nll_cartesian"]
-
-
-def gaussian_kl_to_standard(mu: Tensor, nu: Tensor) -> Tensor:
-    """KL(N(mu, diag nu) || N(0, I)) = 1/2 sum_k (nu_k + mu_k^2 - 1 - log nu_k), over the last dimension."""
-    return 0.5 * (nu + mu.square() - 1.0 - nu.log()).sum(-1)
 
 
 def _full_precision(x: Tensor) -> Tensor:
