@@ -118,7 +118,7 @@ def test_log_prob_float32_against_mpmath_all(d, loc_norm, scale_kind):
 
 
 def test_far_tail_where_pyro_underflows():
-    # docs/maths.md, Projected normal: float64, d = 3, |loc| = 40, u = -loc/|loc|: the truth is -813.1, Pyro says -37.9.
+    # docs/maths.md, Projected normal: float64, d = 3, |loc| = 40, u = -loc/|loc|: truth -813.1, Pyro -37.9.
     loc = torch.tensor([40.0, 0.0, 0.0], dtype=torch.float64)
     value = -loc / loc.norm()
     expected = float(mp_projected_normal_log_prob(loc.numpy(), [1.0], value.numpy()))
