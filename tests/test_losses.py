@@ -400,3 +400,40 @@ def test_bad_input_raises_value_error_naming_the_argument(index):
     name, call = _bad_inputs()[index]
     with pytest.raises(ValueError, match=rf"^{name}\b"):
         call()
+
+
+def _naive_cct_unnormalized(z: torch.Tensor, t_pos: float, t_neg: float) -> torch.Tensor:
+    """CACR on the raw rows: d(a, b) = Σ (a − b)², loops only (``naive_cct`` normalizes its input first)."""
+    views, batch, _ = z.shape
+
+    def cost(a, b):
+        return ((a - b) ** 2).sum()
+
+    attraction = []
+    for v in range(views):
+        for i in range(batch):
+            costs = torch.stack([cost(z[v, i], z[u, i]) for u in range(views) if u != v])
+            attraction.append((torch.softmax(t_pos * costs, dim=0) * costs).sum())
+    repulsion = []
+    for x in range(views):
+        for y in range(x + 1, views):
+            for i in range(batch):
+                costs = torch.stack([cost(z[x, i], z[y, j]) for j in range(batch) if j != i])
+                repulsion.append((torch.softmax(-t_neg * costs, dim=0) * costs).sum())
+    return torch.stack(attraction).mean() - torch.stack(repulsion).mean()
+
+
+def test_cct_without_normalization_uses_raw_squared_distances():
+    # Rows of very unequal norms: |a|², |b|² and a·b all enter the cost separately, so dropping or replacing
+    # any term of |a − b|² = |a|² + |b|² − 2 a·b changes the loss (unit rows would hide a constant shift).
+    torch.manual_seed(11)
+    scale = torch.tensor([0.3, 1.0, 2.5, 0.7, 1.8], dtype=torch.float64)
+    z = (torch.randn(3, 5, 4, dtype=torch.float64) * scale[:, None]).requires_grad_(True)
+    t_pos, t_neg = 0.4, 0.6
+    _assert_same(
+        lambda z: cct(z, t_pos, t_neg, normalize=False),
+        lambda z: _naive_cct_unnormalized(z, t_pos, t_neg),
+        z,
+    )
+    # The rows really are not unit: the default (normalize=True) gives another value.
+    assert not torch.allclose(cct(z, t_pos, t_neg), cct(z, t_pos, t_neg, normalize=False))
