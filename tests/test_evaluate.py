@@ -356,3 +356,72 @@ def test_evaluation_device_plumbing_on_cuda():
     pred = knn_predict(x.cuda(), y.cuda(), xt.cuda(), k=5)
     assert pred.is_cuda and torch.equal(pred.cpu(), knn_predict(x, y, xt, k=5))
     assert knn_accuracy(x.cuda(), y.cuda(), xt.cuda(), yt, k=5) == knn_accuracy(x, y, xt, yt, k=5)
+
+
+class _AutocastRecorder(nn.Module):
+    """Flatten + Linear(64, 8) that records whether each forward pass ran under CPU autocast."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 8))
+        self.autocast = []
+
+    def forward(self, x):
+        self.autocast.append(torch.is_autocast_enabled("cpu"))
+        return self.net(x)
+
+
+def _digits_normalize(x):
+    return (x.float() / 255.0 - 0.3) / 0.4
+
+
+def _direct_scores(encoder, fit_set, score_set, ks, autocast_dtype=None):
+    """What evaluate_backbone should return, from the public functions called one by one."""
+    fit = extract_features(encoder, fit_set.images, _digits_normalize, autocast_dtype=autocast_dtype)
+    score = extract_features(encoder, score_set.images, _digits_normalize, autocast_dtype=autocast_dtype)
+    out = {}
+    for k, weighted, name in ks:
+        out[f"knn_top1_k{k}_{name}"] = knn_accuracy(
+            fit, fit_set.labels, score, score_set.labels, k=k, weighted=weighted
+        )
+    out["linear_top1"] = linear_probe(fit, fit_set.labels, score, score_set.labels)
+    return out
+
+
+def test_evaluate_backbone_keys_values_and_split_roles():
+    from vprob.data import load_digits
+    from vprob.evaluate import evaluate_backbone
+
+    train, test = load_digits()
+    encoder = _AutocastRecorder()
+
+    # Default knn_k: weighted vote at k = 200, majority at k = 10 (the vote switches above k = 10).
+    got = evaluate_backbone(encoder, train, test, _digits_normalize)
+    expected = _direct_scores(encoder, train, test, [(200, True, "weighted"), (10, False, "majority")])
+    assert list(got) == ["knn_top1_k200_weighted", "knn_top1_k10_majority", "linear_top1"]
+    assert got == pytest.approx(expected, abs=0)
+    assert not any(encoder.autocast)
+
+    # A custom tuple, straddling the switch: 11 weighted, 10 and 1 majority.
+    got = evaluate_backbone(encoder, train, test, _digits_normalize, knn_k=(11, 10, 1))
+    expected = _direct_scores(
+        encoder, train, test, [(11, True, "weighted"), (10, False, "majority"), (1, False, "majority")]
+    )
+    assert list(got) == ["knn_top1_k11_weighted", "knn_top1_k10_majority", "knn_top1_k1_majority", "linear_top1"]
+    assert got == pytest.approx(expected, abs=0)
+
+    # Fitted on the first set and scored on the second: swapping the roles changes the numbers.
+    swapped = evaluate_backbone(encoder, test, train, _digits_normalize, knn_k=(11, 10, 1))
+    swapped_expected = _direct_scores(
+        encoder, test, train, [(11, True, "weighted"), (10, False, "majority"), (1, False, "majority")]
+    )
+    assert swapped == pytest.approx(swapped_expected, abs=0)
+    assert all(swapped[key] != got[key] for key in got)
+
+    # amp=True runs the encoder under bfloat16 autocast, for both sets.
+    encoder.autocast.clear()
+    got = evaluate_backbone(encoder, train, test, _digits_normalize, knn_k=(10,), amp=True)
+    assert encoder.autocast and all(encoder.autocast)
+    expected = _direct_scores(encoder, train, test, [(10, False, "majority")], autocast_dtype=torch.bfloat16)
+    assert got == pytest.approx(expected, abs=0)
