@@ -408,7 +408,9 @@ def test_evaluate_backbone_keys_values_and_split_roles():
     expected = _direct_scores(
         encoder, train, test, [(11, True, "weighted"), (10, False, "majority"), (1, False, "majority")]
     )
-    assert list(got) == ["knn_top1_k11_weighted", "knn_top1_k10_majority", "knn_top1_k1_majority", "linear_top1"]
+    assert list(got) == [
+        "knn_top1_k11_weighted", "knn_top1_k10_majority", "knn_top1_k1_majority", "linear_top1"
+    ]
     assert got == pytest.approx(expected, abs=0)
 
     # Fitted on the first set and scored on the second: swapping the roles changes the numbers.
