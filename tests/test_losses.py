@@ -437,3 +437,52 @@ def test_cct_without_normalization_uses_raw_squared_distances():
     )
     # The rows really are not unit: the default (normalize=True) gives another value.
     assert not torch.allclose(cct(z, t_pos, t_neg), cct(z, t_pos, t_neg, normalize=False))
+
+
+def test_value_checks_switch_the_non_finite_check_only_and_restore_it():
+    from vprob.losses import set_value_checks, value_checks
+
+    z = torch.randn(2, 4, 3)
+    z[0, 1, 2] = float("nan")
+    with value_checks(False):
+        assert torch.isnan(info_nce(z))  # no check: the NaN reaches the loss
+        with pytest.raises(ValueError, match=r"^z\b"):
+            info_nce(torch.randn(2, 1, 3))  # shape checks still run
+        with value_checks(True):
+            with pytest.raises(ValueError, match="non-finite"):
+                info_nce(z)
+        assert torch.isnan(info_nce(z))  # the inner block restored "off"
+    with pytest.raises(ValueError, match="non-finite"):
+        info_nce(z)
+    # Restored on the way out of an exception too.
+    with pytest.raises(RuntimeError), value_checks(False):
+        raise RuntimeError
+    with pytest.raises(ValueError, match="non-finite"):
+        info_nce(z)
+    try:
+        set_value_checks(False)
+        assert torch.isnan(cct(z))
+        set_value_checks(True)
+        with pytest.raises(ValueError, match="non-finite"):
+            cct(z)
+    finally:
+        set_value_checks(True)
+
+
+def test_scalar_arguments_accept_one_element_tensors_and_refuse_others():
+    z, labels = torch.randn(2, 4, 3, dtype=torch.float64), torch.tensor([0, 1, 0, 1])
+    torch.testing.assert_close(info_nce(z, torch.tensor(0.3, dtype=torch.float64)), info_nce(z, 0.3), **F64)
+    torch.testing.assert_close(info_nce(z, 1), info_nce(z, 1.0), **F64)  # an int is a real number
+    torch.testing.assert_close(cct(z, torch.tensor([1.5]), 2), cct(z, 1.5, 2.0), **F64)
+    for name, call in [
+        ("tau", lambda: info_nce(z, torch.tensor([0.3, 0.3]))),
+        ("tau", lambda: info_nce(z, True)),
+        ("tau", lambda: supcon(z, labels, "0.1")),
+        ("t_pos", lambda: cct(z, t_pos=torch.ones(2, 1))),
+        ("beta", lambda: proj_nce(z, labels, beta=None)),
+        ("chunk_size", lambda: info_nce(z, chunk_size=1.0)),
+    ]:
+        with pytest.raises(ValueError, match=rf"^{name}\b"):
+            call()
+    # chunk_size 0 (naive) and a positive int are both accepted and agree.
+    torch.testing.assert_close(info_nce(z, 0.3, chunk_size=0), info_nce(z, 0.3, chunk_size=3), **F64)
