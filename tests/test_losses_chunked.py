@@ -147,3 +147,47 @@ def test_chunked_equals_naive_at_the_automatic_threshold(name):
     naive_values, naive_grads = _values_and_grads(fn, z, 0)
     values, grads = _values_and_grads(fn, z, None)
     torch.testing.assert_close(values + grads, naive_values + naive_grads, **TOL[torch.float32])
+
+
+def test_auto_chunk_rows_divides_the_element_budget():
+    limit = chunked.AUTO_CHUNK_ELEMENTS
+    assert chunked.auto_chunk_rows(1) == limit  # one contrast row: the whole budget in rows
+    assert chunked.auto_chunk_rows(0) == limit
+    assert chunked.auto_chunk_rows(3) == limit // 3
+
+
+def test_masked_logsumexp_input_checks_name_the_argument():
+    anchors, contrast = torch.randn(3, 4), torch.randn(5, 4)
+    with pytest.raises(ValueError, match=r"^contrast\b"):
+        masked_logsumexp(anchors, contrast[:1], torch.zeros(3, dtype=torch.long), 1.0)
+    with pytest.raises(ValueError, match=r"^bias\b"):
+        masked_logsumexp(anchors, contrast, None, 1.0, bias=torch.zeros(5, requires_grad=True))
+    # No exclusion: a single contrast row is fine (lse is its score); one feature column is fine too.
+    single = masked_logsumexp(anchors, contrast[:1], None, 2.0)
+    torch.testing.assert_close(single, 2.0 * anchors @ contrast[0])
+    narrow = torch.randn(3, 1)
+    lse = masked_logsumexp(narrow, narrow, torch.arange(3), 1.0)
+    expected = torch.stack([torch.logsumexp(narrow[i] * narrow[[j for j in range(3) if j != i], 0], 0)
+                            for i in range(3)])
+    torch.testing.assert_close(lse, expected)
+
+
+class _MatmulCount(TorchDispatchMode):
+    """Counts the matrix products (mm) run under the mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func is torch.ops.aten.mm.default
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("rows", [1, 4, 5])
+def test_chunked_forward_computes_each_block_once(rows):
+    # 12 anchors in chunks of ``rows``: ceil(12 / rows) score blocks in forward, no more.
+    anchors, contrast = torch.randn(12, 3), torch.randn(7, 3)
+    with _MatmulCount() as mode:
+        masked_logsumexp(anchors, contrast, torch.arange(12) % 7, 1.0, chunk_size=rows)
+    assert mode.count == -(-12 // rows)
