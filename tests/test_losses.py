@@ -486,3 +486,71 @@ def test_scalar_arguments_accept_one_element_tensors_and_refuse_others():
             call()
     # chunk_size 0 (naive) and a positive int are both accepted and agree.
     torch.testing.assert_close(info_nce(z, 0.3, chunk_size=0), info_nce(z, 0.3, chunk_size=3), **F64)
+
+
+def _fake_world(monkeypatch, rank: int, parts: list[torch.Tensor], labels: list[torch.Tensor]):
+    """Pretend to be ``rank`` of len(parts) processes whose (V, B, d) rows and (B,) labels are given."""
+    from vprob import distributed
+
+    views = parts[0].shape[0]
+    monkeypatch.setattr(distributed, "world_size", lambda: len(parts))
+    monkeypatch.setattr(distributed, "rank", lambda: rank)
+    # Rank r's rows are its normalized z.reshape(V·B, d) (view-major); other ranks' rows are constants here.
+    rows = [F.normalize(p, dim=-1).reshape(-1, p.shape[-1]) for p in parts]
+    monkeypatch.setattr(
+        distributed,
+        "gather_with_grad",
+        lambda x: torch.cat([x if r == rank else c for r, c in enumerate(rows)]),
+    )
+    monkeypatch.setattr(
+        distributed, "all_gather_nograd", lambda x: torch.cat([y.repeat(views) for y in labels])
+    )
+
+
+@pytest.mark.parametrize(
+    "views, name",
+    [(2, "info_nce"), (2, "supcon"), (1, "supcon"), (2, "proj_nce_orthogonal"), (2, "proj_nce_median")],
+)
+def test_gather_in_a_fake_world_of_two_averages_to_the_whole_batch_loss(monkeypatch, views, name):
+    """In process (mutation testing sees it, unlike tests/test_distributed_losses.py's spawned ranks):
+    rank r's loss with gather=True, averaged over the 2 ranks, is the one-process loss on both halves."""
+    torch.manual_seed(5)
+    z = torch.randn(views, 10, 4, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 1, 2, 0, 2, 2, 1, 0, 3])
+    if views == 1:
+        labels = torch.tensor([0, 1, 0, 2, 1, 1, 0, 1, 1, 3])  # images 3 and 9 have no positive
+    loss = {
+        "info_nce": lambda z, y, **kw: info_nce(z, 0.2, **kw),
+        "supcon": lambda z, y, **kw: supcon(z, y, 0.2, **kw),
+        "proj_nce_orthogonal": lambda z, y, **kw: proj_nce(z, y, 0.2, projection="orthogonal", **kw),
+        "proj_nce_median": lambda z, y, **kw: proj_nce(z, y, 0.2, projection="median", **kw),
+    }[name]
+    whole = loss(z, labels)
+    parts, part_labels = [z[:, :5], z[:, 5:]], [labels[:5], labels[5:]]
+    local = [loss(parts[r], part_labels[r]) for r in range(2)]
+    per_rank = []
+    for rank in range(2):
+        _fake_world(monkeypatch, rank, parts, part_labels)
+        per_rank.append(loss(parts[rank], part_labels[rank], gather=True))
+        # gather=False ignores the world.
+        torch.testing.assert_close(loss(parts[rank], part_labels[rank]), local[rank], **F64)
+        monkeypatch.undo()
+    torch.testing.assert_close((per_rank[0] + per_rank[1]) / 2, whole, **F64)
+    assert not torch.allclose(per_rank[0], local[0])
+
+
+def test_no_anchor_with_a_positive_names_labels():
+    with pytest.raises(ValueError, match=r"^labels\b"):
+        supcon(torch.randn(1, 4, 3), torch.tensor([0, 1, 2, 3]))
+
+
+def test_embedding_shape_limits_and_messages():
+    info_nce(torch.randn(2, 2, 3))  # B = 2 is enough
+    for dim in (1, 2):  # d = 1 is allowed (rows normalize to ±1)
+        assert torch.isfinite(info_nce(torch.randn(2, 4, dim)))
+    with pytest.raises(ValueError, match=r"^z has an empty embedding dimension: \(2, 4, 0\)"):
+        info_nce(torch.randn(2, 4, 0))
+    with pytest.raises(ValueError, match=r"^z must be a torch.Tensor .* got list"):
+        info_nce([[[0.0]]])
+    with pytest.raises(ValueError, match=r"^labels must be an integer torch.Tensor .* got list"):
+        supcon(torch.randn(2, 4, 3), [0, 1, 0, 1])
