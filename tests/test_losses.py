@@ -503,7 +503,9 @@ def _fake_world(monkeypatch, rank: int, parts: list[torch.Tensor], labels: list[
         lambda x: torch.cat([x if r == rank else c for r, c in enumerate(rows)]),
     )
     monkeypatch.setattr(
-        distributed, "all_gather_nograd", lambda x: torch.cat([y.repeat(views) for y in labels])
+        distributed,
+        "all_gather_nograd",
+        lambda x: torch.cat([x if r == rank else y.repeat(views) for r, y in enumerate(labels)]),
     )
 
 
