@@ -511,7 +511,14 @@ def _fake_world(monkeypatch, rank: int, parts: list[torch.Tensor], labels: list[
 
 @pytest.mark.parametrize(
     "views, name",
-    [(2, "info_nce"), (2, "supcon"), (1, "supcon"), (2, "proj_nce_orthogonal"), (2, "proj_nce_median")],
+    [
+        (2, "info_nce"),
+        (2, "supcon"),
+        (1, "supcon"),
+        (2, "proj_nce_orthogonal"),
+        (2, "proj_nce_median"),
+        (2, "proj_nce_terms"),
+    ],
 )
 def test_gather_in_a_fake_world_of_two_averages_to_the_whole_batch_loss(monkeypatch, views, name):
     """In process (mutation testing sees it, unlike tests/test_distributed_losses.py's spawned ranks):
@@ -526,6 +533,7 @@ def test_gather_in_a_fake_world_of_two_averages_to_the_whole_batch_loss(monkeypa
         "supcon": lambda z, y, **kw: supcon(z, y, 0.2, **kw),
         "proj_nce_orthogonal": lambda z, y, **kw: proj_nce(z, y, 0.2, projection="orthogonal", **kw),
         "proj_nce_median": lambda z, y, **kw: proj_nce(z, y, 0.2, projection="median", **kw),
+        "proj_nce_terms": lambda z, y, **kw: sum(proj_nce_terms(z, y, 0.2, **kw)),
     }[name]
     whole = loss(z, labels)
     parts, part_labels = [z[:, :5], z[:, 5:]], [labels[:5], labels[5:]]
@@ -556,3 +564,54 @@ def test_embedding_shape_limits_and_messages():
         info_nce([[[0.0]]])
     with pytest.raises(ValueError, match=r"^labels must be an integer torch.Tensor .* got list"):
         supcon(torch.randn(2, 4, 3), [0, 1, 0, 1])
+
+
+def test_mlp_projection_is_x_plus_a_relu_mlp():
+    torch.manual_seed(2)
+    assert MLPProjection(4).net[0].out_features == 4 and MLPProjection(4, hidden=9).net[0].out_features == 9
+    mlp = MLPProjection(4, hidden=9).double()
+    for layer in (mlp.net[0], mlp.net[-1]):
+        torch.nn.init.normal_(layer.weight)
+        torch.nn.init.normal_(layer.bias)
+    x = torch.randn(5, 4, dtype=torch.float64)
+    first, last = mlp.net[0], mlp.net[-1]
+    expected = x + torch.clamp(x @ first.weight.T + first.bias, min=0) @ last.weight.T + last.bias
+    torch.testing.assert_close(mlp(x), expected, **F64)
+
+
+def test_proj_nce_defaults_and_beta():
+    torch.manual_seed(3)
+    z, labels = torch.randn(2, 6, 4, dtype=torch.float64), torch.tensor([0, 1, 1, 2, 0, 2])
+    i_proj, r = proj_nce_terms(z, labels, 0.07, projection="centroid")
+    torch.testing.assert_close(proj_nce_terms(z, labels), (i_proj, r), **F64)
+    torch.testing.assert_close(proj_nce(z, labels), i_proj + r, **F64)  # tau 0.07, centroid, beta 1
+    torch.testing.assert_close(proj_nce(z, labels, beta=0.0), i_proj, **F64)
+    torch.testing.assert_close(proj_nce(z, labels, beta=1.0), i_proj + r, **F64)
+    torch.testing.assert_close(proj_nce(z, labels, beta=2.5), i_proj + 2.5 * r, **F64)
+    torch.testing.assert_close(
+        proj_nce(z, labels, projection="orthogonal"),
+        proj_nce(z, labels, 0.07, projection="orthogonal", bandwidth=1.5, beta=1.0),
+        **F64,
+    )
+    assert not torch.allclose(
+        proj_nce(z, labels, projection="orthogonal"),
+        proj_nce(z, labels, projection="orthogonal", bandwidth=2.5),
+    )
+    # Any d -> d module serves as "mlp", a parameterless one included: the identity gives "centroid".
+    identity = proj_nce(z, labels, projection="mlp", mlp=torch.nn.Identity())
+    torch.testing.assert_close(identity, i_proj + r, **F64)
+    with pytest.raises(ValueError, match="MLPProjection"):
+        proj_nce(z, labels, projection="mlp")
+
+
+@pytest.mark.parametrize("projection, bandwidth", [("orthogonal", 1.0), ("median", 1.5), ("centroid", 1.5)])
+def test_proj_nce_one_view_singleton_classes_give_finite_gradients(projection, bandwidth):
+    # One view, classes 0 and 3 with a single image (no positive: masked out). Class 0 comes first in the
+    # median's class order, and with bandwidth <= sqrt(2) ("orthogonal", kappa = 0) its held-out mass is 0.
+    torch.manual_seed(4)
+    z = torch.randn(1, 7, 3, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([1, 0, 1, 2, 2, 3, 1])
+    loss = proj_nce(z, labels, 0.5, projection=projection, bandwidth=bandwidth)
+    (grad,) = torch.autograd.grad(loss, z)
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
+    assert grad[0, 1].abs().max() > 0  # the singleton still serves as a negative

@@ -8,7 +8,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from vprob.losses import MLPProjection, chunked, info_nce, masked_logsumexp, proj_nce_terms, supcon
+from vprob.losses import MLPProjection, chunked, info_nce, masked_logsumexp, proj_nce, proj_nce_terms, supcon
 
 TOL = {torch.float32: {"rtol": 1e-5, "atol": 1e-5}, torch.float64: {"rtol": 1e-10, "atol": 1e-10}}
 
@@ -191,3 +191,14 @@ def test_chunked_forward_computes_each_block_once(rows):
     with _MatmulCount() as mode:
         masked_logsumexp(anchors, contrast, torch.arange(12) % 7, 1.0, chunk_size=rows)
     assert mode.count == -(-12 // rows)
+
+
+@pytest.mark.parametrize("projection", ["centroid", "median"])
+def test_proj_nce_chunks_the_class_side_too(projection):
+    # Every image its own class: the class-side log-sum-exp is (rows × classes), as big as the row side.
+    views, batch, dim, chunk_size = 2, 48, 8, 8
+    rows = views * batch
+    labels = torch.arange(batch)
+    z = torch.randn(views, batch, dim)
+    fn = lambda z, c: (proj_nce(z, labels, 0.1, projection=projection, chunk_size=c),)  # noqa: E731
+    assert _largest_block(fn, z, chunk_size) <= rows * max(chunk_size, dim + 1) < rows * batch
