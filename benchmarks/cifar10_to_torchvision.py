@@ -23,9 +23,12 @@ def main() -> None:
     folder.mkdir(parents=True, exist_ok=True)
 
     def write(name: str, images, labels) -> None:
-        batch = {b"batch_label": name.encode(), b"labels": labels.tolist(),
-                 b"data": images.reshape(len(images), -1).numpy(),
-                 b"filenames": [f"{name}_{i}.png".encode() for i in range(len(images))]}
+        batch = {
+            b"batch_label": name.encode(),
+            b"labels": labels.tolist(),
+            b"data": images.reshape(len(images), -1).numpy(),
+            b"filenames": [f"{name}_{i}.png".encode() for i in range(len(images))],
+        }
         (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
 
     per = len(train) // 5
@@ -33,8 +36,11 @@ def main() -> None:
         part = slice(i * per, (i + 1) * per)
         write(f"data_batch_{i + 1}", train.images[part], train.labels[part])
     write("test_batch", test.images, test.labels)
-    meta = {b"num_cases_per_batch": per, b"num_vis": 3072,
-            b"label_names": [c.encode() for c in train.classes]}
+    meta = {
+        b"num_cases_per_batch": per,
+        b"num_vis": 3072,
+        b"label_names": [c.encode() for c in train.classes],
+    }
     (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
     print(f"wrote {folder}")
 

@@ -121,8 +121,10 @@ def _no_grad(make, loc, scale):
 def run(device: torch.device, dims, batch: int, dtype: torch.dtype, warmup: int, repeats: int) -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
     threads = f", {torch.get_num_threads()} thread(s)" if device.type == "cpu" else ""
-    print(f"\n### {device.type}: {name}{threads}; torch {torch.__version__}; pyro {pyro.__version__}; "
-          f"batch {batch:,}; {dtype}; median of {repeats} interleaved repeats\n")
+    print(
+        f"\n### {device.type}: {name}{threads}; torch {torch.__version__}; pyro {pyro.__version__}; "
+        f"batch {batch:,}; {dtype}; median of {repeats} interleaved repeats\n"
+    )
     print("| op | d | distribution | ms / call | x Normal | x Pyro |")
     print("| --- | ---: | --- | ---: | ---: | ---: |")
     gen = torch.Generator(device="cpu").manual_seed(0)
@@ -157,8 +159,10 @@ def run_nuts(warmup: int = 200, samples: int = 200, n_obs: int = 300) -> None:
 
         return fn
 
-    print(f"\n### NUTS, d = 3, {n_obs} observations, {warmup} warm-up + {samples} samples, "
-          f"{torch.get_num_threads()} thread(s)\n")
+    print(
+        f"\n### NUTS, d = 3, {n_obs} observations, {warmup} warm-up + {samples} samples, "
+        f"{torch.get_num_threads()} thread(s)\n"
+    )
     print("| distribution | CPU seconds | posterior mean of loc |")
     print("| --- | ---: | --- |")
     results = {}

@@ -119,8 +119,10 @@ def makers() -> dict:
         "HypersphericalUniform": make_uniform,
         "PolarStudentT": make_polar_student_t,
     }
-    for module, name, antipode in (("von_mises_fisher", "VonMisesFisher", True),
-                                   ("power_spherical", "PowerSpherical", False)):
+    for module, name, antipode in (
+        ("von_mises_fisher", "VonMisesFisher", True),
+        ("power_spherical", "PowerSpherical", False),
+    ):
         make = concentration_family(module, name, antipode)
         if make is not None:
             out[name] = make
@@ -169,10 +171,14 @@ def fuzz_chunk(make, n: int, d: int, dtype, gen) -> dict:
 def run(n_total: int, only: str | None, seed: int) -> None:
     torch.set_num_threads(1)
     selected = {k: v for k, v in makers().items() if only is None or k == only}
-    print(f"parameter sets per distribution: {n_total:,} (half float32, half float64); seed {seed}; "
-          f"torch {torch.__version__}, 1 thread")
-    print("\n| distribution | dtype | parameter sets | NaN/inf log_prob | NaN/inf samples "
-          "| NaN/inf gradients | seconds |")
+    print(
+        f"parameter sets per distribution: {n_total:,} (half float32, half float64); seed {seed}; "
+        f"torch {torch.__version__}, 1 thread"
+    )
+    print(
+        "\n| distribution | dtype | parameter sets | NaN/inf log_prob | NaN/inf samples "
+        "| NaN/inf gradients | seconds |"
+    )
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for name, make in selected.items():
         for dtype in (torch.float32, torch.float64):
@@ -192,8 +198,11 @@ def run(n_total: int, only: str | None, seed: int) -> None:
                     drawn += n
                 done += drawn
             seconds = time.perf_counter() - start
-            print(f"| {name} | {str(dtype).replace('torch.', '')} | {done:,} | {counts['log_prob']:,} | "
-                  f"{counts['sample']:,} | {counts['grad']:,} | {seconds:.0f} |", flush=True)
+            print(
+                f"| {name} | {str(dtype).replace('torch.', '')} | {done:,} | {counts['log_prob']:,} | "
+                f"{counts['sample']:,} | {counts['grad']:,} | {seconds:.0f} |",
+                flush=True,
+            )
 
 
 def main(argv=None) -> None:

@@ -115,8 +115,12 @@ def load_report(run_dir: Path) -> Run:
     config_path = config_dir / "config.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
     seed = config.get("seed")
-    return Run(run_dir, report, _recipe_label(str(report["method"]), config),
-               int(seed) if isinstance(seed, int) else None)
+    return Run(
+        run_dir,
+        report,
+        _recipe_label(str(report["method"]), config),
+        int(seed) if isinstance(seed, int) else None,
+    )
 
 
 def _finite(values: Sequence[Any]) -> list[float]:
@@ -135,7 +139,8 @@ def _std(values: Sequence[Any]) -> float | None:
 
 def _score_name(run: Run, requested: str | None) -> str:
     names = run.report["uncertainty"].get("score_names") or list(
-        next(iter(run.report["uncertainty"]["mean_score"].values())))
+        next(iter(run.report["uncertainty"]["mean_score"].values()))
+    )
     if requested is None:
         return "log_det" if "log_det" in names else names[0]
     if requested not in names:
@@ -143,8 +148,12 @@ def _score_name(run: Run, requested: str | None) -> str:
     return requested
 
 
-def collect(runs: Sequence[Run], representation: str = "embedding", score: str | None = None,
-            title_suffix: str | None = None) -> dict[str, Any]:
+def collect(
+    runs: Sequence[Run],
+    representation: str = "embedding",
+    score: str | None = None,
+    title_suffix: str | None = None,
+) -> dict[str, Any]:
     """Every number the two figures plot: per run, and per recipe (seeds pooled)."""
     per_run: list[dict[str, Any]] = []
     recipes: dict[str, list[tuple[Run, dict[str, Any]]]] = {}
@@ -153,18 +162,28 @@ def collect(runs: Sequence[Run], representation: str = "embedding", score: str |
         values = [float(s) for s in collapse["singular_values"]]
         top = values[0] if values and values[0] > 0 else 1.0
         entry: dict[str, Any] = {
-            "run_dir": str(run.run_dir), "label": run.label, "method": run.method, "seed": run.seed,
-            "data": run.report.get("data"), "num_dims": collapse.get("num_dims"),
-            "num_images": collapse.get("num_rows"), "effective_rank": collapse["effective_rank"],
-            "normalized_spectrum": [s / top for s in values], "uncertainty": None,
+            "run_dir": str(run.run_dir),
+            "label": run.label,
+            "method": run.method,
+            "seed": run.seed,
+            "data": run.report.get("data"),
+            "num_dims": collapse.get("num_dims"),
+            "num_images": collapse.get("num_rows"),
+            "effective_rank": collapse["effective_rank"],
+            "normalized_spectrum": [s / top for s in values],
+            "uncertainty": None,
         }
         if run.variational:
             name = _score_name(run, score)
             section = run.report["uncertainty"]
-            curves = {corruption: [by_score[name][str(s)] for s in SEVERITIES]
-                      for corruption, by_score in section["mean_score"].items()}
+            curves = {
+                corruption: [by_score[name][str(s)] for s in SEVERITIES]
+                for corruption, by_score in section["mean_score"].items()
+            }
             entry["uncertainty"] = {
-                "score": name, "severities": list(SEVERITIES), "mean_score": curves,
+                "score": name,
+                "severities": list(SEVERITIES),
+                "mean_score": curves,
                 "spearman": {c: by_score.get(name) for c, by_score in section["spearman"].items()},
                 "spearman_overall": section["spearman_overall"].get(name),
                 "num_images": section.get("num_images"),
@@ -177,8 +196,10 @@ def collect(runs: Sequence[Run], representation: str = "embedding", score: str |
     for label, members in recipes.items():
         ranks = [entry["effective_rank"] for _, entry in members]
         collapse_summary[label] = {
-            "method": members[0][0].method, "variational": members[0][0].variational,
-            "seeds": [run.seed for run, _ in members], "effective_rank_mean": _mean(ranks),
+            "method": members[0][0].method,
+            "variational": members[0][0].variational,
+            "seeds": [run.seed for run, _ in members],
+            "effective_rank_mean": _mean(ranks),
             "effective_rank_std": _std(ranks),
         }
         with_scores = [entry["uncertainty"] for _, entry in members if entry["uncertainty"] is not None]
@@ -188,24 +209,31 @@ def collect(runs: Sequence[Run], representation: str = "embedding", score: str |
         if len(names) > 1:
             raise SystemExit(f"the runs of {label} report different scores {sorted(names)}: pass --score")
         corruptions = list(with_scores[0]["mean_score"])
-        mean_curves = {c: [_mean([u["mean_score"][c][i] for u in with_scores])
-                           for i in range(len(SEVERITIES))]
-                       for c in corruptions}
+        mean_curves = {
+            c: [_mean([u["mean_score"][c][i] for u in with_scores]) for i in range(len(SEVERITIES))]
+            for c in corruptions
+        }
         uncertainty_summary[label] = {
-            "score": with_scores[0]["score"], "seeds": [run.seed for run, e in members if e["uncertainty"]],
+            "score": with_scores[0]["score"],
+            "seeds": [run.seed for run, e in members if e["uncertainty"]],
             "severities": list(SEVERITIES),
             "mean_score": mean_curves,
-            "change_from_clean": {c: [None if v is None or curve[0] is None else v - curve[0] for v in curve]
-                                  for c, curve in mean_curves.items()},
+            "change_from_clean": {
+                c: [None if v is None or curve[0] is None else v - curve[0] for v in curve]
+                for c, curve in mean_curves.items()
+            },
             "spearman": {c: _mean([u["spearman"].get(c) for u in with_scores]) for c in corruptions},
             "spearman_overall": _mean([u["spearman_overall"] for u in with_scores]),
         }
     return {
-        "title_suffix": title_suffix, "representation": representation,
+        "title_suffix": title_suffix,
+        "representation": representation,
         "spectrum_normalization": "s_i / s_1 (singular values of the centred matrix over the largest)",
         "spearman_note": "per corruption: the report's Spearman of mean score vs severity 0..5; overall: "
-                         "pooled over every (corruption, severity); per recipe: the mean over its seeds",
-        "runs": per_run, "collapse": collapse_summary, "uncertainty": uncertainty_summary,
+        "pooled over every (corruption, severity); per recipe: the mean over its seeds",
+        "runs": per_run,
+        "collapse": collapse_summary,
+        "uncertainty": uncertainty_summary,
     }
 
 
@@ -261,8 +289,15 @@ def plot_collapse(headline: dict[str, Any], out_path: Path) -> Path:
                 continue
             spectrum = [max(v, SPECTRUM_FLOOR) for v in entry["normalized_spectrum"]]
             most_dims = max(most_dims, len(spectrum))
-            ax.plot(range(1, len(spectrum) + 1), spectrum, style, color=colours(index % 10), linewidth=1.6,
-                    alpha=0.9, label=f"{label} (effective rank {rank})" if first else None)
+            ax.plot(
+                range(1, len(spectrum) + 1),
+                spectrum,
+                style,
+                color=colours(index % 10),
+                linewidth=1.6,
+                alpha=0.9,
+                label=f"{label} (effective rank {rank})" if first else None,
+            )
             first = False
     ax.set_yscale("log")
     ax.set_xlim(1, most_dims)
@@ -281,8 +316,14 @@ def plot_uncertainty(headline: dict[str, Any], out_path: Path, absolute: bool = 
     labels = [label for label in _recipe_order(headline) if label in headline["uncertainty"]]
     if not labels:
         fig, ax = plt.subplots(figsize=(6, 2))
-        ax.text(0.5, 0.5, "no run with an uncertainty score (no variational method among the runs)",
-                ha="center", va="center", fontsize=9)
+        ax.text(
+            0.5,
+            0.5,
+            "no run with an uncertainty score (no variational method among the runs)",
+            ha="center",
+            va="center",
+            fontsize=9,
+        )
         ax.axis("off")
         return _save(fig, out_path)
     columns = min(len(labels), 2)
@@ -294,21 +335,29 @@ def plot_uncertainty(headline: dict[str, Any], out_path: Path, absolute: bool = 
         curves = summary["mean_score" if absolute else "change_from_clean"]
         for index, (corruption, curve) in enumerate(curves.items()):
             rho = _format(summary["spearman"][corruption])
-            ax.plot(summary["severities"], [math.nan if v is None else v for v in curve], marker="o",
-                    markersize=3.5, linewidth=1.4, color=colours(index % 10), label=f"{corruption} (ρ {rho})")
+            ax.plot(
+                summary["severities"],
+                [math.nan if v is None else v for v in curve],
+                marker="o",
+                markersize=3.5,
+                linewidth=1.4,
+                color=colours(index % 10),
+                label=f"{corruption} (ρ {rho})",
+            )
         if not absolute:
             ax.axhline(0.0, color="0.4", linewidth=0.8)
         seeds = summary["seeds"]
         seeds_note = f", mean of {len(seeds)} seeds" if len(seeds) > 1 else ""
-        ax.set_title(f"{label}: pooled Spearman ρ = {_format(summary['spearman_overall'])}{seeds_note}",
-                     fontsize=10)
+        ax.set_title(
+            f"{label}: pooled Spearman ρ = {_format(summary['spearman_overall'])}{seeds_note}", fontsize=10
+        )
         score = SCORE_LABELS.get(summary["score"], summary["score"])
         ax.set_ylabel(f"mean {score}" if absolute else f"mean {score} − clean")
         ax.set_xlabel("corruption severity (0 = clean)")
         ax.set_xticks(summary["severities"])
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
-    for ax in list(axes.flat)[len(labels):]:
+    for ax in list(axes.flat)[len(labels) :]:
         ax.axis("off")
     fig.suptitle(_title("Uncertainty vs corruption severity", headline["title_suffix"]), fontsize=11)
     fig.tight_layout()
@@ -316,16 +365,23 @@ def plot_uncertainty(headline: dict[str, Any], out_path: Path, absolute: bool = 
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="diagnosed run folders (globs ok)")
     parser.add_argument("--out", required=True, help="folder for the PNGs and headline.json")
     parser.add_argument("--title-suffix", default=None, help='e.g. "digits, CPU"; appended to the titles')
     parser.add_argument("--representation", choices=("embedding", "backbone"), default="embedding")
-    parser.add_argument("--score", default=None,
-                        help="uncertainty score in the reports (default log_det, or each report's first)")
-    parser.add_argument("--absolute", action="store_true",
-                        help="plot the raw mean score instead of its change from the clean images")
+    parser.add_argument(
+        "--score",
+        default=None,
+        help="uncertainty score in the reports (default log_det, or each report's first)",
+    )
+    parser.add_argument(
+        "--absolute",
+        action="store_true",
+        help="plot the raw mean score instead of its change from the clean images",
+    )
     args = parser.parse_args(argv)
 
     runs = [load_report(path) for path in expand(args.run_dirs)]
@@ -337,8 +393,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     figures = {
         "collapse_spectra": plot_collapse(headline, out / "collapse_spectra.png"),
-        "uncertainty_vs_severity": plot_uncertainty(headline, out / "uncertainty_vs_severity.png",
-                                                    absolute=args.absolute),
+        "uncertainty_vs_severity": plot_uncertainty(
+            headline, out / "uncertainty_vs_severity.png", absolute=args.absolute
+        ),
     }
     headline["figures"] = {name: path.name for name, path in figures.items()}
     headline["uncertainty_plotted"] = "mean_score" if args.absolute else "change_from_clean"

@@ -74,8 +74,11 @@ RECIPES: dict[str, dict[str, Any]] = {
     # VJE's first reading: the posterior variance itself as the directional t's tangent scale.
     "vje-variance-scale": dict(method="vje", directional_scale="posterior_variance"),
 }
-ONE_CLASS_RECIPES = tuple(name for name, recipe in RECIPES.items()
-                          if recipe["method"] in anomaly_methods() and recipe.get("kl", "bound") == "bound")
+ONE_CLASS_RECIPES = tuple(
+    name
+    for name, recipe in RECIPES.items()
+    if recipe["method"] in anomaly_methods() and recipe.get("kl", "bound") == "bound"
+)
 WALL_NAME = "wall.json"  # seconds spent on the run, summed over invocations
 
 
@@ -88,22 +91,37 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     config = _config(args, run_dir, epochs=args.epochs or 100)
     start = time.perf_counter()
     try:
-        results = train(config, resume=(run_dir / CHECKPOINT_NAME).is_file(), progress=False,
-                        stop_after_s=_training_budget(args))
+        results = train(
+            config,
+            resume=(run_dir / CHECKPOINT_NAME).is_file(),
+            progress=False,
+            stop_after_s=_training_budget(args),
+        )
     finally:
         wall = _add_wall_time(run_dir, "train_and_evaluate_s", time.perf_counter() - start)
     start = time.perf_counter()
-    report = diagnose_run(run_dir, device=args.device, data_dir=args.data_dir, max_images=args.max_images,
-                          posterior=args.posterior)
+    report = diagnose_run(
+        run_dir,
+        device=args.device,
+        data_dir=args.data_dir,
+        max_images=args.max_images,
+        posterior=args.posterior,
+    )
     wall = _add_wall_time(run_dir, "diagnose_s", time.perf_counter() - start)
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     rates = [json.loads(line)["images_per_s"] for line in lines]
     saved = json.loads((run_dir / "config.json").read_text())
     record = {
-        "method": args.method, "seed": args.seed, "data": args.data,
-        "recipe": {**{key: saved[key] for key in ("method", "epochs", "batch_size", "optimizer", "lr",
-                                                  "weight_decay", "compile")},
-                   **saved["options"]},
+        "method": args.method,
+        "seed": args.seed,
+        "data": args.data,
+        "recipe": {
+            **{
+                key: saved[key]
+                for key in ("method", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "compile")
+            },
+            **saved["options"],
+        },
         "steps": results["steps"],
         **{k: v for k, v in results.items() if k.startswith(("knn", "linear"))},
         "effective_rank_backbone": report["collapse"]["backbone"]["effective_rank"],
@@ -132,8 +150,12 @@ def run_one_class(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         wall = _add_wall_time(run_dir, "train_and_score_s", time.perf_counter() - start)
     record = {
-        "method": args.method, "seed": args.seed, "data": args.data, "protocol": "one-class",
-        "epochs": summary["epochs"], "batch_size": summary["batch_size"],
+        "method": args.method,
+        "seed": args.seed,
+        "data": args.data,
+        "protocol": "one-class",
+        "epochs": summary["epochs"],
+        "batch_size": summary["batch_size"],
         "mean_auroc": summary["mean_auroc"],
         "auroc_per_class": {entry["class_name"]: entry["auroc"] for entry in summary["classes"]},
         "wall_s": wall,
@@ -148,9 +170,18 @@ def _paths(args: argparse.Namespace, name: str) -> tuple[Path, Path]:
 
 def _config(args: argparse.Namespace, run_dir: Path, epochs: int | None) -> TrainConfig:
     """The options of ``args.method``'s recipe with the command line's."""
-    return make_config(**RECIPES[args.method], data=args.data, data_dir=args.data_dir, epochs=epochs,
-                       batch_size=args.batch_size, seed=args.seed, compile=args.compile, device=args.device,
-                       max_steps=args.max_steps, run_dir=str(run_dir))
+    return make_config(
+        **RECIPES[args.method],
+        data=args.data,
+        data_dir=args.data_dir,
+        epochs=epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        compile=args.compile,
+        device=args.device,
+        max_steps=args.max_steps,
+        run_dir=str(run_dir),
+    )
 
 
 def _training_budget(args: argparse.Namespace) -> float | None:
@@ -159,8 +190,10 @@ def _training_budget(args: argparse.Namespace) -> float | None:
         return None
     budget = args.time_budget - args.reserve - (time.perf_counter() - args.started)
     if budget <= 0:
-        raise SystemExit(f"--time-budget {args.time_budget:g} leaves nothing to train after --reserve "
-                         f"{args.reserve:g} s and {time.perf_counter() - args.started:.0f} s of start-up")
+        raise SystemExit(
+            f"--time-budget {args.time_budget:g} leaves nothing to train after --reserve "
+            f"{args.reserve:g} s and {time.perf_counter() - args.started:.0f} s of start-up"
+        )
     return budget
 
 
@@ -256,14 +289,19 @@ def table(results_dir: Path) -> str:
             if values:
                 row[f"one_class_{score}"] = statistics.mean(values)
     order = [name for name in RECIPES if name in rows]
-    lines = [f"Device: {', '.join(sorted(devices))}.", "",
-             "| method | seeds | " + " | ".join(column[1] for column in COLUMNS) + " |",
-             "| --- | ---: |" + " ---: |" * len(COLUMNS)]
+    lines = [
+        f"Device: {', '.join(sorted(devices))}.",
+        "",
+        "| method | seeds | " + " | ".join(column[1] for column in COLUMNS) + " |",
+        "| --- | ---: |" + " ---: |" * len(COLUMNS),
+    ]
     for method in order:
         group = rows[method]
         seeds = sum(1 for r in group if "seed" in r)
-        cells = [_cell([r[key] for r in group if isinstance(r.get(key), (int, float))], scale, decimals)
-                 for key, _, scale, decimals in COLUMNS]
+        cells = [
+            _cell([r[key] for r in group if isinstance(r.get(key), (int, float))], scale, decimals)
+            for key, _, scale, decimals in COLUMNS
+        ]
         lines.append(f"| {method} | {seeds} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -276,27 +314,49 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", choices=("cifar10", "digits"), default="cifar10")
     parser.add_argument("--data-dir", default="../shared/data/cifar10")
-    parser.add_argument("--epochs", type=int, default=None,
-                        help="default: 100 (one-class: the data set's one-class defaults)")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="default: the data set's (512 on CIFAR-10; one-class 256)")
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="default: 100 (one-class: the data set's one-class defaults)"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="default: the data set's (512 on CIFAR-10; one-class 256)",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-compile", dest="compile", action="store_false")
     parser.add_argument("--max-steps", type=int, default=None, help="stop training early (smoke tests)")
     parser.add_argument("--max-images", type=int, default=5000, help="images for spectra and the MI bound")
-    parser.add_argument("--posterior", action="store_true",
-                        help="also run the diagnostics' posterior section (needs arviz and geomstats)")
+    parser.add_argument(
+        "--posterior",
+        action="store_true",
+        help="also run the diagnostics' posterior section (needs arviz and geomstats)",
+    )
     parser.add_argument("--one-class", action="store_true", help="the one-class anomaly protocol instead")
-    parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
-                        help=f"wall-clock budget of this invocation; exit {EXIT_PAUSED} if the run is not "
-                             "finished within it (run the same command again to continue)")
-    parser.add_argument("--reserve", type=float, default=90.0, metavar="SECONDS",
-                        help="part of --time-budget kept for evaluation and diagnostics")
+    parser.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help=f"wall-clock budget of this invocation; exit {EXIT_PAUSED} if the run is not "
+        "finished within it (run the same command again to continue)",
+    )
+    parser.add_argument(
+        "--reserve",
+        type=float,
+        default=90.0,
+        metavar="SECONDS",
+        help="part of --time-budget kept for evaluation and diagnostics",
+    )
     parser.add_argument("--runs", default="runs/reproduce", help="folder of the run folders")
-    parser.add_argument("--results", default="benchmarks/results/reproduce",
-                        help="folder of the JSON records")
-    parser.add_argument("--force", action="store_true",
-                        help="evaluate and diagnose again even if the record exists (training resumes)")
+    parser.add_argument(
+        "--results", default="benchmarks/results/reproduce", help="folder of the JSON records"
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="evaluate and diagnose again even if the record exists (training resumes)",
+    )
     parser.add_argument("--table", action="store_true", help="print the table of the records and exit")
     args = parser.parse_args(argv)
     args.started = time.perf_counter()

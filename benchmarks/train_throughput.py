@@ -72,8 +72,9 @@ Step = Callable[[], None]
 STEP_LABEL = "vprob::step"
 SCALAR_READ = "aten::_local_scalar_dense"
 # The CUDA runtime calls that block the host until the device catches up (cudaMemcpy without Async blocks).
-BLOCKING_CUDA_CALLS = frozenset({"cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize",
-                                 "cudaMemcpy"})
+BLOCKING_CUDA_CALLS = frozenset(
+    {"cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy"}
+)
 SETTLE_TOLERANCE = 0.05
 
 
@@ -103,8 +104,11 @@ class PyroELBO(ELBO):
     """
 
     def __init__(self, elbo: ELBO) -> None:
-        super().__init__(num_particles=elbo.num_particles, max_plate_nesting=elbo.max_plate_nesting,
-                         vectorize_particles=elbo.vectorize_particles)
+        super().__init__(
+            num_particles=elbo.num_particles,
+            max_plate_nesting=elbo.max_plate_nesting,
+            vectorize_particles=elbo.vectorize_particles,
+        )
         self.elbo = elbo
 
     def _get_trace(self, model: Any, guide: Any, args: Any, kwargs: Any) -> Any:
@@ -195,27 +199,51 @@ ROWS: list[Row] = [
 
 # (what, faster row, slower row, goal): printed under the table when both rows ran.
 GOALS: list[tuple[str, str, str, str]] = [
-    ("VSimCLR full step vs the plain compiled step", "plain compiled (no augmentation)",
-     "vsimclr full step compiled (kl=bound)", ">= 85% of plain compiled"),
-    ("variational objective vs the same maths as a plain loss",
-     "vsimclr maths as a plain loss, full step compiled", "vsimclr full step compiled (kl=bound)",
-     "<= 5% more time"),
-    ("variational objective vs plain loss, not compiled", "vsimclr maths as a plain loss, full step",
-     "vsimclr full step (kl=bound)", "<= 5% more time"),
-    ("Pyro's ELBO vs vprob's (sync-free)", "vsimclr full step (kl=bound)",
-     "vsimclr full step with pyro's ELBO (kl=bound)", ""),
-    ("Pyro's ELBO vs vprob's (sync-free), compiled", "vsimclr full step compiled (kl=bound)",
-     "vsimclr full step compiled with pyro's ELBO (kl=bound)", ""),
+    (
+        "VSimCLR full step vs the plain compiled step",
+        "plain compiled (no augmentation)",
+        "vsimclr full step compiled (kl=bound)",
+        ">= 85% of plain compiled",
+    ),
+    (
+        "variational objective vs the same maths as a plain loss",
+        "vsimclr maths as a plain loss, full step compiled",
+        "vsimclr full step compiled (kl=bound)",
+        "<= 5% more time",
+    ),
+    (
+        "variational objective vs plain loss, not compiled",
+        "vsimclr maths as a plain loss, full step",
+        "vsimclr full step (kl=bound)",
+        "<= 5% more time",
+    ),
+    (
+        "Pyro's ELBO vs vprob's (sync-free)",
+        "vsimclr full step (kl=bound)",
+        "vsimclr full step with pyro's ELBO (kl=bound)",
+        "",
+    ),
+    (
+        "Pyro's ELBO vs vprob's (sync-free), compiled",
+        "vsimclr full step compiled (kl=bound)",
+        "vsimclr full step compiled with pyro's ELBO (kl=bound)",
+        "",
+    ),
 ]
 
 
-def select_rows(rows: Sequence[Row], patterns: Sequence[str] | None, quick: bool,
-                compiled_only: bool) -> list[Row]:
+def select_rows(
+    rows: Sequence[Row], patterns: Sequence[str] | None, quick: bool, compiled_only: bool
+) -> list[Row]:
     """The rows whose name contains one of ``patterns`` (all if None), less the compiled ones (``quick``)
     or only them (``compiled_only``)."""
-    return [row for row in rows
-            if (patterns is None or any(pattern in row.name for pattern in patterns))
-            and not (quick and row.compiled) and not (compiled_only and not row.compiled)]
+    return [
+        row
+        for row in rows
+        if (patterns is None or any(pattern in row.name for pattern in patterns))
+        and not (quick and row.compiled)
+        and not (compiled_only and not row.compiled)
+    ]
 
 
 class Trainers:
@@ -230,9 +258,16 @@ class Trainers:
         if key not in self._made:
             args = self.args
             kl_option = {"kl": kl} if "kl" in get_method(method).option_names() else {}
-            config = make_config(method=method, data=args.data, data_dir=args.data_dir, device=args.device,
-                                 batch_size=args.batch_size, compile=compiled, **kl_option,
-                                 run_dir=tempfile.mkdtemp(prefix=f"{method}-", dir=self.run_root))
+            config = make_config(
+                method=method,
+                data=args.data,
+                data_dir=args.data_dir,
+                device=args.device,
+                batch_size=args.batch_size,
+                compile=compiled,
+                **kl_option,
+                run_dir=tempfile.mkdtemp(prefix=f"{method}-", dir=self.run_root),
+            )
             self._made[key] = Trainer(config, progress=False)
         return self._made[key]
 
@@ -264,14 +299,20 @@ class WarmUp:
 
     def describe(self) -> str:
         a, b = (1e3 * seconds for seconds in self.last_windows)
-        state = {True: "settled", False: f"NOT settled within {SETTLE_TOLERANCE:.0%}",
-                 None: "settling not checked"}[self.settled]
-        return (f"warm-up: {self.steps} steps in {self.seconds:.1f} s, {state} "
-                f"(last windows {a:.2f} / {b:.2f} ms/step)")
+        state = {
+            True: "settled",
+            False: f"NOT settled within {SETTLE_TOLERANCE:.0%}",
+            None: "settling not checked",
+        }[self.settled]
+        return (
+            f"warm-up: {self.steps} steps in {self.seconds:.1f} s, {state} "
+            f"(last windows {a:.2f} / {b:.2f} ms/step)"
+        )
 
 
-def warm_up(step: Step, device: torch.device, min_steps: int, min_seconds: float, window: int,
-            max_windows: int) -> WarmUp:
+def warm_up(
+    step: Step, device: torch.device, min_steps: int, min_seconds: float, window: int, max_windows: int
+) -> WarmUp:
     """At least ``min_steps`` steps and ``min_seconds`` seconds, in windows of ``window`` steps; then more
     windows (at most ``max_windows``) until two consecutive ones agree within 5% per step, the last window of
     the minimum counting as the first of them."""
@@ -300,9 +341,11 @@ class Timing:
     def describe(self, batch: int) -> str:
         low, high = min(self.windows), max(self.windows)
         median = self.seconds_per_step
-        return (f"timed: {batch / median:,.0f} images/s, {1e3 * median:.2f} ms/step (median of "
-                f"{len(self.windows)} windows; spread {100 * (low / median - 1):+.1f}% / "
-                f"{100 * (high / median - 1):+.1f}%)")
+        return (
+            f"timed: {batch / median:,.0f} images/s, {1e3 * median:.2f} ms/step (median of "
+            f"{len(self.windows)} windows; spread {100 * (low / median - 1):+.1f}% / "
+            f"{100 * (high / median - 1):+.1f}%)"
+        )
 
 
 def timed(step: Step, device: torch.device, steps: int, repeats: int) -> Timing:
@@ -331,8 +374,12 @@ def host_events_in_steps(prof: profile) -> tuple[list[Any], list[Any]]:
     backward pass runs on autograd's device thread)."""
     events = [event for event in prof.events() if event.device_type == DeviceType.CPU]
     spans = [event for event in events if event.name == STEP_LABEL]
-    inside = [event for event in events if event.name != STEP_LABEL and any(
-        span.time_range.start <= event.time_range.start <= span.time_range.end for span in spans)]
+    inside = [
+        event
+        for event in events
+        if event.name != STEP_LABEL
+        and any(span.time_range.start <= event.time_range.start <= span.time_range.end for span in spans)
+    ]
     return spans, inside
 
 
@@ -395,17 +442,27 @@ def print_profile(name: str, step: Step, device: torch.device, steps: int, out_d
     prof, wall = profiled(step, device, steps)
     cuda = device.type == "cuda"
     print(f"\n===== profile: {name} ({steps} steps) =====", flush=True)
-    print(prof.key_averages().table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total",
-                                    row_limit=15), flush=True)
+    print(
+        prof.key_averages().table(
+            sort_by="self_device_time_total" if cuda else "self_cpu_time_total", row_limit=15
+        ),
+        flush=True,
+    )
     spans, _ = host_events_in_steps(prof)
     host = statistics.mean(span.time_range.elapsed_us() for span in spans) / 1e3 if spans else float("nan")
     line = f"host (CPU wall) per step {host:.2f} ms, wall per step {1e3 * wall:.2f} ms"
     if cuda:
         # Kernels, copies and memsets on the device, as the table's "Self CUDA time total" sums them: the
         # record_function ranges also appear on the device as user annotations and would count twice.
-        busy = sum(event.self_device_time_total for event in prof.events()
-                   if event.device_type == DeviceType.CUDA
-                   and not getattr(event, "is_user_annotation", False)) / 1e3 / steps
+        busy = (
+            sum(
+                event.self_device_time_total
+                for event in prof.events()
+                if event.device_type == DeviceType.CUDA and not getattr(event, "is_user_annotation", False)
+            )
+            / 1e3
+            / steps
+        )
         if busy > 0:
             idle = max(0.0, 1 - busy / (1e3 * wall))
             line += f", device busy per step {busy:.2f} ms (idle {100 * idle:.0f}% of wall)"
@@ -433,8 +490,9 @@ class Result:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", default="cifar10", choices=("cifar10", "digits"))
     parser.add_argument("--data-dir", default="../shared/data/cifar10")
     parser.add_argument("--device", default="auto")
@@ -442,20 +500,33 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=20, help="steps per timed (and warm-up) window")
     parser.add_argument("--repeats", type=int, default=5, help="timed windows per row (the median is kept)")
     parser.add_argument("--warmup", type=int, default=30, help="minimum warm-up steps per row")
-    parser.add_argument("--warmup-s", type=float, default=None,
-                        help="minimum warm-up seconds per row (default 15 on CUDA, 0 on CPU)")
-    parser.add_argument("--warmup-windows", type=int, default=10,
-                        help="at most this many more warm-up windows while the time per step still moves")
-    parser.add_argument("--rows", nargs="+", metavar="SUBSTRING",
-                        help="only the rows whose name contains one of these")
+    parser.add_argument(
+        "--warmup-s",
+        type=float,
+        default=None,
+        help="minimum warm-up seconds per row (default 15 on CUDA, 0 on CPU)",
+    )
+    parser.add_argument(
+        "--warmup-windows",
+        type=int,
+        default=10,
+        help="at most this many more warm-up windows while the time per step still moves",
+    )
+    parser.add_argument(
+        "--rows", nargs="+", metavar="SUBSTRING", help="only the rows whose name contains one of these"
+    )
     parser.add_argument("--list-rows", action="store_true", help="print the row names and exit")
     parser.add_argument("--quick", action="store_true", help="skip the compiled rows")
     parser.add_argument("--compiled-only", action="store_true", help="only the compiled rows")
-    parser.add_argument("--profile", action="store_true",
-                        help="after timing, torch.profiler per row: table, host vs device time, Chrome trace")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="after timing, torch.profiler per row: table, host vs device time, Chrome trace",
+    )
     parser.add_argument("--profile-steps", type=int, default=3)
-    parser.add_argument("--profile-dir", default=None,
-                        help="where the Chrome traces go (default: a temp folder)")
+    parser.add_argument(
+        "--profile-dir", default=None, help="where the Chrome traces go (default: a temp folder)"
+    )
     args = parser.parse_args(argv)
     if min(args.steps, args.repeats, args.profile_steps) < 1 or min(args.warmup, args.warmup_windows) < 0:
         parser.error("--steps, --repeats and --profile-steps must be >= 1, --warmup(-windows) >= 0")
@@ -486,9 +557,12 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
             device = trainer.device
             if device_name is None:
                 device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-                print(f"device: {device_name}, torch {torch.__version__}, pyro {pyro.__version__}, batch "
-                      f"{args.batch_size} images (2 views each), data {args.data}, amp={trainer.amp}, "
-                      f"channels_last={trainer.channels_last}", flush=True)
+                print(
+                    f"device: {device_name}, torch {torch.__version__}, pyro {pyro.__version__}, batch "
+                    f"{args.batch_size} images (2 views each), data {args.data}, amp={trainer.amp}, "
+                    f"channels_last={trainer.channels_last}",
+                    flush=True,
+                )
             warmup_s = args.warmup_s
             if warmup_s is None:
                 warmup_s = 15.0 if device.type == "cuda" else 0.0
@@ -497,8 +571,11 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
             warm = warm_up(step, device, args.warmup, warmup_s, args.steps, args.warmup_windows)
             print(f"  {warm.describe()}", flush=True)
             if warm.settled is False:
-                print(f"  warning: the time per step still moved by more than {SETTLE_TOLERANCE:.0%} after "
-                      f"{args.warmup_windows} extra windows; treat this row's figure with care", flush=True)
+                print(
+                    f"  warning: the time per step still moved by more than {SETTLE_TOLERANCE:.0%} after "
+                    f"{args.warmup_windows} extra windows; treat this row's figure with care",
+                    flush=True,
+                )
             timing = timed(step, device, args.steps, args.repeats)
             print(f"  {timing.describe(args.batch_size)}", flush=True)
             syncs = count_host_syncs(step, trainer)
@@ -516,8 +593,10 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
     for what, fast, slow, goal in GOALS:
         if fast in rates and slow in rates:
             ratio = rates[slow] / rates[fast]
-            lines.append(f"- {what}: {100 * ratio:.0f}% of the rate, {100 * (1 / ratio - 1):+.0f}% time"
-                         + (f" (goal: {goal})" if goal else ""))
+            lines.append(
+                f"- {what}: {100 * ratio:.0f}% of the rate, {100 * (1 / ratio - 1):+.0f}% time"
+                + (f" (goal: {goal})" if goal else "")
+            )
     if lines:
         print("\n" + "\n".join(lines))
     if profile_dir is not None:

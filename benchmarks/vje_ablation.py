@@ -29,8 +29,14 @@ SCALES = ("angular", "posterior_variance")
 
 
 def representation(scale: str, seed: int, root: Path) -> dict[str, float]:
-    config = make_config(method="vje", data="digits", device="cpu", seed=seed, directional_scale=scale,
-                         run_dir=str(root / f"repr-{scale}-{seed}"))
+    config = make_config(
+        method="vje",
+        data="digits",
+        device="cpu",
+        seed=seed,
+        directional_scale=scale,
+        run_dir=str(root / f"repr-{scale}-{seed}"),
+    )
     results = Trainer(config, progress=False).fit()
     return {key: results[key] for key in ("knn_top1_k10_majority", "knn_top1_k200_weighted", "linear_top1")}
 
@@ -39,17 +45,26 @@ def one_class(scale: str, seed: int, root: Path, samples: int, classes: range) -
     """AUROC per class of the likelihood score, plug-in and Monte Carlo, and of log det and kNN."""
     aurocs: dict[str, list[float]] = {}
     for k in classes:
-        config = with_anomaly_defaults(make_config(
-            method="vje", data="digits", device="cpu", seed=seed, directional_scale=scale, normal_class=k,
-            run_dir=str(root / f"oneclass-{scale}-{seed}-{k}")))
+        config = with_anomaly_defaults(
+            make_config(
+                method="vje",
+                data="digits",
+                device="cpu",
+                seed=seed,
+                directional_scale=scale,
+                normal_class=k,
+                run_dir=str(root / f"oneclass-{scale}-{seed}-{k}"),
+            )
+        )
         trainer = Trainer(config, progress=False)
         trainer.fit()
         model, test = trainer.model, trainer.test_set
         for name, draws in (("plug_in", 0), (f"mc{samples}", samples)):
             model.score_samples = draws
             generator = torch.Generator().manual_seed(seed + 1)  # the same views for both scorings
-            scores = anomaly_scores(model, trainer.train_set.images, test.images, trainer.augment,
-                                    generator=generator)
+            scores = anomaly_scores(
+                model, trainer.train_set.images, test.images, trainer.augment, generator=generator
+            )
             result = one_class_aurocs(scores, test.labels, k)
             aurocs.setdefault(f"likelihood_{name}", []).append(result["likelihood"])
             if draws == 0:
@@ -66,17 +81,22 @@ def summary(values: list[float]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--samples", type=int, default=8, help="posterior draws of the Monte Carlo score")
     parser.add_argument("--classes", type=int, default=10, help="one-class runs for digits 0..N-1")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/vje-ablation-digits.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    records: dict[str, Any] = {"command": "python benchmarks/vje_ablation.py " + " ".join(
-        f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items()),
-        "runs": {}}
+    records: dict[str, Any] = {
+        "command": "python benchmarks/vje_ablation.py "
+        + " ".join(
+            f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items()
+        ),
+        "runs": {},
+    }
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for scale in SCALES:

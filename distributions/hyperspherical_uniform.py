@@ -127,15 +127,21 @@ class HypersphericalUniform(TorchDistribution):
         shapes = {}
         for name, shape in (("dim", dim), ("batch_shape", batch_shape)):
             if torch.is_tensor(shape) or not isinstance(shape, (tuple, list, torch.Size)):
-                raise TypeError(f"HypersphericalUniform.infer_shapes takes shapes (tuples of ints), got "
-                                f"{name} = {shape!r}; for the distribution with dim = d pass dim=(d,)")
+                raise TypeError(
+                    f"HypersphericalUniform.infer_shapes takes shapes (tuples of ints), got "
+                    f"{name} = {shape!r}; for the distribution with dim = d pass dim=(d,)"
+                )
             shapes[name] = torch.Size(shape)
         if len(shapes["dim"]) == 0:
-            raise NotImplementedError("HypersphericalUniform's event shape (d,) is the value of dim, not the "
-                                      "shape of a tensor argument: pass dim=(d,) or build the distribution")
+            raise NotImplementedError(
+                "HypersphericalUniform's event shape (d,) is the value of dim, not the "
+                "shape of a tensor argument: pass dim=(d,) or build the distribution"
+            )
         if len(shapes["dim"]) != 1:
-            raise ValueError(f"HypersphericalUniform.infer_shapes: dim must be the event shape (d,), got "
-                             f"{tuple(shapes['dim'])}")
+            raise ValueError(
+                f"HypersphericalUniform.infer_shapes: dim must be the event shape (d,), got "
+                f"{tuple(shapes['dim'])}"
+            )
         return shapes["batch_shape"], torch.Size((_check_dim(shapes["dim"][0]),))
 
     def expand(self, batch_shape, _instance=None) -> HypersphericalUniform:
@@ -145,8 +151,10 @@ class HypersphericalUniform(TorchDistribution):
             # torch.Tensor.expand's own rule, on a meta tensor (shapes only, nothing allocated)
             torch.empty(self.batch_shape, device="meta").expand(batch_shape)
         except RuntimeError as e:
-            raise ValueError(f"HypersphericalUniform.expand: cannot expand batch_shape "
-                             f"{tuple(self.batch_shape)} to {tuple(batch_shape)} ({e})") from e
+            raise ValueError(
+                f"HypersphericalUniform.expand: cannot expand batch_shape "
+                f"{tuple(self.batch_shape)} to {tuple(batch_shape)} ({e})"
+            ) from e
         new = self._get_checked_instance(HypersphericalUniform, _instance)
         new._dim = self._dim
         new._device = self._device

@@ -69,7 +69,9 @@ def gaussian_kl_to_standard(loc: Tensor, variance: Tensor) -> Tensor:
 def _kl_uniform_uniform(p: HypersphericalUniform, q: HypersphericalUniform) -> Tensor:
     """KL(U || U) = 0 for the same sphere, shape ``broadcast(p.batch_shape, q.batch_shape)``."""
     if p.dim != q.dim:
-        raise ValueError(f"KL between uniform distributions on spheres of different dimension: "
-                         f"p.dim = {p.dim}, q.dim = {q.dim}")
+        raise ValueError(
+            f"KL between uniform distributions on spheres of different dimension: "
+            f"p.dim = {p.dim}, q.dim = {q.dim}"
+        )
     shape = torch.broadcast_shapes(p.batch_shape, q.batch_shape)
     return torch.zeros(shape, dtype=p.dtype, device=p.device)

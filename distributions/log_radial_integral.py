@@ -92,10 +92,19 @@ _K_SMALL = 16
 # (k_min, nodes): use the first row with k >= k_min. Chosen from the error study in the module docstring.
 _NODES = {
     torch.float64: (
-        (1023, 12), (400, 14), (127, 16), (80, 20), (40, 24), (28, 28), (20, 32), (14, 40), (0, 48)
+        (1023, 12),
+        (400, 14),
+        (127, 16),
+        (80, 20),
+        (40, 24),
+        (28, 28),
+        (20, 32),
+        (14, 40),
+        (0, 48),
     ),
     torch.float32: ((160, 8), (48, 10), (32, 12), (20, 14), (14, 16), (0, 20)),
 }
+
 
 def _hermite_rule_f64(n: int) -> tuple[Tensor, Tensor]:
     x, w = np.polynomial.hermite.hermgauss(n)

@@ -140,9 +140,7 @@ class PowerSpherical(TorchDistribution):
     support = constraints.sphere
     has_rsample = True
 
-    def __init__(
-        self, loc: Tensor, concentration: float | Tensor, validate_args: bool | None = None
-    ) -> None:
+    def __init__(self, loc: Tensor, concentration: float | Tensor, validate_args: bool | None = None) -> None:
         if not torch.is_tensor(loc) or not loc.dtype.is_floating_point:
             loc = torch.as_tensor(loc, dtype=torch.get_default_dtype())
         loc_given = loc  # validated in its own dtype: a float32 unit vector is not one to float64 precision
@@ -156,14 +154,17 @@ class PowerSpherical(TorchDistribution):
         d = loc.shape[-1]
         # Under torch.jit.trace the event size is a 0-d tensor: the check is for the eager (int) case only.
         if isinstance(d, int) and d < 2:
-            raise ValueError(f"PowerSpherical: loc must have event size d >= 2, got loc.shape = "
-                             f"{tuple(loc.shape)}")
+            raise ValueError(
+                f"PowerSpherical: loc must have event size d >= 2, got loc.shape = {tuple(loc.shape)}"
+            )
         try:
             batch_shape = torch.broadcast_shapes(loc.shape[:-1], concentration.shape)
         except RuntimeError as e:
-            raise ValueError(f"PowerSpherical: concentration.shape = {tuple(concentration.shape)} does not "
-                             f"broadcast with loc.shape[:-1] = {tuple(loc.shape[:-1])} (concentration has "
-                             "no event dimension)") from e
+            raise ValueError(
+                f"PowerSpherical: concentration.shape = {tuple(concentration.shape)} does not "
+                f"broadcast with loc.shape[:-1] = {tuple(loc.shape[:-1])} (concentration has "
+                "no event dimension)"
+            ) from e
         self.loc = loc.expand(batch_shape + (d,))
         self.concentration = concentration.expand(batch_shape)
         # The normaliser is computed on the concentration as given (one lgamma for a scalar, not one per
@@ -182,8 +183,10 @@ class PowerSpherical(TorchDistribution):
                     f"norms from {norms.min().item():.9g} to {norms.max().item():.9g}; normalise it first"
                 )
             if not bool(((concentration >= 0) & torch.isfinite(concentration)).all()):
-                raise ValueError("PowerSpherical: concentration must be >= 0 and finite, found negative, "
-                                 "NaN or infinite values")
+                raise ValueError(
+                    "PowerSpherical: concentration must be >= 0 and finite, found negative, "
+                    "NaN or infinite values"
+                )
         super().__init__(batch_shape, torch.Size((d,)), validate_args=False)
         self._validate_args = validate
 
@@ -209,8 +212,11 @@ class PowerSpherical(TorchDistribution):
         ``beta = (d - 1) / 2`` a 0-d tensor (``d`` an int, or a 0-d tensor under tracing)."""
         kappa = self._concentration_given.to(torch.float64)
         d = self.event_shape[0]
-        beta = torch.as_tensor(0.5 * (d - 1) if isinstance(d, int) else 0.5 * (d - 1).to(torch.float64),
-                               dtype=torch.float64, device=kappa.device)
+        beta = torch.as_tensor(
+            0.5 * (d - 1) if isinstance(d, int) else 0.5 * (d - 1).to(torch.float64),
+            dtype=torch.float64,
+            device=kappa.device,
+        )
         return kappa, kappa + beta, beta
 
     @lazy_property
@@ -369,7 +375,9 @@ def _kl_power_spherical_uniform(p: PowerSpherical, q: HypersphericalUniform) -> 
     q.batch_shape)``."""
     d = p.event_shape[0]
     if isinstance(d, int) and d != q.dim:
-        raise ValueError(f"KL(PowerSpherical || HypersphericalUniform) on spheres of different dimension: "
-                         f"p.event_shape = {tuple(p.event_shape)}, q.dim = {q.dim}")
+        raise ValueError(
+            f"KL(PowerSpherical || HypersphericalUniform) on spheres of different dimension: "
+            f"p.event_shape = {tuple(p.event_shape)}, q.dim = {q.dim}"
+        )
     kl = p._kl_to_uniform().to(p.loc.dtype)
     return kl.expand(torch.broadcast_shapes(p.batch_shape, q.batch_shape))

@@ -146,8 +146,9 @@ class ProjectedNormal(_PyroProjectedNormal):
             raise ValueError(f"ProjectedNormal: {name} must have shape batch_shape + (d,), got a scalar")
         d = loc.shape[-1]
         if d < 2:
-            raise ValueError(f"ProjectedNormal: {name} must have event size d >= 2, got {name}.shape = "
-                             f"{tuple(loc.shape)}")
+            raise ValueError(
+                f"ProjectedNormal: {name} must have event size d >= 2, got {name}.shape = {tuple(loc.shape)}"
+            )
         if torch.is_tensor(scale):
             dtype = torch.promote_types(loc.dtype, scale.dtype)
             loc, scale = loc.to(dtype), scale.to(dtype)
@@ -156,13 +157,17 @@ class ProjectedNormal(_PyroProjectedNormal):
         if scale.dim() == 0:
             scale = scale.reshape(1)
         if scale.shape[-1] not in (1, d):
-            raise ValueError(f"ProjectedNormal: scale must have last dimension 1 (isotropic) or d = {d} "
-                             f"(diagonal), got scale.shape = {tuple(scale.shape)}")
+            raise ValueError(
+                f"ProjectedNormal: scale must have last dimension 1 (isotropic) or d = {d} "
+                f"(diagonal), got scale.shape = {tuple(scale.shape)}"
+            )
         try:
             batch_shape = torch.broadcast_shapes(loc.shape[:-1], scale.shape[:-1])
         except RuntimeError as e:
-            raise ValueError(f"ProjectedNormal: scale.shape = {tuple(scale.shape)} does not broadcast "
-                             f"with {name}.shape = {tuple(loc.shape)}") from e
+            raise ValueError(
+                f"ProjectedNormal: scale.shape = {tuple(scale.shape)} does not broadcast "
+                f"with {name}.shape = {tuple(loc.shape)}"
+            ) from e
         self.loc = loc.expand(batch_shape + (d,))
         self.scale = scale.expand(batch_shape + scale.shape[-1:])
 
@@ -173,8 +178,9 @@ class ProjectedNormal(_PyroProjectedNormal):
             if not bool(torch.isfinite(loc).all()):
                 raise ValueError(f"ProjectedNormal: {name} must be finite, found NaN or infinite values")
             if not bool(((scale > 0) & torch.isfinite(scale)).all()):
-                raise ValueError("ProjectedNormal: scale must be positive and finite, found values <= 0, "
-                                 "NaN or infinite")
+                raise ValueError(
+                    "ProjectedNormal: scale must be positive and finite, found values <= 0, NaN or infinite"
+                )
         TorchDistribution.__init__(self, batch_shape, torch.Size((d,)), validate_args=False)
         self._validate_args = validate
 
@@ -204,11 +210,13 @@ class ProjectedNormal(_PyroProjectedNormal):
     def concentration(self) -> Tensor:
         """``loc / scale`` for an isotropic scale: the argument of Pyro's equal ``ProjectedNormal``."""
         if not self.is_isotropic:
-            raise ValueError("ProjectedNormal.concentration is defined only for an isotropic scale "
-                             f"(last dimension 1), got scale.shape = {tuple(self.scale.shape)}. Pyro's "
-                             "pyro.infer.reparam.ProjectedNormalReparam assumes a unit covariance: use "
-                             "distributions.ProjectedNormalReparam for a diagonal scale (MinimalReparam and "
-                             "AutoReparam choose it once `distributions` is imported)")
+            raise ValueError(
+                "ProjectedNormal.concentration is defined only for an isotropic scale "
+                f"(last dimension 1), got scale.shape = {tuple(self.scale.shape)}. Pyro's "
+                "pyro.infer.reparam.ProjectedNormalReparam assumes a unit covariance: use "
+                "distributions.ProjectedNormalReparam for a diagonal scale (MinimalReparam and "
+                "AutoReparam choose it once `distributions` is imported)"
+            )
         return self.loc / self.scale
 
     @property
@@ -247,13 +255,16 @@ class ProjectedNormal(_PyroProjectedNormal):
                 "-dist.log_prob(dist.rsample((n,))).mean(0)"
             )
         d = int(self.event_shape[0])
-        kappa = (torch.linalg.vector_norm(self.loc.to(torch.float64), dim=-1)
-                 / self.scale[..., 0].to(torch.float64)).unsqueeze(-1)  # batch_shape + (1,)
+        kappa = (
+            torch.linalg.vector_norm(self.loc.to(torch.float64), dim=-1)
+            / self.scale[..., 0].to(torch.float64)
+        ).unsqueeze(-1)  # batch_shape + (1,)
 
         def log_q_and_log_p(theta: Tensor) -> tuple[Tensor, Tensor]:
             sin, cos = torch.sin(theta), torch.cos(theta)
-            log_p = (log_radial_integral(d - 1, kappa * cos) - 0.5 * (kappa * sin).square()
-                     - 0.5 * d * _LOG_2PI)
+            log_p = (
+                log_radial_integral(d - 1, kappa * cos) - 0.5 * (kappa * sin).square() - 0.5 * d * _LOG_2PI
+            )
             # |S^{d-2}| sin^{d-2}: for d = 2 the "sphere" S^0 is two points (theta and -theta)
             log_q = log_p + _log_sphere_area(d - 1)
             if d > 2:
@@ -261,8 +272,16 @@ class ProjectedNormal(_PyroProjectedNormal):
             return log_q, log_p
 
         # 1. Locate the window on a coarse grid (geometric near 0 for large kappa, linear for the rest).
-        grid = torch.cat([torch.logspace(-12, math.log10(math.pi), 600, dtype=torch.float64),
-                          torch.linspace(0, math.pi, 601, dtype=torch.float64)[1:-1]]).sort().values
+        grid = (
+            torch.cat(
+                [
+                    torch.logspace(-12, math.log10(math.pi), 600, dtype=torch.float64),
+                    torch.linspace(0, math.pi, 601, dtype=torch.float64)[1:-1],
+                ]
+            )
+            .sort()
+            .values
+        )
         grid = grid.to(kappa.device)
         log_q, _ = log_q_and_log_p(grid)
         inside = log_q >= log_q.max(-1, keepdim=True).values - 60.0
@@ -270,8 +289,11 @@ class ProjectedNormal(_PyroProjectedNormal):
         first = torch.where(inside, index, grid.numel()).min(-1).values
         last = torch.where(inside, index, -1).max(-1).values
         lo = torch.where(first > 0, grid[(first - 1).clamp(min=0)], torch.zeros_like(grid[0]))
-        hi = torch.where(last < grid.numel() - 1, grid[(last + 1).clamp(max=grid.numel() - 1)],
-                         torch.full_like(grid[0], math.pi))
+        hi = torch.where(
+            last < grid.numel() - 1,
+            grid[(last + 1).clamp(max=grid.numel() - 1)],
+            torch.full_like(grid[0], math.pi),
+        )
         # 2. Gauss--Legendre on [lo, hi].
         x, w = _GAUSS_LEGENDRE_128
         x, w = x.to(grid.device), w.to(grid.device)

@@ -57,8 +57,10 @@ class ProjectedNormalReparam(Reparam):
 
         fn, event_dim = self._unwrap(fn)
         if not isinstance(fn, ProjectedNormal):
-            raise TypeError(f"ProjectedNormalReparam expects a distributions.ProjectedNormal at site "
-                            f"{name!r}, got {type(fn).__name__}")
+            raise TypeError(
+                f"ProjectedNormalReparam expects a distributions.ProjectedNormal at site "
+                f"{name!r}, got {type(fn).__name__}"
+            )
 
         value_normal = None
         if value is not None:

@@ -566,9 +566,7 @@ class VonMisesFisher(TorchDistribution):
     support = constraints.sphere
     has_rsample = True
 
-    def __init__(
-        self, loc: Tensor, concentration: float | Tensor, validate_args: bool | None = None
-    ) -> None:
+    def __init__(self, loc: Tensor, concentration: float | Tensor, validate_args: bool | None = None) -> None:
         if not torch.is_tensor(loc) or not loc.dtype.is_floating_point:
             loc = torch.as_tensor(loc, dtype=torch.get_default_dtype())
         if loc.dim() < 1:
@@ -576,8 +574,9 @@ class VonMisesFisher(TorchDistribution):
         # int(): under torch.jit.trace the size is a tensor, and the Bessel order must be a Python number.
         d = int(loc.shape[-1])
         if d < 2:
-            raise ValueError(f"VonMisesFisher: loc must have event size d >= 2, got loc.shape = "
-                             f"{tuple(loc.shape)}")
+            raise ValueError(
+                f"VonMisesFisher: loc must have event size d >= 2, got loc.shape = {tuple(loc.shape)}"
+            )
         if torch.is_tensor(concentration):
             dtype = torch.promote_types(loc.dtype, concentration.dtype)
             if not dtype.is_floating_point:
@@ -588,16 +587,22 @@ class VonMisesFisher(TorchDistribution):
         try:
             batch_shape = torch.broadcast_shapes(loc.shape[:-1], concentration.shape)
         except RuntimeError as e:
-            raise ValueError(f"VonMisesFisher: concentration.shape = {tuple(concentration.shape)} does not "
-                             f"broadcast with loc.shape[:-1] = {tuple(loc.shape[:-1])}") from e
+            raise ValueError(
+                f"VonMisesFisher: concentration.shape = {tuple(concentration.shape)} does not "
+                f"broadcast with loc.shape[:-1] = {tuple(loc.shape[:-1])}"
+            ) from e
         validate = Distribution._validate_args if validate_args is None else validate_args
         if validate:
             if not bool(torch.isfinite(loc).all()) or not bool(constraints.sphere.check(loc).all()):
-                raise ValueError("VonMisesFisher: loc must be unit vectors (|loc| = 1 along the last "
-                                 "dimension), found a non-unit or non-finite loc")
+                raise ValueError(
+                    "VonMisesFisher: loc must be unit vectors (|loc| = 1 along the last "
+                    "dimension), found a non-unit or non-finite loc"
+                )
             if not bool(((concentration >= 0) & torch.isfinite(concentration)).all()):
-                raise ValueError("VonMisesFisher: concentration must be non-negative and finite, found "
-                                 "values < 0, NaN or infinite")
+                raise ValueError(
+                    "VonMisesFisher: concentration must be non-negative and finite, found "
+                    "values < 0, NaN or infinite"
+                )
         self.loc = loc.expand(batch_shape + (d,))
         self.concentration = concentration.expand(batch_shape)
         self._d = d
@@ -617,8 +622,10 @@ class VonMisesFisher(TorchDistribution):
             new.loc = self.loc.expand(batch_shape + self.event_shape)
             new.concentration = self.concentration.expand(batch_shape)
         except RuntimeError as e:
-            raise ValueError(f"VonMisesFisher.expand: cannot expand batch_shape {tuple(self.batch_shape)} to "
-                             f"{tuple(batch_shape)}") from e
+            raise ValueError(
+                f"VonMisesFisher.expand: cannot expand batch_shape {tuple(self.batch_shape)} to "
+                f"{tuple(batch_shape)}"
+            ) from e
         new._d = self._d
         super(VonMisesFisher, new).__init__(batch_shape, self.event_shape, validate_args=False)
         new._validate_args = self.__dict__.get("_validate_args")
@@ -711,7 +718,11 @@ class VonMisesFisher(TorchDistribution):
                 tm0, tp0 = _sample_w_wood(kappa.detach(), d)
             _, _, ratio, one_minus_a = self._bessel_terms
             tm, tp = _ImplicitW.apply(
-                kappa, tm0, tp0, ratio.detach().expand(shape[:-1]), one_minus_a.detach().expand(shape[:-1]),
+                kappa,
+                tm0,
+                tp0,
+                ratio.detach().expand(shape[:-1]),
+                one_minus_a.detach().expand(shape[:-1]),
                 0.5 * (d - 1),
             )
         dtype = self.loc.dtype
@@ -740,7 +751,9 @@ class VonMisesFisher(TorchDistribution):
 def _kl_vmf_uniform(p: VonMisesFisher, q: HypersphericalUniform) -> Tensor:
     """KL(vMF || U(S^{d-1})) = log|S^{d-1}| - H(vMF), shape ``broadcast(p.batch_shape, q.batch_shape)``."""
     if p.event_shape[0] != q.dim:
-        raise ValueError(f"KL(VonMisesFisher || HypersphericalUniform): dimensions differ, "
-                         f"p.event_shape = {tuple(p.event_shape)}, q.dim = {q.dim}")
+        raise ValueError(
+            f"KL(VonMisesFisher || HypersphericalUniform): dimensions differ, "
+            f"p.event_shape = {tuple(p.event_shape)}, q.dim = {q.dim}"
+        )
     kl = p.kl_to_uniform()
     return kl.expand(torch.broadcast_shapes(p.batch_shape, q.batch_shape))

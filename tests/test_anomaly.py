@@ -34,8 +34,10 @@ def test_knn_distance_is_the_kth_smallest_cosine_distance():
 def test_one_class_aurocs_match_scikit_learn():
     generator = torch.Generator().manual_seed(1)
     labels = torch.randint(0, 4, (200,), generator=generator)
-    scores = {"a": torch.randn(200, generator=generator) + (labels != 2).float(),
-              "b": torch.randint(0, 3, (200,), generator=generator).float()}  # ties count one half
+    scores = {
+        "a": torch.randn(200, generator=generator) + (labels != 2).float(),
+        "b": torch.randint(0, 3, (200,), generator=generator).float(),
+    }  # ties count one half
     result = one_class_aurocs(scores, labels, normal_class=2)
     for name, value in scores.items():
         assert result[name] == pytest.approx(roc_auc_score((labels != 2).numpy(), value.numpy()), abs=1e-12)
@@ -67,22 +69,29 @@ def test_one_class_auroc_on_digits_is_well_above_chance(tmp_path):
 
 @pytest.mark.slow
 def test_every_class_of_digits_with_the_default_schedule(tmp_path):
-    summary = run_anomaly(make_config(method="vje", data="digits", device="cpu", run_dir=str(tmp_path)),
-                          progress=False)
+    summary = run_anomaly(
+        make_config(method="vje", data="digits", device="cpu", run_dir=str(tmp_path)), progress=False
+    )
     assert len(summary["classes"]) == 10
     assert summary["mean_auroc"]["likelihood"] > 0.75
     assert summary["mean_auroc"]["knn"] > 0.8
 
 
 def test_vsimclr_gets_the_uncertainty_and_knn_scores(tmp_path):
-    summary = run_anomaly(make_config(method="vsimclr", data="digits", device="cpu", epochs=2,
-                                      run_dir=str(tmp_path)), [0], progress=False)
+    summary = run_anomaly(
+        make_config(method="vsimclr", data="digits", device="cpu", epochs=2, run_dir=str(tmp_path)),
+        [0],
+        progress=False,
+    )
     assert set(summary["classes"][0]["auroc"]) == {"log_det", "knn"}
 
 
 def test_normal_class_trains_on_that_class_only(tmp_path):
-    trainer = Trainer(make_config(method="vje", data="digits", device="cpu", batch_size=32, normal_class=3,
-                                  run_dir=str(tmp_path)))
+    trainer = Trainer(
+        make_config(
+            method="vje", data="digits", device="cpu", batch_size=32, normal_class=3, run_dir=str(tmp_path)
+        )
+    )
     full_train, full_test = load_digits()
     assert bool((trainer.train_set.labels == 3).all())
     assert len(trainer.train_set) == int((full_train.labels == 3).sum())
@@ -115,8 +124,26 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
 
 
 def test_cli_anomaly(tmp_path, capsys):
-    code = main(["anomaly", "--method", "vje", "--data", "digits", "--normal-class", "4", "--epochs", "2",
-                 "--num-pairs", "2", "--device", "cpu", "--run-dir", str(tmp_path / "run"), "--no-progress"])
+    code = main(
+        [
+            "anomaly",
+            "--method",
+            "vje",
+            "--data",
+            "digits",
+            "--normal-class",
+            "4",
+            "--epochs",
+            "2",
+            "--num-pairs",
+            "2",
+            "--device",
+            "cpu",
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--no-progress",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     for score in ("likelihood", "likelihood_cartesian", "log_det", "knn"):

@@ -105,12 +105,31 @@ def test_samples_get_different_parameters():
 
 
 def test_identity_crop_is_exact():
-    aug = SimCLRAugment(32, 3, MEAN3, STD3, crop_scale=(1, 1), crop_ratio=(1, 1), flip_p=0.0,
-                        jitter=(0, 0, 0, 0), jitter_p=0.0, grayscale_p=0.0)
+    aug = SimCLRAugment(
+        32,
+        3,
+        MEAN3,
+        STD3,
+        crop_scale=(1, 1),
+        crop_ratio=(1, 1),
+        flip_p=0.0,
+        jitter=(0, 0, 0, 0),
+        jitter_p=0.0,
+        grayscale_p=0.0,
+    )
     x = _images(8)
     torch.testing.assert_close(aug(x, _gen()), aug.normalize(x), atol=1e-5, rtol=0)
-    one = SimCLRAugment(8, 1, (0.3,), (0.4,), crop_scale=(1, 1), crop_ratio=(1, 1), flip_p=0.0,
-                        jitter=(0, 0, 0, 0), grayscale_p=0.0)
+    one = SimCLRAugment(
+        8,
+        1,
+        (0.3,),
+        (0.4,),
+        crop_scale=(1, 1),
+        crop_ratio=(1, 1),
+        flip_p=0.0,
+        jitter=(0, 0, 0, 0),
+        grayscale_p=0.0,
+    )
     x1 = _images(4, c=1, size=8)
     torch.testing.assert_close(one(x1, _gen()), one.normalize(x1), atol=1e-5, rtol=0)
 
@@ -256,15 +275,25 @@ def test_probabilities_are_respected():
 
 
 def test_for_dataset_recipes():
-    digits = ImageSet(torch.zeros(4, 1, 8, 8, dtype=torch.uint8), torch.zeros(4, dtype=torch.long),
-                      tuple("0123456789"), (0.3,), (0.37,))
+    digits = ImageSet(
+        torch.zeros(4, 1, 8, 8, dtype=torch.uint8),
+        torch.zeros(4, dtype=torch.long),
+        tuple("0123456789"),
+        (0.3,),
+        (0.37,),
+    )
     d = SimCLRAugment.for_dataset("digits", digits)
     assert d.image_size == 8 and d.channels == 1 and d.flip_p == 0.0 and d.crop_scale == (0.5, 1.0)
     assert d.jitter[2:] == (0.0, 0.0) and d.grayscale_p == 0.0 and d.mean == (0.3,)
     out = d(torch.randint(0, 256, (10, 1, 8, 8), dtype=torch.uint8), _gen())
     assert out.shape == (10, 1, 8, 8) and torch.isfinite(out).all()
-    cifar = ImageSet(torch.zeros(4, 3, 32, 32, dtype=torch.uint8), torch.zeros(4, dtype=torch.long),
-                     tuple("abcdefghij"), MEAN3, STD3)
+    cifar = ImageSet(
+        torch.zeros(4, 3, 32, 32, dtype=torch.uint8),
+        torch.zeros(4, dtype=torch.long),
+        tuple("abcdefghij"),
+        MEAN3,
+        STD3,
+    )
     c = SimCLRAugment.for_dataset("cifar10", cifar)
     assert c.crop_scale == (0.2, 1.0) and c.flip_p == 0.5 and c.jitter == (0.4, 0.4, 0.4, 0.1)
     assert c.jitter_p == 0.8 and c.grayscale_p == 0.2 and c.image_size == 32
@@ -354,8 +383,13 @@ def _numpy_crop_sampler(n, height, width, scale, ratio, rng):
                 break
         else:
             r = width / height
-            fw, fh = ((width, width / ratio[0]) if r < ratio[0] else
-                      (height * ratio[1], height) if r > ratio[1] else (width, height))
+            fw, fh = (
+                (width, width / ratio[0])
+                if r < ratio[0]
+                else (height * ratio[1], height)
+                if r > ratio[1]
+                else (width, height)
+            )
             out[i] = ((width - fw) / 2, (height - fh) / 2, fw, fh)
     return out
 
@@ -400,8 +434,11 @@ def test_gate_probabilities_at_asymmetric_values_and_independence():
     gates = {"flip": (p.flip, 0.1), "jitter": (applied, 0.3), "gray": (p.gray, 0.65)}
     for name, (gate, prob) in gates.items():
         assert abs(gate.double().mean().item() - prob) < 5 * math.sqrt(prob * (1 - prob) / n), name
-    for (a, pa), (b, pb) in [(gates["flip"], gates["gray"]), (gates["flip"], gates["jitter"]),
-                             (gates["jitter"], gates["gray"])]:
+    for (a, pa), (b, pb) in [
+        (gates["flip"], gates["gray"]),
+        (gates["flip"], gates["jitter"]),
+        (gates["jitter"], gates["gray"]),
+    ]:
         both = (a & b).double().mean().item()
         assert abs(both - pa * pb) < 5 * math.sqrt(pa * pb * (1 - pa * pb) / n)
     never = SimCLRAugment(32, 3, MEAN3, STD3, flip_p=0.0, jitter_p=0.0, grayscale_p=0.0)
@@ -457,10 +494,20 @@ def test_normalization_uses_the_data_sets_train_statistics():
 
 
 def test_recipe_ratios_and_jitter_gates():
-    digits = ImageSet(torch.zeros(4, 1, 8, 8, dtype=torch.uint8), torch.zeros(4, dtype=torch.long),
-                      tuple("0123456789"), (0.3,), (0.37,))
-    cifar = ImageSet(torch.zeros(4, 3, 32, 32, dtype=torch.uint8), torch.zeros(4, dtype=torch.long),
-                     tuple("abcdefghij"), MEAN3, STD3)
+    digits = ImageSet(
+        torch.zeros(4, 1, 8, 8, dtype=torch.uint8),
+        torch.zeros(4, dtype=torch.long),
+        tuple("0123456789"),
+        (0.3,),
+        (0.37,),
+    )
+    cifar = ImageSet(
+        torch.zeros(4, 3, 32, 32, dtype=torch.uint8),
+        torch.zeros(4, dtype=torch.long),
+        tuple("abcdefghij"),
+        MEAN3,
+        STD3,
+    )
     d = SimCLRAugment.for_dataset("digits", digits)
     c = SimCLRAugment.for_dataset("cifar10", cifar)
     for aug in (d, c):
@@ -546,8 +593,17 @@ def test_gates_factors_order_and_crop_are_independent():
     """Each random quantity has its own draw: with every gate at p = 0.5, the colour factors of the jittered
     samples stay uniform on their full ranges, and no factor correlates with a gate, the crop or the order."""
     n = 20_000
-    aug = SimCLRAugment(32, 3, MEAN3, STD3, crop_scale=(0.3, 0.5), flip_p=0.5, jitter=(0.4, 0.3, 0.2, 0.1),
-                        jitter_p=0.5, grayscale_p=0.5)
+    aug = SimCLRAugment(
+        32,
+        3,
+        MEAN3,
+        STD3,
+        crop_scale=(0.3, 0.5),
+        flip_p=0.5,
+        jitter=(0.4, 0.3, 0.2, 0.1),
+        jitter_p=0.5,
+        grayscale_p=0.5,
+    )
     p = aug.sample_params(n, 32, 32, _gen(13), "cpu")
     applied = (p.jitter != torch.tensor([1.0, 1.0, 1.0, 0.0])).any(dim=1)
     f = p.jitter[applied].double().numpy()

@@ -89,8 +89,14 @@ def test_stems_and_sizes_that_do_not_apply_are_refused():
         make_config(stem="imagenet").resolved()  # digits: digits_convnet
     with pytest.raises(ValueError, match="registered backbone"):
         make_config(backbone="resnet9").resolved()
-    assert set(BACKBONES) >= {"resnet18", "resnet34", "resnet50", "resnet18_cifar", "vit_small",
-                              "digits_convnet"}
+    assert set(BACKBONES) >= {
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "resnet18_cifar",
+        "vit_small",
+        "digits_convnet",
+    }
 
 
 def test_build_model_builds_the_backbone_for_the_data_shape():
@@ -107,8 +113,14 @@ def test_build_model_builds_the_backbone_for_the_data_shape():
 def test_feature_dim_of_finds_the_width_by_a_dry_pass_without_side_effects():
     flat = nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.ReLU())
     assert feature_dim_of(flat) == 128  # Linear(64, ...) read as 1 x 8 x 8
-    conv = nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.Dropout(0.5), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten(), nn.Linear(16, 24))
+    conv = nn.Sequential(
+        nn.Conv2d(3, 16, 3),
+        nn.BatchNorm2d(16),
+        nn.Dropout(0.5),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 24),
+    )
     conv.train()
     running = conv[1].running_mean.clone()
     rng = torch.get_rng_state()
@@ -156,8 +168,9 @@ def test_every_method_trains_a_users_encoder_without_attributes(digits, name):
 def test_vcl_with_a_plain_sequential_trains_with_stock_pyro_svi(digits, kl, supervised):
     pyro.clear_param_store()
     torch.manual_seed(0)
-    vcl = VCL(nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.ReLU()), 16, supervised=supervised, kl=kl,
-              tau=0.2)
+    vcl = VCL(
+        nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.ReLU()), 16, supervised=supervised, kl=kl, tau=0.2
+    )
     assert vcl.head.in_dim == 128
     x1, x2, labels = two_views(digits, batch=64)
     svi = pyro.infer.SVI(vcl.model, vcl.guide, pyro.optim.Adam({"lr": 3e-3}), pyro.infer.Trace_ELBO())

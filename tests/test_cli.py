@@ -16,8 +16,24 @@ def run_cli(*args):
 
 def test_train_then_evaluate(tmp_path, capsys):
     run_dir = tmp_path / "run"
-    code = main(["train", "--method", "simclr", "--epochs", "1", "--batch-size", "128", "--dim", "8",
-                 "--device", "cpu", "--run-dir", str(run_dir), "--no-progress"])
+    code = main(
+        [
+            "train",
+            "--method",
+            "simclr",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "128",
+            "--dim",
+            "8",
+            "--device",
+            "cpu",
+            "--run-dir",
+            str(run_dir),
+            "--no-progress",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "knn_top1_k200_weighted" in out and "linear_top1" in out and str(run_dir) in out
@@ -53,8 +69,17 @@ def test_bad_arguments_exit_non_zero_with_a_clear_message(args, message):
 
 
 def test_missing_cifar_folder_says_where_the_data_comes_from(tmp_path):
-    result = run_cli("train", "--data", "cifar10", "--data-dir", str(tmp_path / "nowhere"), "--device", "cpu",
-                     "--run-dir", str(tmp_path / "run"))
+    result = run_cli(
+        "train",
+        "--data",
+        "cifar10",
+        "--data-dir",
+        str(tmp_path / "nowhere"),
+        "--device",
+        "cpu",
+        "--run-dir",
+        str(tmp_path / "run"),
+    )
     assert result.returncode == 2
     assert "nowhere" in result.stderr and "train.npz" in result.stderr
 
@@ -72,8 +97,13 @@ def test_resume_of_a_foreign_checkpoint_is_refused(tmp_path):
 @pytest.mark.slow
 def test_default_main_job(tmp_path):
     """The README's first quick-start command: VSimCLR on digits, CPU, about a minute."""
-    result = subprocess.run([sys.executable, "-m", "vprob", "train", "--no-progress"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "vprob", "train", "--no-progress"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     accuracy = float(result.stdout.split("knn_top1_k200_weighted:")[1].split()[0])
     assert accuracy > 0.85
@@ -82,8 +112,22 @@ def test_default_main_job(tmp_path):
 def test_stop_after_pauses_with_exit_75_and_resume_finishes(tmp_path, capsys):
     run_dir = tmp_path / "run"
     common = ["--device", "cpu", "--run-dir", str(run_dir), "--no-progress"]
-    code = main(["train", "--method", "simclr", "--epochs", "2", "--batch-size", "128", "--dim", "8",
-                 "--stop-after", "0.001", *common])
+    code = main(
+        [
+            "train",
+            "--method",
+            "simclr",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "128",
+            "--dim",
+            "8",
+            "--stop-after",
+            "0.001",
+            *common,
+        ]
+    )
     assert code == 75
     assert "paused at step" in capsys.readouterr().err and not (run_dir / "results.json").exists()
     assert main(["train", "--resume", *common]) == 0

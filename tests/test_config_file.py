@@ -20,12 +20,39 @@ def saved(run_dir):
 
 def test_a_run_repeated_from_its_config_json_with_flags_on_top(tmp_path, capsys):
     first = tmp_path / "first"
-    assert main(["train", "--method", "simclr", "--epochs", "1", "--batch-size", "256", "--dim", "8", "--tau",
-                 "0.3", "--max-steps", "2", "--knn-k", "10", "--run-dir", str(first), *FLAGS]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--method",
+                "simclr",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "256",
+                "--dim",
+                "8",
+                "--tau",
+                "0.3",
+                "--max-steps",
+                "2",
+                "--knn-k",
+                "10",
+                "--run-dir",
+                str(first),
+                *FLAGS,
+            ]
+        )
+        == 0
+    )
     second = tmp_path / "second"
     capsys.readouterr()
-    assert main(["train", "--config", str(first / "config.json"), "--run-dir", str(second), "--dim", "16",
-                 *FLAGS]) == 0
+    assert (
+        main(
+            ["train", "--config", str(first / "config.json"), "--run-dir", str(second), "--dim", "16", *FLAGS]
+        )
+        == 0
+    )
     # The record's own run_dir is never followed (that folder holds a checkpoint): the note says so.
     assert "record: its run_dir" in capsys.readouterr().err
     a, b = saved(first), saved(second)
@@ -37,8 +64,10 @@ def test_a_run_repeated_from_its_config_json_with_flags_on_top(tmp_path, capsys)
 def test_a_users_yaml_file_with_flat_method_options(tmp_path, monkeypatch):
     pytest.importorskip("yaml")
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "mine.yaml").write_text("method: simclr\nepochs: 1\nbatch_size: 256\nmax_steps: 1\n"
-                                        "dim: 8\ntau: 0.25\nknn_k: [10]\nrun_dir: runs/mine\n")
+    (tmp_path / "mine.yaml").write_text(
+        "method: simclr\nepochs: 1\nbatch_size: 256\nmax_steps: 1\n"
+        "dim: 8\ntau: 0.25\nknn_k: [10]\nrun_dir: runs/mine\n"
+    )
     assert main(["train", "--config", "mine.yaml", "--tau", "0.5", *FLAGS]) == 0
     config = saved(tmp_path / "runs" / "mine")
     assert config["options"]["tau"] == 0.5 and config["options"]["dim"] == 8 and config["epochs"] == 1
@@ -75,8 +104,9 @@ def test_paths_in_config_files(tmp_path, monkeypatch):
     record = tmp_path / "run"
     record.mkdir()
     (record / "metrics.jsonl").write_text("")
-    (record / "config.json").write_text(json.dumps({"run_dir": "/etc", "init_from": "/tmp/x.pt",
-                                                    "data_dir": "data"}))
+    (record / "config.json").write_text(
+        json.dumps({"run_dir": "/etc", "init_from": "/tmp/x.pt", "data_dir": "data"})
+    )
     config, notes = load_config_file(record / "config.json")
     assert config.run_dir is None and config.init_from is None and config.data_dir == "data"
     assert "run_dir and init_from are not used" in notes[0]

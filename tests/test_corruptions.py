@@ -38,8 +38,17 @@ from vprob.diagnostics.corruptions import (
 )
 
 NAMES = tuple(ALL_CORRUPTIONS)
-RANDOM = ("gaussian_noise", "shot_noise", "impulse_noise", "glass_blur", "motion_blur", "snow", "frost",
-          "fog", "elastic_transform")
+RANDOM = (
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "glass_blur",
+    "motion_blur",
+    "snow",
+    "frost",
+    "fog",
+    "elastic_transform",
+)
 
 # make_cifar_c.py (github.com/hendrycks/robustness, ImageNet-C/create_c/make_cifar_c.py), severities 1..5.
 PUBLISHED = {
@@ -50,24 +59,47 @@ PUBLISHED = {
     "GLASS_BLUR": ((0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)),
     "MOTION_BLUR": ((6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5)),
     "ZOOM_BLUR_END": (1.06, 1.11, 1.16, 1.21, 1.26),
-    "SNOW": ((0.1, 0.2, 1, 0.6, 8, 3, 0.95), (0.1, 0.2, 1, 0.5, 10, 4, 0.9),
-             (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9), (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85),
-             (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8)),
+    "SNOW": (
+        (0.1, 0.2, 1, 0.6, 8, 3, 0.95),
+        (0.1, 0.2, 1, 0.5, 10, 4, 0.9),
+        (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9),
+        (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85),
+        (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8),
+    ),
     "FROST": ((1, 0.2), (1, 0.3), (0.9, 0.4), (0.85, 0.4), (0.75, 0.45)),
     "FOG": ((0.2, 3), (0.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75)),
     "BRIGHTNESS_SHIFT": (0.05, 0.1, 0.15, 0.2, 0.3),
     "CONTRAST_FACTOR": (0.75, 0.5, 0.4, 0.3, 0.15),
     # IMSIZE * c with IMSIZE = 32, as fractions of the image size
-    "ELASTIC_TRANSFORM": ((0, 0, 0.08), (0.05, 0.2, 0.07), (0.08, 0.06, 0.06), (0.1, 0.04, 0.05),
-                          (0.1, 0.03, 0.03)),
+    "ELASTIC_TRANSFORM": (
+        (0, 0, 0.08),
+        (0.05, 0.2, 0.07),
+        (0.08, 0.06, 0.06),
+        (0.1, 0.04, 0.05),
+        (0.1, 0.03, 0.03),
+    ),
     "PIXELATE_FRACTION": (0.95, 0.9, 0.85, 0.75, 0.65),
     "JPEG_QUALITY": (80, 65, 58, 50, 40),
     "GAUSSIAN_BLUR_SIGMA": (0.4, 0.6, 0.7, 0.8, 1),
 }
 MOTION_BLUR_ANGLE, SNOW_ANGLE = (-45, 45), (-135, -45)
-CIFAR10_C_NAMES = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur",
-                   "motion_blur", "zoom_blur", "snow", "frost", "fog", "brightness", "contrast",
-                   "elastic_transform", "pixelate", "jpeg_compression")
+CIFAR10_C_NAMES = (
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "defocus_blur",
+    "glass_blur",
+    "motion_blur",
+    "zoom_blur",
+    "snow",
+    "frost",
+    "fog",
+    "brightness",
+    "contrast",
+    "elastic_transform",
+    "pixelate",
+    "jpeg_compression",
+)
 
 
 def _textured_images(n: int = 24, channels: int = 3, size: int = 32, seed: int = 0) -> torch.Tensor:
@@ -285,15 +317,27 @@ def test_defocus_blur_is_the_published_disk_filter():
     x = _hwc(images) / 255.0
     for severity, (radius, alias) in zip(SEVERITIES, PUBLISHED["DEFOCUS_BLUR"], strict=True):
         kernel = _defocus_kernel_reference(radius, alias)
-        ref = np.stack([np.stack([ndimage.correlate(im[..., d], kernel, mode="mirror") for d in range(3)], -1)
-                        for im in x]) * 255  # cv2.filter2D: BORDER_REFLECT_101 = scipy "mirror"
+        ref = (
+            np.stack(
+                [
+                    np.stack([ndimage.correlate(im[..., d], kernel, mode="mirror") for d in range(3)], -1)
+                    for im in x
+                ]
+            )
+            * 255
+        )  # cv2.filter2D: BORDER_REFLECT_101 = scipy "mirror"
         _assert_close(_ours(images, "defocus_blur", severity), ref)
 
 
 def _skimage_gaussian(image: np.ndarray, sigma: float) -> np.ndarray:
     """skimage.filters.gaussian(image, sigma, channel_axis=-1): scipy's, per channel, edges "nearest"."""
-    return np.stack([ndimage.gaussian_filter(image[..., d], sigma, mode="nearest", truncate=4)
-                     for d in range(image.shape[-1])], -1)
+    return np.stack(
+        [
+            ndimage.gaussian_filter(image[..., d], sigma, mode="nearest", truncate=4)
+            for d in range(image.shape[-1])
+        ],
+        -1,
+    )
 
 
 def test_glass_blur_is_the_published_loop_with_the_same_draws():
@@ -302,8 +346,10 @@ def test_glass_blur_is_the_published_loop_with_the_same_draws():
     images = torch.randint(0, 256, (3, 3, 32, 32), generator=torch.Generator().manual_seed(0)).to(torch.uint8)
     for severity, (sigma, delta, iterations) in zip(SEVERITIES, PUBLISHED["GLASS_BLUR"], strict=True):
         g = torch.Generator().manual_seed(severity)
-        draws = [torch.randint(-delta, delta, (3, 2, 32 - 2 * delta, 32 - 2 * delta), generator=g).numpy()
-                 for _ in range(iterations)]
+        draws = [
+            torch.randint(-delta, delta, (3, 2, 32 - 2 * delta, 32 - 2 * delta), generator=g).numpy()
+            for _ in range(iterations)
+        ]
         refs = []
         for n, image in enumerate(_hwc(images)):
             x = np.uint8(_skimage_gaussian(image / 255.0, sigma) * 255)
@@ -322,7 +368,7 @@ def _motion_blur_reference(image: np.ndarray, radius: float, sigma: float, angle
     weights exp(-i^2 / 2 sigma^2) normalized, tap i at (x + ceil(i cos a - .5), y + ceil(i sin a - .5)),
     edge pixels beyond the border."""
     width = 2 * math.ceil(radius) + 1
-    weights = np.exp(-np.arange(width) ** 2 / (2 * sigma**2))
+    weights = np.exp(-(np.arange(width) ** 2) / (2 * sigma**2))
     weights /= weights.sum()
     h, w = image.shape[:2]
     rows, cols = np.arange(h)[:, None], np.arange(w)[None, :]
@@ -339,8 +385,12 @@ def test_motion_blur_is_imagemagicks_kernel_with_the_same_angle():
     for severity, (radius, sigma) in zip(SEVERITIES, PUBLISHED["MOTION_BLUR"], strict=True):
         g = torch.Generator().manual_seed(severity)
         angles = (-45 + 90 * torch.rand(3, generator=g, dtype=torch.float64)).numpy()
-        ref = np.stack([_motion_blur_reference(im.astype(np.float64), radius, sigma, a)
-                        for im, a in zip(_hwc(images), angles, strict=True)])
+        ref = np.stack(
+            [
+                _motion_blur_reference(im.astype(np.float64), radius, sigma, a)
+                for im, a in zip(_hwc(images), angles, strict=True)
+            ]
+        )
         _assert_close(_ours(images, "motion_blur", severity, seed=severity), ref)
 
 
@@ -348,9 +398,9 @@ def _clipped_zoom_reference(img: np.ndarray, zoom_factor: float) -> np.ndarray:
     h = img.shape[0]
     ch = int(np.ceil(h / zoom_factor))
     top = (h - ch) // 2
-    img = ndimage.zoom(img[top:top + ch, top:top + ch], (zoom_factor, zoom_factor, 1), order=1)
+    img = ndimage.zoom(img[top : top + ch, top : top + ch], (zoom_factor, zoom_factor, 1), order=1)
     trim_top = (img.shape[0] - h) // 2
-    return img[trim_top:trim_top + h, trim_top:trim_top + h]
+    return img[trim_top : trim_top + h, trim_top : trim_top + h]
 
 
 def test_zoom_blur_is_the_published_mean_of_clipped_zooms():
@@ -428,7 +478,7 @@ def test_frost_is_the_published_blend_with_the_same_crop(channels):
         for k, image in enumerate(_hwc(images)):
             overlay = overlays[which[k]].astype(np.float64)
             top, left = (int(u[k, i] * (overlay.shape[i] - 32)) for i in range(2))
-            crop = overlay[top:top + 32, left:left + 32]
+            crop = overlay[top : top + 32, left : left + 32]
             if channels == 1:
                 crop = (crop @ np.array([0.299, 0.587, 0.114]))[..., None]
             refs.append(np.clip(a * image + b * crop, 0, 255))
@@ -519,30 +569,49 @@ def test_elastic_transform_is_the_published_warp_with_the_same_draws():
         alpha, sigma, affine = (size * f for f in fractions)
         g = torch.Generator().manual_seed(severity)
         moves = (-affine + 2 * affine * torch.rand(n, 3, 2, generator=g, dtype=torch.float64)).numpy()
-        fields = [(-1 + 2 * torch.rand(n, size, size, generator=g, dtype=torch.float64)).numpy()
-                  for _ in "xy"]
+        fields = [
+            (-1 + 2 * torch.rand(n, size, size, generator=g, dtype=torch.float64)).numpy() for _ in "xy"
+        ]
         refs = []
         for k, image in enumerate(_hwc(images) / 255.0):
             centre, q = size // 2, size // 3
-            pts1 = np.array([[centre + q, centre + q], [centre + q, centre - q], [centre - q, centre - q]],
-                            dtype=np.float64)
+            pts1 = np.array(
+                [[centre + q, centre + q], [centre + q, centre - q], [centre - q, centre - q]],
+                dtype=np.float64,
+            )
             pts2 = pts1 + moves[k]
             # cv2.getAffineTransform(pts1, pts2) then warpAffine: output (x, y) reads input M^-1 (x, y)
             forward = np.linalg.solve(np.c_[pts1, np.ones(3)], pts2).T  # 2 x 3, (x, y) coordinates
             inverse = np.linalg.inv(np.vstack([forward, [0, 0, 1]]))
             swap = np.array([[0, 1, 0], [1, 0, 0], [0, 0, 1]])  # (x, y) <-> (row, col)
             inverse_rc = swap @ inverse @ swap
-            warped = np.stack([ndimage.affine_transform(image[..., d], inverse_rc[:2, :2], inverse_rc[:2, 2],
-                                                        order=1, mode="mirror") for d in range(3)], -1)
+            warped = np.stack(
+                [
+                    ndimage.affine_transform(
+                        image[..., d], inverse_rc[:2, :2], inverse_rc[:2, 2], order=1, mode="mirror"
+                    )
+                    for d in range(3)
+                ],
+                -1,
+            )
             if sigma > 0:
-                dx, dy = (alpha * ndimage.gaussian_filter(f[k], sigma, mode="reflect", truncate=3)
-                          for f in fields)
+                dx, dy = (
+                    alpha * ndimage.gaussian_filter(f[k], sigma, mode="reflect", truncate=3) for f in fields
+                )
             else:
                 dx = dy = np.zeros((size, size))
             rows, cols = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
             coordinates = [rows + dy, cols + dx]
-            refs.append(np.stack([ndimage.map_coordinates(warped[..., d], coordinates, order=1,
-                                                          mode="reflect") for d in range(3)], -1) * 255)
+            refs.append(
+                np.stack(
+                    [
+                        ndimage.map_coordinates(warped[..., d], coordinates, order=1, mode="reflect")
+                        for d in range(3)
+                    ],
+                    -1,
+                )
+                * 255
+            )
         _assert_close(_ours(images, "elastic_transform", severity, seed=severity), np.stack(refs))
 
 
@@ -558,8 +627,9 @@ def test_pixelate_matches_pil_box_resizes():
     images = _textured_images(6)
     for severity, c in zip(SEVERITIES, PUBLISHED["PIXELATE_FRACTION"], strict=True):
         small = int(32 * c)
-        ref = _pil_round_trip(images,
-                              lambda p, s=small: p.resize((s, s), Image.BOX).resize((32, 32), Image.BOX))
+        ref = _pil_round_trip(
+            images, lambda p, s=small: p.resize((s, s), Image.BOX).resize((32, 32), Image.BOX)
+        )
         out = corrupt(images, "pixelate", severity)
         assert (out.int() - ref.int()).abs().max() <= 1  # PIL's fixed-point arithmetic vs float
 
@@ -583,8 +653,15 @@ def test_gaussian_blur_matches_scipy_ndimage():
     images = _textured_images(3)
     for severity, sigma in zip(SEVERITIES, PUBLISHED["GAUSSIAN_BLUR_SIGMA"], strict=True):
         out = corrupt(images, "gaussian_blur", severity).double().numpy()
-        ref = np.stack([[ndimage.gaussian_filter(channel / 255.0, sigma, mode="nearest", truncate=4.0)
-                         for channel in image] for image in images.double().numpy()])
+        ref = np.stack(
+            [
+                [
+                    ndimage.gaussian_filter(channel / 255.0, sigma, mode="nearest", truncate=4.0)
+                    for channel in image
+                ]
+                for image in images.double().numpy()
+            ]
+        )
         _assert_close(out, ref * 255)
 
 
@@ -597,8 +674,9 @@ def test_box_resample_matrix_is_an_average_and_the_identity_at_equal_size():
     assert torch.equal(up.argmax(dim=1), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]))
 
 
-@pytest.mark.parametrize("mode, scipy_mode",
-                         [("edge", "nearest"), ("mirror", "mirror"), ("symmetric", "reflect")])
+@pytest.mark.parametrize(
+    "mode, scipy_mode", [("edge", "nearest"), ("mirror", "mirror"), ("symmetric", "reflect")]
+)
 def test_extend_index_matches_scipy_modes(mode, scipy_mode):
     signal = np.array([10.0, 20.0, 30.0])
     extended = signal[C.extend_index(torch.arange(-7, 10), 3, mode).numpy()]

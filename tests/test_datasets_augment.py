@@ -47,8 +47,19 @@ def test_blur_probability_and_sigma_range():
     assert abs(blurred.double().mean().item() - 0.5) < 0.02
     assert params.blur[blurred].min() >= 0.1 and params.blur[blurred].max() <= 2.0
     # With blur_p = 1 and every other op off, the output is the blurred (normalized) crop of the identity.
-    still = SimCLRAugment(16, 3, (0.0,) * 3, (1.0,) * 3, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0),
-                          flip_p=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=1.0, blur_kernel=5)
+    still = SimCLRAugment(
+        16,
+        3,
+        (0.0,) * 3,
+        (1.0,) * 3,
+        crop_scale=(1.0, 1.0),
+        crop_ratio=(1.0, 1.0),
+        flip_p=0.0,
+        jitter_p=0.0,
+        grayscale_p=0.0,
+        blur_p=1.0,
+        blur_kernel=5,
+    )
     images = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8)
     p = still.sample_params(3, 16, 16, torch.Generator().manual_seed(1), "cpu")
     out = still.apply(images, p, dtype=torch.float64)
@@ -66,11 +77,17 @@ def _rgb_set(size):
     return ImageSet(images, torch.tensor([0, 1]), ("a", "b"), (0.4,) * 3, (0.2,) * 3)
 
 
-@pytest.mark.parametrize("name, size, recipe", [
-    ("cifar10", 32, CIFAR_RECIPE), ("cifar100", 32, CIFAR_RECIPE), ("stl10", 96, STL10_RECIPE),
-    ("imagefolder", 32, CIFAR_RECIPE), ("imagefolder", 64, IMAGENET_RECIPE),
-    ("imagefolder", 224, IMAGENET_RECIPE),
-])
+@pytest.mark.parametrize(
+    "name, size, recipe",
+    [
+        ("cifar10", 32, CIFAR_RECIPE),
+        ("cifar100", 32, CIFAR_RECIPE),
+        ("stl10", 96, STL10_RECIPE),
+        ("imagefolder", 32, CIFAR_RECIPE),
+        ("imagefolder", 64, IMAGENET_RECIPE),
+        ("imagefolder", 224, IMAGENET_RECIPE),
+    ],
+)
 def test_recipe_per_data_set_and_resolution(name, size, recipe):
     aug = augmentation_for(name, _rgb_set(size))
     assert aug.image_size == size and aug.crop_scale == recipe["crop_scale"]

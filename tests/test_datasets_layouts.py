@@ -45,17 +45,36 @@ def write_cifar10(root: Path, per_batch=6, n_test=8, seed=0):
     truth = {"train": [], "train_y": [], "test": None, "test_y": None}
     for i in range(1, 6):
         x, y = _hwc(rng, per_batch), rng.integers(0, 10, per_batch).tolist()
-        _pickle(folder / f"data_batch_{i}", {b"batch_label": f"training batch {i} of 5".encode(),
-                                              b"labels": y, b"data": _cifar_rows(x),
-                                              b"filenames": [b"x.png"] * per_batch})
+        _pickle(
+            folder / f"data_batch_{i}",
+            {
+                b"batch_label": f"training batch {i} of 5".encode(),
+                b"labels": y,
+                b"data": _cifar_rows(x),
+                b"filenames": [b"x.png"] * per_batch,
+            },
+        )
         truth["train"].append(x)
         truth["train_y"] += y
     x, y = _hwc(rng, n_test), rng.integers(0, 10, n_test).tolist()
-    _pickle(folder / "test_batch", {b"batch_label": b"testing batch 1 of 1", b"labels": y,
-                                    b"data": _cifar_rows(x), b"filenames": [b"x.png"] * n_test})
+    _pickle(
+        folder / "test_batch",
+        {
+            b"batch_label": b"testing batch 1 of 1",
+            b"labels": y,
+            b"data": _cifar_rows(x),
+            b"filenames": [b"x.png"] * n_test,
+        },
+    )
     truth.update(test=x, test_y=y, train=np.concatenate(truth["train"]))
-    _pickle(folder / "batches.meta", {b"num_cases_per_batch": per_batch, b"num_vis": 3072,
-                                      b"label_names": [n.encode() for n in CIFAR10_NAMES]})
+    _pickle(
+        folder / "batches.meta",
+        {
+            b"num_cases_per_batch": per_batch,
+            b"num_vis": 3072,
+            b"label_names": [n.encode() for n in CIFAR10_NAMES],
+        },
+    )
     return truth
 
 
@@ -68,11 +87,24 @@ def write_cifar100(root: Path, n_train=30, n_test=10, seed=1):
         x = _hwc(rng, n)
         fine = rng.integers(0, 100, n).tolist()
         coarse = [f // 5 for f in fine]
-        _pickle(folder / split, {b"filenames": [b"x.png"] * n, b"batch_label": split.encode(),
-                                 b"fine_labels": fine, b"coarse_labels": coarse, b"data": _cifar_rows(x)})
+        _pickle(
+            folder / split,
+            {
+                b"filenames": [b"x.png"] * n,
+                b"batch_label": split.encode(),
+                b"fine_labels": fine,
+                b"coarse_labels": coarse,
+                b"data": _cifar_rows(x),
+            },
+        )
         truth[split] = (x, fine, coarse)
-    _pickle(folder / "meta", {b"fine_label_names": [f"fine{i}".encode() for i in range(100)],
-                              b"coarse_label_names": [f"coarse{i}".encode() for i in range(20)]})
+    _pickle(
+        folder / "meta",
+        {
+            b"fine_label_names": [f"fine{i}".encode() for i in range(100)],
+            b"coarse_label_names": [f"coarse{i}".encode() for i in range(20)],
+        },
+    )
     return truth
 
 
@@ -172,15 +204,18 @@ def _copy_tree(src: Path, dst: Path) -> Path:
     return dst
 
 
-@pytest.mark.parametrize("damage, error, match", [
-    ("missing_folder", FileNotFoundError, "cifar-10-batches-py"),
-    ("empty_folder", FileNotFoundError, "cs.toronto.edu"),
-    ("truncated", ValueError, r"data_batch_3.*not a readable pickle"),
-    ("missing_batch", FileNotFoundError, "data_batch_5 is missing"),
-    ("bad_label", ValueError, r"test_batch: labels\[2\] = 10 is outside the 10 classes"),
-    ("wrong_shape", ValueError, r"'data' must be a uint8 array \(N, 3072\)"),
-    ("code", ValueError, "refused to load the global posix.system"),
-])
+@pytest.mark.parametrize(
+    "damage, error, match",
+    [
+        ("missing_folder", FileNotFoundError, "cifar-10-batches-py"),
+        ("empty_folder", FileNotFoundError, "cs.toronto.edu"),
+        ("truncated", ValueError, r"data_batch_3.*not a readable pickle"),
+        ("missing_batch", FileNotFoundError, "data_batch_5 is missing"),
+        ("bad_label", ValueError, r"test_batch: labels\[2\] = 10 is outside the 10 classes"),
+        ("wrong_shape", ValueError, r"'data' must be a uint8 array \(N, 3072\)"),
+        ("code", ValueError, "refused to load the global posix.system"),
+    ],
+)
 def test_cifar10_bad_input_names_file_and_layout(cifar10_dir, tmp_path, damage, error, match):
     root = _copy_tree(cifar10_dir[0], tmp_path / "copy")
     folder = root / "cifar-10-batches-py"
@@ -205,7 +240,8 @@ def test_cifar10_bad_input_names_file_and_layout(cifar10_dir, tmp_path, damage, 
     elif damage == "code":
         # pickle's way of calling os.system("true") when loaded
         (folder / "data_batch_2").write_bytes(
-            b"\x80\x02cposix\nsystem\nq\x00X\x04\x00\x00\x00trueq\x01\x85q\x02Rq\x03.")
+            b"\x80\x02cposix\nsystem\nq\x00X\x04\x00\x00\x00trueq\x01\x85q\x02Rq\x03."
+        )
     with pytest.raises(error, match=match):
         load_dataset("cifar10", root)
 
@@ -220,9 +256,13 @@ def test_cifar10_npz_archives_detected_by_content(tmp_path):
             buf = io.BytesIO()
             PIL.fromarray(_hwc(rng, 1)[0]).save(buf, format="JPEG")
             blobs.append(buf.getvalue())
-        np.savez(tmp_path / f"{split}.npz", jpeg=np.frombuffer(b"".join(blobs), np.uint8),
-                 offsets=np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).astype(np.int64),
-                 y=np.arange(n) % 10, classes=np.asarray(CIFAR10_NAMES))
+        np.savez(
+            tmp_path / f"{split}.npz",
+            jpeg=np.frombuffer(b"".join(blobs), np.uint8),
+            offsets=np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).astype(np.int64),
+            y=np.arange(n) % 10,
+            classes=np.asarray(CIFAR10_NAMES),
+        )
         arrays[split] = blobs
     train, test = load_dataset("cifar10", tmp_path)
     assert len(train) == 6 and len(test) == 4 and train.classes == CIFAR10_NAMES
@@ -258,12 +298,15 @@ def test_stl10_column_major_train_plus_unlabeled(stl10_dir):
     assert len(training_set(train, needs_labels=True)) == 10 and training_set(train, False) is train
 
 
-@pytest.mark.parametrize("damage, error, match", [
-    ("truncated", ValueError, r"unlabeled_X.bin: .* not a whole number of 3x96x96 images"),
-    ("labels", ValueError, r"train_y.bin: label 3 is 11, outside 1..10"),
-    ("count", ValueError, r"test_y.bin: 7 labels for 8 images"),
-    ("missing", FileNotFoundError, r"test_X.bin is missing.*cs.stanford.edu"),
-])
+@pytest.mark.parametrize(
+    "damage, error, match",
+    [
+        ("truncated", ValueError, r"unlabeled_X.bin: .* not a whole number of 3x96x96 images"),
+        ("labels", ValueError, r"train_y.bin: label 3 is 11, outside 1..10"),
+        ("count", ValueError, r"test_y.bin: 7 labels for 8 images"),
+        ("missing", FileNotFoundError, r"test_X.bin is missing.*cs.stanford.edu"),
+    ],
+)
 def test_stl10_bad_input(stl10_dir, tmp_path, damage, error, match):
     folder = _copy_tree(stl10_dir[0], tmp_path / "copy") / "stl10_binary"
     if damage == "truncated":
@@ -326,13 +369,16 @@ def test_unlabelled_image_folder_trains_and_skips_evaluation(tmp_path):
         training_set(train, needs_labels=True)
 
 
-@pytest.mark.parametrize("damage, error, match", [
-    ("no_train", FileNotFoundError, r"train is missing.*DIR/train/<class>"),
-    ("empty_class", ValueError, r"class folder .*train/emu holds no JPEG or PNG images"),
-    ("unknown_val_class", ValueError, r"\['yak'\] are not classes of"),
-    ("corrupt", ValueError, r"dog/2.JPEG: not a readable JPEG or PNG image"),
-    ("mixed", ValueError, "mixes class folders"),
-])
+@pytest.mark.parametrize(
+    "damage, error, match",
+    [
+        ("no_train", FileNotFoundError, r"train is missing.*DIR/train/<class>"),
+        ("empty_class", ValueError, r"class folder .*train/emu holds no JPEG or PNG images"),
+        ("unknown_val_class", ValueError, r"\['yak'\] are not classes of"),
+        ("corrupt", ValueError, r"dog/2.JPEG: not a readable JPEG or PNG image"),
+        ("mixed", ValueError, "mixes class folders"),
+    ],
+)
 def test_image_folder_bad_input_names_the_path(folder_dir, tmp_path, damage, error, match):
     root = _copy_tree(folder_dir, tmp_path / "copy")
     if damage == "no_train":
@@ -380,8 +426,9 @@ def test_decoded_cache_hit_stale_and_corrupt(folder_dir, tmp_path, monkeypatch):
     victim = sorted(cache.glob("imagefolder-train-16px-*.npz"))[0]
     victim.write_bytes(victim.read_bytes()[:1000])
     with pytest.warns(UserWarning, match="unreadable"):
-        again = [load_dataset("imagefolder", p, image_size=16, cache_dir=cache)[0]
-                 for p in (folder_dir, root)]
+        again = [
+            load_dataset("imagefolder", p, image_size=16, cache_dir=cache)[0] for p in (folder_dir, root)
+        ]
     assert any(torch.equal(a.images, first.images) for a in again)
 
 
@@ -418,9 +465,28 @@ def test_memory_helpers_against_brute_force():
 
 def _vprob(data, data_dir, run_dir, capsys, diagnose=True):
     """vprob train (2 steps), evaluate and diagnose on one data folder, in-process; returns eval.json."""
-    args = ["train", "--method", "simclr", "--data", data, "--data-dir", str(data_dir),
-            "--run-dir", str(run_dir), "--max-steps", "2", "--batch-size", "8", "--device", "cpu",
-            "--no-progress", "--epochs", "1", "--knn-k", "3"]
+    args = [
+        "train",
+        "--method",
+        "simclr",
+        "--data",
+        data,
+        "--data-dir",
+        str(data_dir),
+        "--run-dir",
+        str(run_dir),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--epochs",
+        "1",
+        "--knn-k",
+        "3",
+    ]
     assert main(args) == 0
     assert main(["evaluate", str(run_dir), "--device", "cpu"]) == 0
     if diagnose:
@@ -462,9 +528,26 @@ def test_vprob_commands_on_stl10(stl10_dir, tmp_path, capsys):
 @pytest.mark.slow
 def test_vprob_train_on_unlabelled_image_folder(tmp_path, capsys):
     write_image_folder(tmp_path / "u", labelled=False)
-    args = ["train", "--method", "simclr", "--data", "imagefolder", "--data-dir", str(tmp_path / "u"),
-            "--run-dir", str(tmp_path / "run"), "--max-steps", "2", "--batch-size", "8", "--device", "cpu",
-            "--no-progress", "--epochs", "1"]
+    args = [
+        "train",
+        "--method",
+        "simclr",
+        "--data",
+        "imagefolder",
+        "--data-dir",
+        str(tmp_path / "u"),
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--epochs",
+        "1",
+    ]
     assert main(args) == 0
     assert "evaluation skipped" in capsys.readouterr().out
 
@@ -508,6 +591,14 @@ def test_engine_contract_evaluates_stl10_on_labelled_images_only(stl10_dir):
     splits = evaluation_sets("stl10", train, test)
     encoder = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten())
     normalize = augmentation_for("stl10", train).normalize
-    results = evaluate_backbone(encoder, splits.train, splits.test, normalize, knn_k=(3,), seed=0,
-                                device=torch.device("cpu"), amp=False)
+    results = evaluate_backbone(
+        encoder,
+        splits.train,
+        splits.test,
+        normalize,
+        knn_k=(3,),
+        seed=0,
+        device=torch.device("cpu"),
+        amp=False,
+    )
     assert 0.0 <= results["linear_top1"] <= 1.0 and (splits.train.labels >= 0).all()

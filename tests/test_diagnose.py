@@ -15,8 +15,7 @@ from vprob.diagnose import diagnose_run
 from vprob.diagnostics import CORRUPTIONS, read_netcdf
 from vprob.train import train
 
-SMALL = dict(max_images=400, max_uncertainty_images=48, max_posterior_images=12, num_samples=20,
-             num_chains=3)
+SMALL = dict(max_images=400, max_uncertainty_images=48, max_posterior_images=12, num_samples=20, num_chains=3)
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +27,9 @@ def runs(tmp_path_factory):
     out = {}
     for method in ("vsimclr", "simclr"):
         run_dir = root / method
-        config = make_config(method=method, epochs=1, batch_size=128, dim=8, device="cpu",
-                             run_dir=str(run_dir), max_steps=4)
+        config = make_config(
+            method=method, epochs=1, batch_size=128, dim=8, device="cpu", run_dir=str(run_dir), max_steps=4
+        )
         train(config, progress=False)
         out_dir = None if method == "vsimclr" else root / "simclr-report"
         report = diagnose_run(run_dir, out_dir=out_dir, device="cpu", **SMALL)
@@ -119,7 +119,6 @@ def test_deterministic_run_says_what_it_skipped(runs):
     assert set(report["figures"]) == {"spectrum", "training_curves"}
 
 
-
 def test_digits_as_the_cifar_far_ood_set_and_json_safety():
     import torch
 
@@ -147,5 +146,6 @@ def test_posterior_false_skips_only_the_posterior_sections(runs, tmp_path):
     assert not (tmp_path / "light" / "posterior.nc").exists()
     # Every other number is the one of the full report (same seed, same subsets; to rounding).
     assert report["collapse"]["embedding"]["singular_values"] == pytest.approx(
-        full["collapse"]["embedding"]["singular_values"], rel=1e-6)
+        full["collapse"]["embedding"]["singular_values"], rel=1e-6
+    )
     assert report["uncertainty"]["spearman_overall"] == pytest.approx(full["uncertainty"]["spearman_overall"])

@@ -249,8 +249,10 @@ def test_per_image_severity_summary_averages_over_the_corruption_set():
     g = torch.Generator().manual_seed(2)
 
     def sweep(shift):
-        return {"a": {s: torch.randn(12, generator=g) + shift * s for s in range(6)},
-                "b": {s: torch.randn(12, generator=g) - shift * s for s in range(6)}}
+        return {
+            "a": {s: torch.randn(12, generator=g) + shift * s for s in range(6)},
+            "b": {s: torch.randn(12, generator=g) - shift * s for s in range(6)},
+        }
 
     scores = {"fog": sweep(0.5), "snow": sweep(1.0), "gaussian_blur": sweep(-3.0)}
     summary = per_image_severity_summary(scores)
@@ -262,8 +264,9 @@ def test_per_image_severity_summary_averages_over_the_corruption_set():
     for score in ("a", "b"):
         for key in ("mean", "median", "fraction_positive", "pooled"):
             # the extra gaussian_blur is not part of the standard set
-            expected = (summary["per_corruption"]["fog"][score][key]
-                        + summary["per_corruption"]["snow"][score][key]) / 2
+            expected = (
+                summary["per_corruption"]["fog"][score][key] + summary["per_corruption"]["snow"][score][key]
+            ) / 2
             assert summary["mean_over_set"][score][key] == pytest.approx(expected)
     assert summary["corruptions"] == ["snow", "fog"] and not summary["complete"]
     assert summary["mean_over_set"]["a"]["mean"] > 0.5 > -0.5 > summary["mean_over_set"]["b"]["mean"]
@@ -275,9 +278,13 @@ def test_per_image_summary_of_a_sweep_on_statistics_with_known_trends():
     g = torch.Generator().manual_seed(0)
     smooth = torch.nn.functional.interpolate(torch.rand(16, 3, 8, 8, generator=g), size=32, mode="bilinear")
     images = (smooth * 180 + 40).round().to(torch.uint8)
-    result = uncertainty_vs_corruption(_PixelStatistics(), images, lambda u: u.float() / 255.0,
-                                       corruptions=("gaussian_noise", "contrast"),
-                                       generator=torch.Generator().manual_seed(1))
+    result = uncertainty_vs_corruption(
+        _PixelStatistics(),
+        images,
+        lambda u: u.float() / 255.0,
+        corruptions=("gaussian_noise", "contrast"),
+        generator=torch.Generator().manual_seed(1),
+    )
     summary = per_image_severity_summary(result["scores"])
     roughness = summary["per_corruption"]
     assert roughness["gaussian_noise"]["roughness"]["mean"] == 1.0  # every image's own roughness rises

@@ -45,7 +45,11 @@ LAUNCHER = textwrap.dedent("""
         return module
 
 
-    engine.build_model = lambda config, gather=False, **kw: without_batch_norm(build_model(config, gather, **kw))
+    def build_without_batch_norm(config, gather=False, **kw):
+        return without_batch_norm(build_model(config, gather, **kw))
+
+
+    engine.build_model = build_without_batch_norm
     sys.exit(main(sys.argv[1:]))
 """)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -58,8 +62,25 @@ def free_port() -> int:
 
 
 def train_args(method: str, run_dir: Path) -> list[str]:
-    return ["train", "--method", method, "--data", "digits", "--batch-size", "64", "--dim", "8",
-            "--device", "cpu", "--no-amp", "--max-steps", "3", "--no-progress", "--run-dir", str(run_dir)]
+    return [
+        "train",
+        "--method",
+        method,
+        "--data",
+        "digits",
+        "--batch-size",
+        "64",
+        "--dim",
+        "8",
+        "--device",
+        "cpu",
+        "--no-amp",
+        "--max-steps",
+        "3",
+        "--no-progress",
+        "--run-dir",
+        str(run_dir),
+    ]
 
 
 def last_metrics(run_dir: Path) -> dict[str, float]:
@@ -72,12 +93,29 @@ def test_two_processes_equal_one_process_with_the_whole_batch(tmp_path, method):
     launcher = tmp_path / "launch.py"
     launcher.write_text(LAUNCHER)
     single, multi = tmp_path / "single", tmp_path / "multi"
-    done = subprocess.run([sys.executable, str(launcher), *train_args(method, single)], env=ENV,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(launcher), *train_args(method, single)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
-    done = subprocess.run([str(TORCHRUN), "--nproc_per_node", "2", "--master_port", str(free_port()),
-                           str(launcher), *train_args(method, multi)],
-                          env=ENV, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            str(TORCHRUN),
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(free_port()),
+            str(launcher),
+            *train_args(method, multi),
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
 
     single_metrics, multi_metrics = last_metrics(single), last_metrics(multi)
@@ -107,8 +145,13 @@ def test_two_processes_train_the_pyro_pair_and_refuse_methods_without_a_gathered
     launcher = tmp_path / "launch.py"
     launcher.write_text(LAUNCHER)
     torchrun = [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", str(free_port()), str(launcher)]
-    done = subprocess.run([*torchrun, *train_args("vsimclr", tmp_path / "vsimclr")], env=ENV,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [*torchrun, *train_args("vsimclr", tmp_path / "vsimclr")],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     metrics = last_metrics(tmp_path / "vsimclr")
     assert metrics["step"] == 3 and all(
@@ -117,8 +160,13 @@ def test_two_processes_train_the_pyro_pair_and_refuse_methods_without_a_gathered
     assert load_checkpoint(tmp_path / "vsimclr" / CHECKPOINT_NAME)["step"] == 3
 
     torchrun[4] = str(free_port())
-    done = subprocess.run([*torchrun, *train_args("cct", tmp_path / "cct")], env=ENV, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [*torchrun, *train_args("cct", tmp_path / "cct")],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode != 0
     assert "cct has no multi-process form" in done.stderr
     assert not (tmp_path / "cct" / CHECKPOINT_NAME).exists()

@@ -41,11 +41,12 @@ def near_and_antipodal(loc, scale):
 def run_script(body: str, timeout: int = 300) -> dict:
     code = PRELUDE + textwrap.dedent(body) + "\nprint('RESULT ' + json.dumps(out))\n"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                          timeout=timeout, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 def test_jit_trace_of_log_prob_and_rsample_equals_eager():
@@ -113,7 +114,8 @@ def test_pyro_jit_trace_elbo_and_nuts_jit_compile():
 
 @pytest.mark.slow
 def test_torch_compile_fullgraph_equals_eager():
-    out = run_script("""
+    out = run_script(
+        """
         import torch._inductor.config
         torch._inductor.config.fallback_random = True  # the same random stream as eager
         for name, loc, scale in cases():
@@ -128,7 +130,9 @@ def test_torch_compile_fullgraph_equals_eager():
             a = compiled_g(loc, scale)
             torch.manual_seed(5)
             out[name + " rsample"] = (a - g(loc, scale)).abs().max().item()
-    """, timeout=900)
+    """,
+        timeout=900,
+    )
     assert len(out) == 8
     for key, err in out.items():
         assert err <= 1e-11, (key, err)

@@ -96,4 +96,7 @@ def test_the_private_pyro_functions_vprob_relies_on_are_still_there():
     from vprob.models import pyro_internals
 
     pyro_internals.check_available()
-    assert pyro_internals.PRIVATE_NAMES == ("pyro.infer.ELBO._get_traces", "pyro.infer.trace_elbo._compute_log_r")
+    assert pyro_internals.PRIVATE_NAMES == (
+        "pyro.infer.ELBO._get_traces",
+        "pyro.infer.trace_elbo._compute_log_r",
+    )

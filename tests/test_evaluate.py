@@ -184,8 +184,12 @@ def test_linear_probe_decisions_match_sklearn_under_strong_regularisation(solver
     kwargs = dict(batch_size=200, epochs=60, lr=0.05) if solver == "adam" else {}
     as_t = dict(dtype=torch.float32)
     agreement = linear_probe(
-        torch.tensor(x, **as_t), torch.tensor(y), torch.tensor(grid, **as_t), torch.tensor(grid_labels),
-        weight_decay=weight_decay, **kwargs,
+        torch.tensor(x, **as_t),
+        torch.tensor(y),
+        torch.tensor(grid, **as_t),
+        torch.tensor(grid_labels),
+        weight_decay=weight_decay,
+        **kwargs,
     )
     assert agreement >= (0.995 if solver == "lbfgs" else 0.99), agreement
 
@@ -241,8 +245,9 @@ def test_knn_default_temperature_and_weighting_formula():
             kw = {} if temperature is None else dict(temperature=temperature)
             preds.append(knn_predict(torch.tensor(train).float(), labels, query, k=4, **kw))
             if temperature is not None:
-                ref = _numpy_weighted_knn(train, np.array([0, 1, 1, 1]), query.numpy().astype(float), 4,
-                                          temperature, 2)
+                ref = _numpy_weighted_knn(
+                    train, np.array([0, 1, 1, 1]), query.numpy().astype(float), 4, temperature, 2
+                )
                 assert preds[-1].item() == ref[0], (temperature, phi)
         results[temperature] = [int(p) for p in preds]
     assert results[None] == results[0.1]
@@ -259,12 +264,19 @@ def test_knn_uses_cosine_not_dot_product():
     y = rng.integers(0, 4, size=300)
     for k, temperature in ((10, 0.5), (40, 0.07), (300, 1.0)):
         ref = _numpy_weighted_knn(train, y, test, k, temperature, 4)
-        ours = knn_predict(torch.tensor(train).float(), torch.tensor(y), torch.tensor(test).float(), k=k,
-                           temperature=temperature)
+        ours = knn_predict(
+            torch.tensor(train).float(),
+            torch.tensor(y),
+            torch.tensor(test).float(),
+            k=k,
+            temperature=temperature,
+        )
         np.testing.assert_array_equal(ours.numpy(), ref)
     dot = np.argmax(test @ train.T, axis=1)  # sanity: the scaling makes the dot product disagree
-    assert (y[dot] != knn_predict(torch.tensor(train).float(), torch.tensor(y), torch.tensor(test).float(),
-                                  k=1).numpy()).any()
+    assert (
+        y[dot]
+        != knn_predict(torch.tensor(train).float(), torch.tensor(y), torch.tensor(test).float(), k=1).numpy()
+    ).any()
 
 
 def test_knn_accuracy_and_input_checks():
@@ -409,7 +421,10 @@ def test_evaluate_backbone_keys_values_and_split_roles():
         encoder, train, test, [(11, True, "weighted"), (10, False, "majority"), (1, False, "majority")]
     )
     assert list(got) == [
-        "knn_top1_k11_weighted", "knn_top1_k10_majority", "knn_top1_k1_majority", "linear_top1"
+        "knn_top1_k11_weighted",
+        "knn_top1_k10_majority",
+        "knn_top1_k1_majority",
+        "linear_top1",
     ]
     assert got == pytest.approx(expected, abs=0)
 

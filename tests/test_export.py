@@ -22,8 +22,18 @@ def run_dir(tmp_path_factory):
     """A resnet18 run on digits (1 channel, 8 px: the CIFAR stem) after one training step (so BatchNorm's
     running statistics are not the initial ones), checkpointed without the final evaluation."""
     path = tmp_path_factory.mktemp("export") / "run"
-    trainer = Trainer(make_config(method="simclr", backbone="resnet18", epochs=1, batch_size=32, dim=8,
-                                  device="cpu", run_dir=str(path)), progress=False)
+    trainer = Trainer(
+        make_config(
+            method="simclr",
+            backbone="resnet18",
+            epochs=1,
+            batch_size=32,
+            dim=8,
+            device="cpu",
+            run_dir=str(path),
+        ),
+        progress=False,
+    )
     images, labels = next(iter(trainer.loader.epoch()))
     trainer.train_step(trainer.views(images), labels)
     trainer.step = 1
@@ -62,9 +72,19 @@ def test_export_needs_no_data_and_never_overwrites_the_checkpoint(run_dir, tmp_p
 def test_init_from_starts_from_the_exported_weights(run_dir, tmp_path):
     out = tmp_path / "w.pt"
     export_run(run_dir, out)
-    trainer = Trainer(make_config(method="vsimclr", backbone="resnet18", epochs=1, batch_size=32, dim=8,
-                                  device="cpu", run_dir=str(tmp_path / "b"), init_from=str(out)),
-                      progress=False)
+    trainer = Trainer(
+        make_config(
+            method="vsimclr",
+            backbone="resnet18",
+            epochs=1,
+            batch_size=32,
+            dim=8,
+            device="cpu",
+            run_dir=str(tmp_path / "b"),
+            init_from=str(out),
+        ),
+        progress=False,
+    )
     state = trainer.model.encoder.state_dict()
     exported = load_state_dict_file(out)
     assert state.keys() == exported.keys()
@@ -95,6 +115,22 @@ def test_a_plain_state_dict_with_a_classifier_loads_and_mismatches_are_listed(ru
     assert "layer4.1.bn2.bias" in message and "extra.weight" in message
     assert "conv1.weight: file (64, 1, 7, 7), model (64, 1, 3, 3)" in message and "--stem" in message
     # Through the command line: one line, exit 2.
-    code = main(["train", "--method", "simclr", "--backbone", "resnet18", "--epochs", "1", "--device", "cpu",
-                 "--run-dir", str(tmp_path / "c"), "--init-from", str(tmp_path / "bad.pth"), "--no-progress"])
+    code = main(
+        [
+            "train",
+            "--method",
+            "simclr",
+            "--backbone",
+            "resnet18",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--run-dir",
+            str(tmp_path / "c"),
+            "--init-from",
+            str(tmp_path / "bad.pth"),
+            "--no-progress",
+        ]
+    )
     assert code == 2 and "does not fit the backbone" in capsys.readouterr().err

@@ -26,21 +26,45 @@ import torch
 from vprob.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
 from vprob.cli import main
 
-TRAIN_ARGS = ["train", "--method", "simclr", "--data", "digits", "--epochs", "3", "--batch-size", "128",
-              "--dim", "8", "--device", "cpu", "--no-progress"]
+TRAIN_ARGS = [
+    "train",
+    "--method",
+    "simclr",
+    "--data",
+    "digits",
+    "--epochs",
+    "3",
+    "--batch-size",
+    "128",
+    "--dim",
+    "8",
+    "--device",
+    "cpu",
+    "--no-progress",
+]
 # One thread per run: bitwise-reproducible on CPU, and polite on a shared 2-core machine.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 RUN_TIMEOUT_S = 300
 
 
 def run_cli(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vprob", *TRAIN_ARGS, "--run-dir", str(run_dir), *extra],
-                          env=ENV, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    return subprocess.run(
+        [sys.executable, "-m", "vprob", *TRAIN_ARGS, "--run-dir", str(run_dir), *extra],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+    )
 
 
 def start_run(run_dir: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "vprob", *TRAIN_ARGS, "--run-dir", str(run_dir)],
-                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "vprob", *TRAIN_ARGS, "--run-dir", str(run_dir)],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for_checkpoint(process: subprocess.Popen, run_dir: Path) -> float | None:
@@ -195,8 +219,10 @@ def test_run_folder_under_a_file_fails_before_training(tmp_path, capsys):
     assert not list(tmp_path.rglob("checkpoint*"))
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
-                    reason="root writes into read-only folders: chmod cannot make one unwritable here")
+@pytest.mark.skipif(
+    hasattr(os, "geteuid") and os.geteuid() == 0,
+    reason="root writes into read-only folders: chmod cannot make one unwritable here",
+)
 def test_read_only_run_folder_fails_before_training(tmp_path, capsys):
     run_dir = tmp_path / "run"
     run_dir.mkdir()

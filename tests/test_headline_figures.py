@@ -40,10 +40,28 @@ def runs(tmp_path_factory) -> Path:
     try:
         for method in METHODS:
             run_dir = root / f"{method}-seed0"
-            train(make_config(method=method, data="digits", epochs=1, max_steps=3, batch_size=64, dim=8,
-                              device="cpu", run_dir=str(run_dir)), progress=False)
-            diagnose_run(run_dir, device="cpu", max_images=200, max_uncertainty_images=32,
-                         max_posterior_images=4, num_samples=5, num_chains=2)
+            train(
+                make_config(
+                    method=method,
+                    data="digits",
+                    epochs=1,
+                    max_steps=3,
+                    batch_size=64,
+                    dim=8,
+                    device="cpu",
+                    run_dir=str(run_dir),
+                ),
+                progress=False,
+            )
+            diagnose_run(
+                run_dir,
+                device="cpu",
+                max_images=200,
+                max_uncertainty_images=32,
+                max_posterior_images=4,
+                num_samples=5,
+                num_chains=2,
+            )
     finally:
         torch.set_num_threads(threads)
     return root
@@ -92,8 +110,9 @@ def test_figures_and_numbers(runs, tmp_path, capsys):
 
 def test_backbone_and_missing_report(runs, tmp_path):
     script = load_script()
-    headline = script.main([str(runs / "simclr-seed0"), "--out", str(tmp_path / "b"),
-                            "--representation", "backbone"])
+    headline = script.main(
+        [str(runs / "simclr-seed0"), "--out", str(tmp_path / "b"), "--representation", "backbone"]
+    )
     report = json.loads((runs / "simclr-seed0" / "report" / "report.json").read_text())
     assert headline["runs"][0]["effective_rank"] == report["collapse"]["backbone"]["effective_rank"]
     assert (tmp_path / "b" / "uncertainty_vs_severity.png").stat().st_size > 0  # "no variational run"

@@ -206,8 +206,16 @@ def test_infer_shapes_takes_shapes_only():
 
 @pytest.mark.parametrize(
     "old,new,ok",
-    [((), (4, 3), True), ((2, 1), (2, 4), True), ((2, 1), (5, 2, 7), True), ((3,), (3,), True),
-     ((2, 1), (4, 3), False), ((3,), (4,), False), ((2, 3), (3,), False), ((2,), (2, 0), False)],
+    [
+        ((), (4, 3), True),
+        ((2, 1), (2, 4), True),
+        ((2, 1), (5, 2, 7), True),
+        ((3,), (3,), True),
+        ((2, 1), (4, 3), False),
+        ((3,), (4,), False),
+        ((2, 3), (3,), False),
+        ((2,), (2, 0), False),
+    ],
 )
 def test_expand_follows_torch_rules(old, new, ok):
     # The oracle is torch's own Tensor.expand.

@@ -28,8 +28,6 @@ from distributions.reparam import ProjectedNormalReparam
 F64 = torch.float64
 
 
-
-
 # --------------------------------------------------------------------------------------------------
 # gaussian_kl_bound
 @pytest.mark.parametrize("scale_shape", [(), (4, 1), (4, 7)])
@@ -246,11 +244,14 @@ def test_strategies_choose_our_reparam_and_autonormal_trains(strategy, scale):
     assert config.config["obs"] is None  # observed: log_prob exists in every d, nothing to do
     # the direction the trained guide implies, through the model's deterministic site
     with torch.no_grad():
-        zs = torch.stack([
-            poutine.trace(poutine.replay(reparam_model, trace=poutine.trace(guide).get_trace()))
-            .get_trace().nodes["z"]["value"]
-            for _ in range(50)
-        ])
+        zs = torch.stack(
+            [
+                poutine.trace(poutine.replay(reparam_model, trace=poutine.trace(guide).get_trace()))
+                .get_trace()
+                .nodes["z"]["value"]
+                for _ in range(50)
+            ]
+        )
     mean_direction = zs.mean(0) / zs.mean(0).norm()
     assert torch.dot(mean_direction, true) > 0.98
 

@@ -31,8 +31,6 @@ T_SLOW = sorted(
 TOL64 = 1e-12  # measured worst case about 1.5e-13
 
 
-
-
 def _ours(k, t, dtype=torch.float64):
     return log_radial_integral(k, torch.tensor([t], dtype=dtype)).item()
 
@@ -124,7 +122,7 @@ def _mp_dlogj(k, t):
     """d/dt log J_k = k J_{k-1} / J_k (integration by parts), and phi/Phi-like exp(-t^2/2) / J_0 for k = 0."""
     with mpmath.workdps(30):
         if k == 0:
-            return mpmath.exp(-mpmath.mpf(t) ** 2 / 2 - mp_log_radial_integral(0, t))
+            return mpmath.exp(-(mpmath.mpf(t) ** 2) / 2 - mp_log_radial_integral(0, t))
         return k * mpmath.exp(mp_log_radial_integral(k - 1, t) - mp_log_radial_integral(k, t))
 
 

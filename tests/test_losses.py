@@ -29,8 +29,6 @@ from vprob.losses import (
 F64 = {"rtol": 1e-10, "atol": 1e-10}
 
 
-
-
 BATCH, DIM, TAU = 6, 5, 0.3
 LABEL_PATTERNS = {
     "distinct": torch.tensor([4, 0, 7, 2, 9, 5]),

@@ -13,8 +13,6 @@ from vprob.losses import MLPProjection, chunked, info_nce, masked_logsumexp, pro
 TOL = {torch.float32: {"rtol": 1e-5, "atol": 1e-5}, torch.float64: {"rtol": 1e-10, "atol": 1e-10}}
 
 
-
-
 def _losses(labels: torch.Tensor, dim: int):
     mlp = MLPProjection(dim, hidden=9)
     torch.nn.init.normal_(mlp.net[-1].weight, std=0.3)
@@ -167,8 +165,9 @@ def test_masked_logsumexp_input_checks_name_the_argument():
     torch.testing.assert_close(single, 2.0 * anchors @ contrast[0])
     narrow = torch.randn(3, 1)
     lse = masked_logsumexp(narrow, narrow, torch.arange(3), 1.0)
-    expected = torch.stack([torch.logsumexp(narrow[i] * narrow[[j for j in range(3) if j != i], 0], 0)
-                            for i in range(3)])
+    expected = torch.stack(
+        [torch.logsumexp(narrow[i] * narrow[[j for j in range(3) if j != i], 0], 0) for i in range(3)]
+    )
     torch.testing.assert_close(lse, expected)
 
 

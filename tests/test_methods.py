@@ -52,8 +52,11 @@ def _embeddings(model: nn.Module, views: Tensor) -> Tensor:
     [
         ("simclr", dict(tau=0.37, num_views=3), lambda z, y: info_nce(z, tau=0.37)),
         ("supcon", dict(tau=0.21), lambda z, y: supcon(z, y, tau=0.21)),
-        ("projnce", dict(tau=0.3, projection="median", beta=2.5, chunk_size=5),
-         lambda z, y: proj_nce(z, y, tau=0.3, projection="median", beta=2.5, chunk_size=0)),
+        (
+            "projnce",
+            dict(tau=0.3, projection="median", beta=2.5, chunk_size=5),
+            lambda z, y: proj_nce(z, y, tau=0.3, projection="median", beta=2.5, chunk_size=0),
+        ),
         ("cct", dict(t_pos=1.7, t_neg=0.3, num_views=3), lambda z, y: cct(z, t_pos=1.7, t_neg=0.3)),
     ],
 )
@@ -104,8 +107,18 @@ def test_the_command_line_refuses_an_option_of_another_method(capsys):
 
 def test_every_default_can_be_set_from_the_command_line():
     text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
-    for flag in ("--backbone", "--head-hidden", "--chunk-size", "--detach-weights", "--log-every", "--knn-k",
-                 "--df", "--radial-weight", "--channels-last", "--amp"):
+    for flag in (
+        "--backbone",
+        "--head-hidden",
+        "--chunk-size",
+        "--detach-weights",
+        "--log-every",
+        "--knn-k",
+        "--df",
+        "--radial-weight",
+        "--channels-last",
+        "--amp",
+    ):
         assert flag in text, flag
 
 
@@ -115,8 +128,11 @@ class AlignUniform(PointEmbedding):
     name = "alignuniform"
     summary = "alignment and uniformity on the sphere (Wang and Isola 2020)"
     capabilities = Capabilities()
-    options = (DIM, HEAD_HIDDEN, Option("t", float, 2.0, "uniformity temperature", check=lambda v: v > 0,
-                                        requirement="> 0"))
+    options = (
+        DIM,
+        HEAD_HIDDEN,
+        Option("t", float, 2.0, "uniformity temperature", check=lambda v: v > 0, requirement="> 0"),
+    )
 
     def __init__(self, encoder, dim=128, head_hidden=None, t=2.0):
         super().__init__(encoder, dim, head_hidden)
@@ -139,11 +155,39 @@ def registered():
 def test_a_method_added_in_one_place_trains_evaluates_and_is_offered(registered, tmp_path, capsys):
     help_text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
     assert "alignuniform" in help_text and "--t T" in help_text
-    results = train(make_config(method="alignuniform", t=3.0, device="cpu", max_steps=3, batch_size=64,
-                                dim=8, run_dir=str(tmp_path / "api")), progress=False)
+    results = train(
+        make_config(
+            method="alignuniform",
+            t=3.0,
+            device="cpu",
+            max_steps=3,
+            batch_size=64,
+            dim=8,
+            run_dir=str(tmp_path / "api"),
+        ),
+        progress=False,
+    )
     assert 0.0 <= results["knn_top1_k10_majority"] <= 1.0 and results["steps"] == 3
-    code = main(["train", "--method", "alignuniform", "--t", "0.5", "--device", "cpu", "--max-steps", "2",
-                 "--batch-size", "64", "--dim", "8", "--run-dir", str(tmp_path / "cli"), "--no-progress"])
+    code = main(
+        [
+            "train",
+            "--method",
+            "alignuniform",
+            "--t",
+            "0.5",
+            "--device",
+            "cpu",
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "64",
+            "--dim",
+            "8",
+            "--run-dir",
+            str(tmp_path / "cli"),
+            "--no-progress",
+        ]
+    )
     assert code == 0 and "linear_top1" in capsys.readouterr().out
     with pytest.raises(ValueError, match="new identifier"):
         register_method(AlignUniform)
@@ -166,15 +210,31 @@ def test_a_run_saved_before_the_registries_still_reads(tmp_path):
     from vprob.config import build_model, config_from_dict
     from vprob.runs import load_run
 
-    saved = json.loads((Path(__file__).parents[1] / "benchmarks/results/h100-2026-11-22/vsimclr/config.json")
-                       .read_text())
+    saved = json.loads(
+        (Path(__file__).parents[1] / "benchmarks/results/h100-2026-11-22/vsimclr/config.json").read_text()
+    )
     config = config_from_dict(saved).resolved()
     assert (config.method, config.lr, config.batch_size) == ("vsimclr", 0.06, 512)
-    assert config.options == {"dim": 128, "head_hidden": 1024, "tau": 0.5, "posterior": "projected_normal",
-                              "kl": "bound", "beta": 1.0, "kl_reference_tau": None, "chunk_size": None}
+    assert config.options == {
+        "dim": 128,
+        "head_hidden": 1024,
+        "tau": 0.5,
+        "posterior": "projected_normal",
+        "kl": "bound",
+        "beta": 1.0,
+        "kl_reference_tau": None,
+        "chunk_size": None,
+    }
     # An old digits checkpoint: flat config, the same state_dict keys as today's model.
-    legacy = {**saved, "data": "digits", "data_dir": None, "dim": 8, "head_hidden": 16,
-              "backbone": "digits_convnet", "tau": 0.2}
+    legacy = {
+        **saved,
+        "data": "digits",
+        "data_dir": None,
+        "dim": 8,
+        "head_hidden": 16,
+        "backbone": "digits_convnet",
+        "tau": 0.2,
+    }
     model = build_model(config_from_dict(legacy).resolved())
     save_checkpoint(tmp_path / "checkpoint.pt", {"config": legacy, "model": model.state_dict(), "step": 3})
     run = load_run(tmp_path, "cpu")

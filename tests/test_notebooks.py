@@ -41,6 +41,11 @@ def test_notebook_runs(path: Path) -> None:
     except nbclient.exceptions.CellExecutionError as error:
         pytest.fail(f"{path.name} failed:\n{error}", pytrace=False)
     print(f"{path.name}: {time.perf_counter() - started:.1f} s")
-    errors = [output for cell in notebook.cells if cell.cell_type == "code"
-              for output in cell.get("outputs", []) if output.get("output_type") == "error"]
+    errors = [
+        output
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.get("outputs", [])
+        if output.get("output_type") == "error"
+    ]
     assert not errors, f"{path.name}: error outputs {[e.get('ename') for e in errors]}"

@@ -22,8 +22,17 @@ STEPS_PER_EPOCH = 1437 // 256  # digits' training split, batch 256
 
 
 def tiny(tmp_path, name, **overrides):
-    values = dict(method="vsimclr", epochs=2, batch_size=256, dim=8, head_hidden=32, device="cpu",
-                  log_every=3, knn_k=(10,), run_dir=str(tmp_path / name))
+    values = dict(
+        method="vsimclr",
+        epochs=2,
+        batch_size=256,
+        dim=8,
+        head_hidden=32,
+        device="cpu",
+        log_every=3,
+        knn_k=(10,),
+        run_dir=str(tmp_path / name),
+    )
     return make_config(**{**values, **overrides})
 
 
@@ -60,8 +69,10 @@ def test_a_resumed_run_with_online_knn_matches_the_uninterrupted_one(tmp_path):
     train(tiny(tmp_path, "full", eval_every=1, max_steps=end), progress=False)
     train(tiny(tmp_path, "cut", eval_every=1, max_steps=STEPS_PER_EPOCH), progress=False)
     train(tiny(tmp_path, "cut", eval_every=1, max_steps=end), resume=True, progress=False)
-    strip = [[{k: v for k, v in r.items() if k != "images_per_s"} for r in records(tmp_path, name)]
-             for name in ("full", "cut")]
+    strip = [
+        [{k: v for k, v in r.items() if k != "images_per_s"} for r in records(tmp_path, name)]
+        for name in ("full", "cut")
+    ]
     assert strip[1] == strip[0]  # the online accuracy included, once
     assert sum("online_knn_top1_k20" in r for r in strip[1]) == 1
     a = load_checkpoint(tmp_path / "full" / CHECKPOINT_NAME)["model"]
@@ -71,8 +82,9 @@ def test_a_resumed_run_with_online_knn_matches_the_uninterrupted_one(tmp_path):
 
 def test_online_knn_restores_modes_and_draws_no_random_numbers():
     train_set, test_set = load_digits()
-    encoder = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.Dropout(0.3), nn.AdaptiveAvgPool2d(1),
-                            nn.Flatten())
+    encoder = nn.Sequential(
+        nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.Dropout(0.3), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+    )
     encoder.train()
     running = encoder[1].running_mean.clone()
     rng = torch.get_rng_state()
@@ -87,8 +99,13 @@ def test_online_knn_restores_modes_and_draws_no_random_numbers():
 
 def test_automatic_eval_every():
     digits = load_digits()[0]
-    big = ImageSet(torch.zeros(4, 3, 32, 32, dtype=torch.uint8), torch.zeros(4, dtype=torch.long),
-                   digits.classes, (0.5,) * 3, (0.25,) * 3)
+    big = ImageSet(
+        torch.zeros(4, 3, 32, 32, dtype=torch.uint8),
+        torch.zeros(4, dtype=torch.long),
+        digits.classes,
+        (0.5,) * 3,
+        (0.25,) * 3,
+    )
     assert auto_eval_every(None, digits, one_class=False) == 0  # 8 px: the quick start stays quick
     assert auto_eval_every(None, big, one_class=False) == 10
     assert auto_eval_every(None, big, one_class=True) == 0
@@ -99,8 +116,10 @@ def test_automatic_eval_every():
 
 def test_loss_curve_plots_the_online_accuracy(tmp_path):
     metrics = tmp_path / "metrics.jsonl"
-    rows = [{"step": s, "loss": 5 - 0.1 * s, **({"online_knn_top1_k20": 0.05 * s} if s % 5 == 0 else {})}
-            for s in range(1, 20)]
+    rows = [
+        {"step": s, "loss": 5 - 0.1 * s, **({"online_knn_top1_k20": 0.05 * s} if s % 5 == 0 else {})}
+        for s in range(1, 20)
+    ]
     metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
     path = plot_training_curves(metrics, tmp_path / "curve.png")
     assert path.stat().st_size > 1000

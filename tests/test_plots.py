@@ -36,17 +36,26 @@ def test_plot_spectrum(tmp_path):
 
 
 def test_plot_uncertainty_vs_severity(tmp_path):
-    means = {"gaussian_noise": {0: 1.0, 1: 1.2, 2: 1.5, 3: 1.7, 4: 2.0, 5: 2.4},
-             "contrast": {0: 1.0, 1: 0.9, 2: 1.1, 3: 1.3, 4: 1.2, 5: 1.6}}
-    _assert_png(plot_uncertainty_vs_severity(means, tmp_path / "u.png", score_name="log_det",
-                                             spearman={"gaussian_noise": 1.0, "contrast": 0.83}))
+    means = {
+        "gaussian_noise": {0: 1.0, 1: 1.2, 2: 1.5, 3: 1.7, 4: 2.0, 5: 2.4},
+        "contrast": {0: 1.0, 1: 0.9, 2: 1.1, 3: 1.3, 4: 1.2, 5: 1.6},
+    }
+    _assert_png(
+        plot_uncertainty_vs_severity(
+            means,
+            tmp_path / "u.png",
+            score_name="log_det",
+            spearman={"gaussian_noise": 1.0, "contrast": 0.83},
+        )
+    )
 
 
 def test_plot_score_histograms_puts_the_auroc_in_the_legend(tmp_path):
     g = torch.Generator().manual_seed(0)
     scores_out = {"noise": torch.randn(200, generator=g) + 2, "other": torch.randn(100, generator=g) + 0.5}
-    path = plot_score_histograms(torch.randn(300, generator=g), scores_out, tmp_path / "h.png",
-                                 score_name="log_det")
+    path = plot_score_histograms(
+        torch.randn(300, generator=g), scores_out, tmp_path / "h.png", score_name="log_det"
+    )
     _assert_png(path)
 
 
@@ -54,8 +63,9 @@ def test_plot_sphere_samples(tmp_path):
     g = torch.Generator().manual_seed(0)
     centres = F.normalize(torch.randn(4, 1, 3, generator=g), dim=-1)
     samples = F.normalize(centres + 0.2 * torch.randn(4, 50, 3, generator=g), dim=-1)
-    _assert_png(plot_sphere_samples(samples, tmp_path / "s.png", means=centres[:, 0],
-                                    labels=["a", "b", "c", "d"]))
+    _assert_png(
+        plot_sphere_samples(samples, tmp_path / "s.png", means=centres[:, 0], labels=["a", "b", "c", "d"])
+    )
     _assert_png(plot_sphere_samples(samples[0], tmp_path / "one.png"))
     with pytest.raises(ValueError):
         plot_sphere_samples(torch.randn(2, 5, 4), tmp_path / "bad.png")
@@ -69,8 +79,12 @@ def test_plot_cct_weights_from_the_loss(tmp_path, channels):
     images = torch.randint(0, 256, (batch, channels, 8, 8), dtype=torch.uint8)
     _assert_png(plot_cct_weights(images, weights, tmp_path / "cct.png", queries=(0, 4, 9), top_k=4))
     # The plain-tensor form and float images work too.
-    path = plot_cct_weights(images.float() / 255 - 0.5, (weights.attraction, weights.repulsion),
-                            tmp_path / "cct2.png", queries=(1,))
+    path = plot_cct_weights(
+        images.float() / 255 - 0.5,
+        (weights.attraction, weights.repulsion),
+        tmp_path / "cct2.png",
+        queries=(1,),
+    )
     _assert_png(path, min_pixels=100)
     with pytest.raises(ValueError):
         plot_cct_weights(images[:5], weights, tmp_path / "bad.png")
@@ -78,6 +92,10 @@ def test_plot_cct_weights_from_the_loss(tmp_path, channels):
 
 def test_plot_training_curves_is_kept(tmp_path):
     metrics = tmp_path / "metrics.jsonl"
-    metrics.write_text("".join(json.dumps({"step": s, "loss": 5 - 0.1 * s, "contrastive": 4 - 0.1 * s}) + "\n"
-                               for s in range(1, 20)))
+    metrics.write_text(
+        "".join(
+            json.dumps({"step": s, "loss": 5 - 0.1 * s, "contrastive": 4 - 0.1 * s}) + "\n"
+            for s in range(1, 20)
+        )
+    )
     _assert_png(plot_training_curves(metrics, tmp_path / "curves.png"))

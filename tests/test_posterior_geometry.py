@@ -49,8 +49,10 @@ def _rotation_to(axis: torch.Tensor) -> torch.Tensor:
 def _symmetric_cloud(axis: torch.Tensor, angle: float, count: int) -> torch.Tensor:
     """``count`` points at geodesic distance ``angle`` from ``axis`` on S^2, at equally spaced azimuths."""
     phi = torch.arange(count, dtype=torch.float64) * 2 * math.pi / count
-    local = torch.stack([math.sin(angle) * phi.cos(), math.sin(angle) * phi.sin(),
-                         torch.full_like(phi, math.cos(angle))], dim=1)
+    local = torch.stack(
+        [math.sin(angle) * phi.cos(), math.sin(angle) * phi.sin(), torch.full_like(phi, math.cos(angle))],
+        dim=1,
+    )
     return local @ _rotation_to(axis).T
 
 
@@ -86,7 +88,8 @@ def test_frechet_mean_is_a_critical_point_and_batched_agrees():
         assert torch.allclose(frechet_mean(row), mean, atol=1e-6)
     # Away from the mean the gradient is not zero, and geomstats' log map agrees with the closed form.
     assert float(frechet_gradient_norm(samples[0], samples[0, 0])) == pytest.approx(
-        float(_log_map_mean(samples[0], samples[0, 0]).norm()), rel=1e-6)
+        float(_log_map_mean(samples[0], samples[0, 0]).norm()), rel=1e-6
+    )
     extrinsic = F.normalize(samples.mean(dim=1), dim=-1)
     assert float(angle_between(means, extrinsic).max()) > 1e-4
 
@@ -95,8 +98,9 @@ def test_mean_geodesic_distance_matches_arccos():
     g = torch.Generator().manual_seed(1)
     samples = F.normalize(torch.randn(4, 30, 5, generator=g), dim=-1)
     means = F.normalize(torch.randn(4, 5, generator=g), dim=-1)
-    expected = np.arccos(np.clip(np.einsum("nsd,nd->ns", samples.double().numpy(), means.double().numpy()),
-                                 -1, 1)).mean(axis=1)
+    expected = np.arccos(
+        np.clip(np.einsum("nsd,nd->ns", samples.double().numpy(), means.double().numpy()), -1, 1)
+    ).mean(axis=1)
     ours = mean_geodesic_distance(samples, means)
     assert ours.shape == (4,) and ours.dtype == torch.float32
     np.testing.assert_allclose(ours.double().numpy(), expected, rtol=1e-5)
@@ -118,8 +122,11 @@ def test_on_manifold_and_posterior_geometry():
 def test_circle_uses_the_closed_form_mean():
     angles = torch.tensor([0.1, 0.3, 0.5], dtype=torch.float64)
     points = torch.stack([angles.cos(), angles.sin()], dim=1)
-    assert torch.allclose(frechet_means(points[None])[0], torch.tensor([math.cos(0.3), math.sin(0.3)],
-                                                                        dtype=torch.float64), atol=1e-8)
+    assert torch.allclose(
+        frechet_means(points[None])[0],
+        torch.tensor([math.cos(0.3), math.sin(0.3)], dtype=torch.float64),
+        atol=1e-8,
+    )
 
 
 def test_pytorch_backend_leaves_the_default_dtype_float32():
@@ -137,8 +144,9 @@ def test_pytorch_backend_leaves_the_default_dtype_float32():
         "print('ok')\n"
     )
     env = {**os.environ, "GEOMSTATS_BACKEND": "pytorch"}
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().endswith("ok")
 
@@ -226,8 +234,14 @@ def test_inference_data_shapes_summary_and_netcdf_round_trip(pair_and_samples, t
     _, _, samples = pair_and_samples
     labels = torch.tensor([0, 1, 0, 1, 2, 2])
     centroids = F.normalize(torch.randn(3, 3), dim=-1)
-    idata = to_inference_data(samples, labels, centroids, image_index=[10, 11, 12, 13, 14, 15],
-                              include_samples=True, attrs={"method": "test"})
+    idata = to_inference_data(
+        samples,
+        labels,
+        centroids,
+        image_index=[10, 11, 12, 13, 14, 15],
+        include_samples=True,
+        attrs={"method": "test"},
+    )
     posterior = idata.posterior
     assert posterior["cos_to_centroid"].dims == ("chain", "draw", "image")
     assert posterior["cos_to_centroid"].shape == (3, 40, 6)

@@ -43,8 +43,11 @@ def mp_log_norm_const(d: int, kappa: float) -> mpmath.mpf:
     with mpmath.workdps(MP_DPS):
         beta = mpmath.mpf(d - 1) / 2
         alpha = beta + mpmath.mpf(kappa)
-        return (alpha + beta) * mpmath.log(2) + beta * mpmath.log(mpmath.pi) + mpmath.loggamma(alpha) - (
-            mpmath.loggamma(alpha + beta)
+        return (
+            (alpha + beta) * mpmath.log(2)
+            + beta * mpmath.log(mpmath.pi)
+            + mpmath.loggamma(alpha)
+            - (mpmath.loggamma(alpha + beta))
         )
 
 
@@ -118,8 +121,12 @@ GRID_LOG_PROB = [(d, k) for d, k in GRID if d < 4096 or k in (0.0, 19.0, 1e5)]
 # Relative tolerances: (at samples, the mode, random points; 1e-3 from the antipode). d <= 16 evaluates
 # log((1 + w)/2) from squared distances, full precision everywhere; higher d from the dot product, whose
 # absolute error of an ulp in 1 + w shows near the antipode.
-TOLS = {(F64, True): (2e-14, 2e-14), (torch.float32, True): (2e-5, 2e-5),
-        (F64, False): (1e-12, 1e-11), (torch.float32, False): (3e-4, 3e-3)}
+TOLS = {
+    (F64, True): (2e-14, 2e-14),
+    (torch.float32, True): (2e-5, 2e-5),
+    (F64, False): (1e-12, 1e-11),
+    (torch.float32, False): (3e-4, 3e-3),
+}
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
@@ -245,8 +252,11 @@ def test_normalisation_by_quadrature(d, kappa):
     def f(theta):
         return math.exp(our_log_density_of_angle(p, loc, theta)[0]) if 0 < theta < math.pi else 0.0
 
-    total = sum(scipy.integrate.quad(f, lo, hi, epsabs=0, epsrel=1e-11, limit=200)[0]
-                for lo, hi in zip(edges[:-1], edges[1:], strict=True) if hi > lo)
+    total = sum(
+        scipy.integrate.quad(f, lo, hi, epsabs=0, epsrel=1e-11, limit=200)[0]
+        for lo, hi in zip(edges[:-1], edges[1:], strict=True)
+        if hi > lo
+    )
     assert total == pytest.approx(1.0, abs=1e-9)
 
 
@@ -418,8 +428,11 @@ def quad_expectation(f, d: int, kappa: float) -> float:
     def g(theta):
         return f(math.cos(theta)) * math.exp(beta_log_density_of_angle(d, kappa, theta)[0])
 
-    return sum(scipy.integrate.quad(g, lo, hi, epsabs=0, epsrel=1e-12, limit=200)[0]
-               for lo, hi in zip(edges[:-1], edges[1:], strict=True) if hi > lo)
+    return sum(
+        scipy.integrate.quad(g, lo, hi, epsabs=0, epsrel=1e-12, limit=200)[0]
+        for lo, hi in zip(edges[:-1], edges[1:], strict=True)
+        if hi > lo
+    )
 
 
 @pytest.mark.parametrize("d,kappa", [(2, 0.5), (3, 2.0), (10, 40.0), (64, 1e4)])

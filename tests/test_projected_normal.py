@@ -69,8 +69,6 @@ def slow_cases():
     yield from itertools.product(DIMS, LOC_NORMS, SCALE_KINDS)
 
 
-
-
 def ours(loc, scale, value, dtype=torch.float64):
     loc, scale, value = (torch.tensor(x, dtype=dtype) for x in (loc, scale, value))
     return ProjectedNormal(loc, scale, validate_args=False).log_prob(value)
@@ -259,8 +257,14 @@ def test_gradients_finite_in_float32_extremes():
 # Shapes, the Pyro contract, sampling
 @pytest.mark.parametrize(
     "loc_shape,scale_shape,batch_shape",
-    [((3,), None, ()), ((4, 5, 3), None, (4, 5)), ((4, 5, 3), (5, 1), (4, 5)), ((5, 3), (3,), (5,)),
-     ((5, 3), (2, 1, 1), (2, 5)), ((7,), (6, 7), (6,))],
+    [
+        ((3,), None, ()),
+        ((4, 5, 3), None, (4, 5)),
+        ((4, 5, 3), (5, 1), (4, 5)),
+        ((5, 3), (3,), (5,)),
+        ((5, 3), (2, 1, 1), (2, 5)),
+        ((7,), (6, 7), (6,)),
+    ],
 )
 def test_shapes(loc_shape, scale_shape, batch_shape):
     loc = torch.randn(loc_shape)
@@ -470,10 +474,18 @@ def _entropy_by_scipy_quad(d, kappa):
 
     width = min(math.pi, 40.0 / max(kappa, 1e-12))
     points = [p for p in (1 / max(kappa, 1e-12), 3 / max(kappa, 1e-12)) if p < width]
-    mass = scipy.integrate.quad(lambda th: terms(th)[0], 0, width, points=points or None, epsabs=0,
-                                epsrel=1e-12, limit=200)[0]
-    cross = scipy.integrate.quad(lambda th: -terms(th)[0] * terms(th)[1], 0, width, points=points or None,
-                                 epsabs=0, epsrel=1e-12, limit=200)[0]
+    mass = scipy.integrate.quad(
+        lambda th: terms(th)[0], 0, width, points=points or None, epsabs=0, epsrel=1e-12, limit=200
+    )[0]
+    cross = scipy.integrate.quad(
+        lambda th: -terms(th)[0] * terms(th)[1],
+        0,
+        width,
+        points=points or None,
+        epsabs=0,
+        epsrel=1e-12,
+        limit=200,
+    )[0]
     return cross, mass
 
 

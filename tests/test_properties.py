@@ -46,14 +46,15 @@ def unit_vectors(generator: torch.Generator, shape: tuple[int, ...], dtype: torc
 # ProjectedNormal
 
 
-def check_projected_normal(d: int, dtype: torch.dtype, loc_norm: float, log_scale: float, diagonal: bool,
-                           seed: int) -> None:
+def check_projected_normal(
+    d: int, dtype: torch.dtype, loc_norm: float, log_scale: float, diagonal: bool, seed: int
+) -> None:
     generator = torch.Generator().manual_seed(seed)
     batch = 3
     loc = (unit_vectors(generator, (batch, d), torch.float64) * loc_norm).to(dtype).requires_grad_()
     if diagonal:
         # Diagonal scales spread over two decades around 10**log_scale, clipped to the valid range.
-        exponents = (log_scale + torch.rand(batch, d, generator=generator, dtype=torch.float64) - 0.5)
+        exponents = log_scale + torch.rand(batch, d, generator=generator, dtype=torch.float64) - 0.5
         scale = (10.0 ** exponents.clamp(-4, 4)).to(dtype)
     else:
         scale = torch.full((batch, 1), 10.0**log_scale, dtype=torch.float64).to(dtype)
@@ -125,12 +126,15 @@ def test_projected_normal_rejects_non_finite_loc(d, dtype, bad):
         ProjectedNormal(loc, 1.0, validate_args=True)
 
 
-@pytest.mark.parametrize("loc, scale", [
-    (torch.ones(1), 1.0),                # d = 1: no sphere to speak of
-    (torch.tensor(1.0), 1.0),            # a scalar has no event dimension
-    (torch.ones(3, 4), torch.ones(3)),   # scale's last dimension neither 1 nor d
-    (torch.ones(3, 4), torch.ones(2, 4)),  # batch shapes that do not broadcast
-])
+@pytest.mark.parametrize(
+    "loc, scale",
+    [
+        (torch.ones(1), 1.0),  # d = 1: no sphere to speak of
+        (torch.tensor(1.0), 1.0),  # a scalar has no event dimension
+        (torch.ones(3, 4), torch.ones(3)),  # scale's last dimension neither 1 nor d
+        (torch.ones(3, 4), torch.ones(2, 4)),  # batch shapes that do not broadcast
+    ],
+)
 def test_projected_normal_rejects_bad_shapes(loc, scale):
     with pytest.raises(ValueError, match="ProjectedNormal"):
         ProjectedNormal(loc, scale, validate_args=True)
@@ -184,8 +188,15 @@ def test_uniform_finite_slow(d, dtype, batch):
 # PolarStudentT
 
 
-def check_polar_student_t(d: int, dtype: torch.dtype, log_df: float, log_scale: float, radial_loc: float,
-                          log_radial_scale: float, seed: int) -> None:
+def check_polar_student_t(
+    d: int,
+    dtype: torch.dtype,
+    log_df: float,
+    log_scale: float,
+    radial_loc: float,
+    log_radial_scale: float,
+    seed: int,
+) -> None:
     generator = torch.Generator().manual_seed(seed)
     batch = 3
     direction = unit_vectors(generator, (batch, d), dtype).requires_grad_()
@@ -201,8 +212,11 @@ def check_polar_student_t(d: int, dtype: torch.dtype, log_df: float, log_scale: 
     log_p = dist.log_prob(points)
     assert log_p.shape == (2, batch)
     assert_finite(log_p, "log_prob")
-    for grad, name in zip(torch.autograd.grad(log_p.sum(), params), ("direction", "df", "scale", "radial_loc",
-                                                                     "radial_scale"), strict=True):
+    for grad, name in zip(
+        torch.autograd.grad(log_p.sum(), params),
+        ("direction", "df", "scale", "radial_loc", "radial_scale"),
+        strict=True,
+    ):
         assert_finite(grad, f"d log_prob / d {name}")
     torch.manual_seed(seed)  # rsample draws from the global generator: reproducible examples
     samples = dist.rsample((2,))
@@ -242,8 +256,9 @@ def test_polar_student_t_finite_slow(d, dtype, log_df, log_scale, radial_loc, lo
 @pytest.mark.slow
 @LARGE_D_SLOW
 @given(LARGE_DIMS, *POLAR_ARGS)
-def test_polar_student_t_finite_at_large_d_slow(d, dtype, log_df, log_scale, radial_loc, log_radial_scale,
-                                                seed):
+def test_polar_student_t_finite_at_large_d_slow(
+    d, dtype, log_df, log_scale, radial_loc, log_radial_scale, seed
+):
     check_polar_student_t(d, dtype, log_df, log_scale, radial_loc, log_radial_scale, seed)
 
 
@@ -295,8 +310,15 @@ def make_labels(pattern: str, batch: int, generator: torch.Generator) -> torch.T
     return torch.arange(batch) // 2 * (torch.arange(batch) % 3 != 0)
 
 
-def make_embeddings(views: int, batch: int, d: int, log_norm: float, dtype: torch.dtype,
-                    generator: torch.Generator, collapsed: bool) -> torch.Tensor:
+def make_embeddings(
+    views: int,
+    batch: int,
+    d: int,
+    log_norm: float,
+    dtype: torch.dtype,
+    generator: torch.Generator,
+    collapsed: bool,
+) -> torch.Tensor:
     z = torch.randn(views, batch, d, generator=generator, dtype=torch.float64) * 10.0**log_norm
     if collapsed:
         # Every row the same direction (a collapsed encoder): the losses must stay finite.
@@ -304,8 +326,17 @@ def make_embeddings(views: int, batch: int, d: int, log_norm: float, dtype: torc
     return z.to(dtype).requires_grad_()
 
 
-def check_losses(views: int, batch: int, d: int, log_norm: float, dtype: torch.dtype, log_tau: float,
-                 pattern: str, collapsed: bool, seed: int) -> None:
+def check_losses(
+    views: int,
+    batch: int,
+    d: int,
+    log_norm: float,
+    dtype: torch.dtype,
+    log_tau: float,
+    pattern: str,
+    collapsed: bool,
+    seed: int,
+) -> None:
     generator = torch.Generator().manual_seed(seed)
     labels = make_labels(pattern, batch, generator)
     tau = 10.0**log_tau
@@ -325,8 +356,17 @@ def check_losses(views: int, batch: int, d: int, log_norm: float, dtype: torch.d
         assert_finite(grad, f"{name} gradient")
 
 
-LOSS_ARGS = (st.integers(2, 4), st.integers(2, 24), st.integers(1, 64), st.floats(-4.0, 4.0), DTYPES,
-             st.floats(-2.0, 2.0), st.sampled_from(LABEL_PATTERNS), st.booleans(), SEEDS)
+LOSS_ARGS = (
+    st.integers(2, 4),
+    st.integers(2, 24),
+    st.integers(1, 64),
+    st.floats(-4.0, 4.0),
+    DTYPES,
+    st.floats(-2.0, 2.0),
+    st.sampled_from(LABEL_PATTERNS),
+    st.booleans(),
+    SEEDS,
+)
 
 
 @FAST
@@ -395,9 +435,14 @@ def test_supervised_losses_reject_bad_labels(loss_name, case):
         LOSS_CALLS[loss_name](torch.randn(2, 4, 8), labels, 0.1)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(t_pos=math.nan), "t_pos"), (dict(t_neg=math.inf), "t_neg"), (dict(t_pos="1"), "t_pos"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(t_pos=math.nan), "t_pos"),
+        (dict(t_neg=math.inf), "t_neg"),
+        (dict(t_pos="1"), "t_pos"),
+    ],
+)
 def test_cct_rejects_bad_temperatures(kwargs, message):
     with pytest.raises(ValueError, match=message):
         cct(torch.randn(2, 4, 8), **kwargs)
@@ -423,31 +468,52 @@ def bad_cli_cases(tmp: Path) -> list[tuple[str, list[str], str]]:
         ("unknown method", ["train", "--method", "byol", *run], "invalid choice"),
         ("unknown data", ["train", "--data", "mnist", *run], "invalid choice"),
         ("unknown kl", ["train", "--kl", "none", *run], "invalid choice"),
-        ("zero checkpoint interval", ["train", "--checkpoint-every", "0", *run],
-         "argument --checkpoint-every: must be > 0"),
-        ("3 views for vsimclr", ["train", "--method", "vsimclr", "--num-views", "3", *run],
-         "num_views do not apply to method 'vsimclr'"),
-        ("3 views for vje", ["train", "--method", "vje", "--num-views", "3", *run],
-         "num_views do not apply to method 'vje'"),
+        (
+            "zero checkpoint interval",
+            ["train", "--checkpoint-every", "0", *run],
+            "argument --checkpoint-every: must be > 0",
+        ),
+        (
+            "3 views for vsimclr",
+            ["train", "--method", "vsimclr", "--num-views", "3", *run],
+            "num_views do not apply to method 'vsimclr'",
+        ),
+        (
+            "3 views for vje",
+            ["train", "--method", "vje", "--num-views", "3", *run],
+            "num_views do not apply to method 'vje'",
+        ),
         ("negative VJE df", ["train", "--method", "vje", "--df", "-1", *run], "argument --df: must be > 0"),
-        ("negative VJE radial weight", ["train", "--method", "vje", "--radial-weight", "-1", *run],
-         "argument --radial-weight: must be >= 0"),
+        (
+            "negative VJE radial weight",
+            ["train", "--method", "vje", "--radial-weight", "-1", *run],
+            "argument --radial-weight: must be >= 0",
+        ),
         ("resume without run dir", ["train", "--resume"], "--resume needs --run-dir"),
         ("resume of an empty folder", ["train", "--resume", "--run-dir", str(empty)], "nothing to resume"),
         ("batch larger than the data", ["train", "--batch-size", "100000", *run], "exceeds"),
         ("CUDA without a GPU", ["train", "--device", "cuda", *run], "no CUDA device"),
         ("unknown device", ["train", "--device", "gpu7", *run], "device"),
-        ("run folder under a file", ["train", "--run-dir", str(a_file / "run"), "--no-progress"],
-         "not writable"),
-        ("CIFAR without its folder", ["train", "--data", "cifar10", "--data-dir", str(tmp / "missing"), *run],
-         "missing"),
+        (
+            "run folder under a file",
+            ["train", "--run-dir", str(a_file / "run"), "--no-progress"],
+            "not writable",
+        ),
+        (
+            "CIFAR without its folder",
+            ["train", "--data", "cifar10", "--data-dir", str(tmp / "missing"), *run],
+            "missing",
+        ),
         ("evaluate a missing run", ["evaluate", str(tmp / "missing")], "no checkpoint"),
         ("diagnose a missing run", ["diagnose", str(tmp / "missing")], "no checkpoint"),
         ("anomaly without a class", ["anomaly", "--no-progress"], "one of the arguments"),
         ("anomaly, class and all", ["anomaly", "--normal-class", "1", "--all-classes"], "not allowed with"),
         ("anomaly, class out of range", ["anomaly", "--normal-class", "12", *run], "does not exist"),
-        ("anomaly, zero pairs", ["anomaly", "--normal-class", "1", "--num-pairs", "0", *run],
-         "must be a positive integer"),
+        (
+            "anomaly, zero pairs",
+            ["anomaly", "--normal-class", "1", "--num-pairs", "0", *run],
+            "must be a positive integer",
+        ),
         ("no command", [], "required"),
     ]
 

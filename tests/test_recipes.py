@@ -47,9 +47,28 @@ def test_every_recipe_resolves_for_every_method_it_names():
 
 def test_the_command_line_takes_a_recipe_and_config_json_records_it(tmp_path, capsys):
     run = tmp_path / "run"
-    code = main(["train", "--method", "cct", "--recipe", "cacr-official", "--num-views", "3",
-                 "--max-steps", "1", "--batch-size", "64", "--dim", "8", "--device", "cpu",
-                 "--run-dir", str(run), "--no-progress"])
+    code = main(
+        [
+            "train",
+            "--method",
+            "cct",
+            "--recipe",
+            "cacr-official",
+            "--num-views",
+            "3",
+            "--max-steps",
+            "1",
+            "--batch-size",
+            "64",
+            "--dim",
+            "8",
+            "--device",
+            "cpu",
+            "--run-dir",
+            str(run),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     saved = json.loads((run / "config.json").read_text())
     assert saved["recipe"] == "cacr-official"

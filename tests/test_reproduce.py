@@ -20,8 +20,21 @@ def load_script():
 
 def test_records_resume_and_table(tmp_path, capsys):
     script = load_script()
-    common = ["--data", "digits", "--epochs", "1", "--device", "cpu", "--no-compile", "--max-images", "300",
-              "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results")]
+    common = [
+        "--data",
+        "digits",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--no-compile",
+        "--max-images",
+        "300",
+        "--runs",
+        str(tmp_path / "runs"),
+        "--results",
+        str(tmp_path / "results"),
+    ]
     script.main(["--method", "vsimclr-bound", *common])
     record = json.loads((tmp_path / "results" / "vsimclr-bound-seed0.json").read_text())
     assert 0.1 < record["knn_top1_k10_majority"] <= 1 and record["uncertainty_spearman"] is not None
@@ -37,8 +50,23 @@ def test_records_resume_and_table(tmp_path, capsys):
 
 def test_time_budget_pauses_with_status_75_and_the_next_invocation_finishes(tmp_path, capsys):
     script = load_script()
-    common = ["--method", "simclr", "--data", "digits", "--epochs", "2", "--device", "cpu", "--no-compile",
-              "--max-images", "300", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results")]
+    common = [
+        "--method",
+        "simclr",
+        "--data",
+        "digits",
+        "--epochs",
+        "2",
+        "--device",
+        "cpu",
+        "--no-compile",
+        "--max-images",
+        "300",
+        "--runs",
+        str(tmp_path / "runs"),
+        "--results",
+        str(tmp_path / "results"),
+    ]
     # Half a second of training after the reserve: the run stops at its first epoch's checkpoint.
     assert script.main([*common, "--time-budget", "60.5", "--reserve", "60"]) == 75
     assert "run the same command again" in capsys.readouterr().out
@@ -52,8 +80,21 @@ def test_time_budget_pauses_with_status_75_and_the_next_invocation_finishes(tmp_
 
 def test_one_class_records_join_the_method_row_of_the_table(tmp_path, capsys):
     script = load_script()
-    common = ["--data", "digits", "--epochs", "1", "--device", "cpu", "--no-compile", "--max-images", "300",
-              "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results")]
+    common = [
+        "--data",
+        "digits",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--no-compile",
+        "--max-images",
+        "300",
+        "--runs",
+        str(tmp_path / "runs"),
+        "--results",
+        str(tmp_path / "results"),
+    ]
     assert script.main(["--method", "vje", "--one-class", *common]) == 0
     record = json.loads((tmp_path / "results" / "vje-oneclass-seed0.json").read_text())
     assert len(record["auroc_per_class"]) == 10

@@ -143,8 +143,9 @@ def test_checkpoint_round_trip_keeps_every_value_and_type(tmp_path):
     assert torch.equal(loaded["rng"]["generator"], generator.get_state())
     restored = torch.optim.AdamW(model.parameters(), lr=0.1)
     restored.load_state_dict(loaded["optimizer"])
-    assert torch.equal(restored.state_dict()["state"][0]["exp_avg"],
-                       optimizer.state_dict()["state"][0]["exp_avg"])
+    assert torch.equal(
+        restored.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"]
+    )
     rng = np.random.default_rng()
     rng.bit_generator.state = loaded["numpy_bit_generator"]
     assert rng.integers(1 << 30) == np.random.default_rng(3).integers(1 << 30)
@@ -152,19 +153,27 @@ def test_checkpoint_round_trip_keeps_every_value_and_type(tmp_path):
 
 def test_numpy_values_are_stored_as_python_numbers_and_tensors(tmp_path):
     path = tmp_path / CHECKPOINT_NAME
-    save_checkpoint(path, {"config": {"lr": np.float64(0.25), "dim": np.int64(8)},
-                           "legacy_rng": ("MT19937", np.arange(4, dtype=np.int64))})
+    save_checkpoint(
+        path,
+        {
+            "config": {"lr": np.float64(0.25), "dim": np.int64(8)},
+            "legacy_rng": ("MT19937", np.arange(4, dtype=np.int64)),
+        },
+    )
     loaded = load_checkpoint(path)
     assert loaded["config"] == {"lr": 0.25, "dim": 8}
     assert type(loaded["config"]["lr"]) is float and type(loaded["config"]["dim"]) is int
     assert torch.equal(loaded["legacy_rng"][1], torch.arange(4))
 
 
-@pytest.mark.parametrize("bad, where", [
-    (object(), r"state\['x'\]"),
-    (OrderedDict(a=[1, Path("p")]), r"state\['x'\]\['a'\]\[1\]"),
-    (np.array(["a"], dtype=object), "numpy array of dtype object"),
-])
+@pytest.mark.parametrize(
+    "bad, where",
+    [
+        (object(), r"state\['x'\]"),
+        (OrderedDict(a=[1, Path("p")]), r"state\['x'\]\['a'\]\[1\]"),
+        (np.array(["a"], dtype=object), "numpy array of dtype object"),
+    ],
+)
 def test_save_refuses_what_could_not_be_loaded_safely(tmp_path, bad, where):
     path = tmp_path / CHECKPOINT_NAME
     with pytest.raises(TypeError, match=where):
@@ -174,11 +183,13 @@ def test_save_refuses_what_could_not_be_loaded_safely(tmp_path, bad, where):
 
 def test_version_and_marker_checks_stay_strict(tmp_path):
     path = tmp_path / CHECKPOINT_NAME
-    for payload, message in (({"format": FORMAT, "version": VERSION + 1}, "checkpoint version 2, expected 1"),
-                             ({"format": FORMAT, "version": "1"}, "checkpoint version 1, expected 1"),
-                             ({"format": FORMAT}, "version None"),
-                             ({"step": 1}, "not a vprob checkpoint"),
-                             ([1, 2], "not a vprob checkpoint")):
+    for payload, message in (
+        ({"format": FORMAT, "version": VERSION + 1}, "checkpoint version 2, expected 1"),
+        ({"format": FORMAT, "version": "1"}, "checkpoint version 1, expected 1"),
+        ({"format": FORMAT}, "version None"),
+        ({"step": 1}, "not a vprob checkpoint"),
+        ([1, 2], "not a vprob checkpoint"),
+    ):
         torch.save(payload, path)
         with pytest.raises(CheckpointError, match=message):
             load_checkpoint(path)
@@ -188,10 +199,14 @@ def test_a_checkpoint_of_the_previous_release_loads_safely(tmp_path):
     """Version-1 files written by the old save (plain torch.save of the same layout) load as they are."""
     path = tmp_path / CHECKPOINT_NAME
     model = torch.nn.Linear(2, 2)
-    payload = {"format": FORMAT, "version": 1, "config": {"method": "vsimclr", "knn_k": (10, 200)},
-               "model": model.state_dict(), "step": 3,
-               "rng": {"torch": torch.get_rng_state(), "cuda": [],
-                       "generator": torch.Generator().get_state()}}
+    payload = {
+        "format": FORMAT,
+        "version": 1,
+        "config": {"method": "vsimclr", "knn_k": (10, 200)},
+        "model": model.state_dict(),
+        "step": 3,
+        "rng": {"torch": torch.get_rng_state(), "cuda": [], "generator": torch.Generator().get_state()},
+    }
     torch.save(payload, path)
     loaded = load_checkpoint(path)
     assert loaded["step"] == 3 and torch.equal(loaded["model"]["weight"], model.weight)
@@ -200,8 +215,16 @@ def test_a_checkpoint_of_the_previous_release_loads_safely(tmp_path):
 def test_convert_needs_trust_then_rewrites_a_trusted_checkpoint(tmp_path, capsys):
     """A checkpoint of one's own holding a numpy float (refused by the safe loader) is converted once."""
     path = tmp_path / CHECKPOINT_NAME
-    torch.save({"format": FORMAT, "version": VERSION, "config": {"lr": np.float64(0.5)}, "step": 2,
-                "model": {"w": torch.ones(2)}}, path)
+    torch.save(
+        {
+            "format": FORMAT,
+            "version": VERSION,
+            "config": {"lr": np.float64(0.5)},
+            "step": 2,
+            "model": {"w": torch.ones(2)},
+        },
+        path,
+    )
     original = path.read_bytes()
     with pytest.raises(UnsafeFileError, match="numpy"):
         load_checkpoint(path)
@@ -231,8 +254,12 @@ def test_convert_command_runs_as_a_module(tmp_path):
     path = tmp_path / CHECKPOINT_NAME
     marker = tmp_path / "marker"
     malicious_checkpoint(path, marker)
-    result = subprocess.run([sys.executable, "-m", "vprob.checkpoint", "convert", str(path)],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "vprob.checkpoint", "convert", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert "refused" in result.stderr and "--trust" in result.stderr
     assert not marker.exists()
@@ -272,16 +299,22 @@ def test_plain_state_dict_file_loads_without_metadata(tmp_path):
     assert weights.metadata == {} and weights.state_dict.keys() == state.keys()
 
 
-@pytest.mark.parametrize("payload, message", [
-    ({"layer": {"weight": torch.ones(1)}}, r"'layer' holds a dict"),
-    ({"weight": 1.0}, r"'weight' holds a float"),
-    ({3: torch.ones(1)}, "key 3 is a int"),
-    ([torch.ones(1)], "a list, not a mapping"),
-    ({"format": FORMAT, "version": VERSION}, "training checkpoint, not a weights file"),
-    ({"format": "vprob-weights", "version": 2, "state_dict": {}, "metadata_json": "{}"}, "version 2"),
-    ({"format": "vprob-weights", "version": 1, "state_dict": {}, "metadata_json": "[]"}, "not a JSON object"),
-    ({"format": "vprob-weights", "version": 1, "state_dict": {}}, "damaged"),
-])
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        ({"layer": {"weight": torch.ones(1)}}, r"'layer' holds a dict"),
+        ({"weight": 1.0}, r"'weight' holds a float"),
+        ({3: torch.ones(1)}, "key 3 is a int"),
+        ([torch.ones(1)], "a list, not a mapping"),
+        ({"format": FORMAT, "version": VERSION}, "training checkpoint, not a weights file"),
+        ({"format": "vprob-weights", "version": 2, "state_dict": {}, "metadata_json": "{}"}, "version 2"),
+        (
+            {"format": "vprob-weights", "version": 1, "state_dict": {}, "metadata_json": "[]"},
+            "not a JSON object",
+        ),
+        ({"format": "vprob-weights", "version": 1, "state_dict": {}}, "damaged"),
+    ],
+)
 def test_weights_file_refuses_anything_but_a_flat_tensor_mapping(tmp_path, payload, message):
     path = tmp_path / "w.pt"
     torch.save(payload, path)
@@ -293,22 +326,27 @@ def test_malicious_weights_file_is_refused(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     marker = tmp_path / "marker"
-    torch.save({"format": "vprob-weights", "version": 1, "state_dict": {"w": Touch(marker)},
-                "metadata_json": "{}"}, run / "init.pt")
+    torch.save(
+        {"format": "vprob-weights", "version": 1, "state_dict": {"w": Touch(marker)}, "metadata_json": "{}"},
+        run / "init.pt",
+    )
     before = snapshot(run)
     with pytest.raises(UnsafeFileError, match="as a weights file; nothing in it was run"):
         load_state_dict_file(run / "init.pt")
     assert not marker.exists() and snapshot(run) == before
 
 
-@pytest.mark.parametrize("state_dict, metadata, error, message", [
-    ({"w": [1.0]}, None, TypeError, r"state_dict\['w'\] must be a Tensor"),
-    ({1: torch.ones(1)}, None, TypeError, "keys must be str"),
-    ([("w", torch.ones(1))], None, TypeError, "state_dict must be a mapping"),
-    ({"w": torch.ones(1)}, {"lr": float("nan")}, ValueError, "metadata must be JSON-serializable"),
-    ({"w": torch.ones(1)}, {"path": Path("x")}, ValueError, "metadata must be JSON-serializable"),
-    ({"w": torch.ones(1)}, ["x"], TypeError, "metadata must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "state_dict, metadata, error, message",
+    [
+        ({"w": [1.0]}, None, TypeError, r"state_dict\['w'\] must be a Tensor"),
+        ({1: torch.ones(1)}, None, TypeError, "keys must be str"),
+        ([("w", torch.ones(1))], None, TypeError, "state_dict must be a mapping"),
+        ({"w": torch.ones(1)}, {"lr": float("nan")}, ValueError, "metadata must be JSON-serializable"),
+        ({"w": torch.ones(1)}, {"path": Path("x")}, ValueError, "metadata must be JSON-serializable"),
+        ({"w": torch.ones(1)}, ["x"], TypeError, "metadata must be a mapping"),
+    ],
+)
 def test_save_weights_refuses_bad_arguments(tmp_path, state_dict, metadata, error, message):
     with pytest.raises(error, match=message):
         save_state_dict_file(tmp_path / "w.pt", state_dict, metadata)
@@ -339,21 +377,53 @@ def _op(value) -> bytes:
         return pickle.EMPTY_DICT + pickle.MARK + items + pickle.SETITEMS
     assert isinstance(value, np.ndarray) and value.dtype == np.uint8
     shape = pickle.MARK + b"".join(_op(n) for n in value.shape) + pickle.TUPLE
-    dtype = (pickle.GLOBAL + b"numpy\ndtype\n" + _op(b"u1") + _op(0) + _op(1) + pickle.TUPLE3 + pickle.REDUCE
-             + pickle.MARK + _op(3) + _op(b"|") + pickle.NONE * 3 + _op(-1) + _op(-1) + _op(0) + pickle.TUPLE
-             + pickle.BUILD)
-    return (pickle.GLOBAL + b"numpy.core.multiarray\n_reconstruct\n" + pickle.GLOBAL + b"numpy\nndarray\n"
-            + _op(0) + pickle.TUPLE1 + _op(b"b") + pickle.TUPLE3 + pickle.REDUCE
-            + pickle.MARK + _op(1) + shape + dtype + pickle.NEWFALSE + _op_bytes(value.tobytes())
-            + pickle.TUPLE + pickle.BUILD)
+    dtype = (
+        pickle.GLOBAL
+        + b"numpy\ndtype\n"
+        + _op(b"u1")
+        + _op(0)
+        + _op(1)
+        + pickle.TUPLE3
+        + pickle.REDUCE
+        + pickle.MARK
+        + _op(3)
+        + _op(b"|")
+        + pickle.NONE * 3
+        + _op(-1)
+        + _op(-1)
+        + _op(0)
+        + pickle.TUPLE
+        + pickle.BUILD
+    )
+    return (
+        pickle.GLOBAL
+        + b"numpy.core.multiarray\n_reconstruct\n"
+        + pickle.GLOBAL
+        + b"numpy\nndarray\n"
+        + _op(0)
+        + pickle.TUPLE1
+        + _op(b"b")
+        + pickle.TUPLE3
+        + pickle.REDUCE
+        + pickle.MARK
+        + _op(1)
+        + shape
+        + dtype
+        + pickle.NEWFALSE
+        + _op_bytes(value.tobytes())
+        + pickle.TUPLE
+        + pickle.BUILD
+    )
 
 
 def cifar_batch(n: int = 5, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
-    return {b"batch_label": b"training batch 1 of 5",
-            b"labels": [int(v) for v in rng.integers(0, 10, n)],
-            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-            b"filenames": [f"img_{i}.png".encode() for i in range(n)]}
+    return {
+        b"batch_label": b"training batch 1 of 5",
+        b"labels": [int(v) for v in rng.integers(0, 10, n)],
+        b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+        b"filenames": [f"img_{i}.png".encode() for i in range(n)],
+    }
 
 
 def assert_same_batch(loaded: dict, batch: dict) -> None:
@@ -383,9 +453,10 @@ def test_cifar_batch_file_written_by_python3_loads(tmp_path, protocol):
     with path.open("wb") as f:
         pickle.dump(batch, f, protocol=protocol)
     loaded = load_pickle_restricted(path)
-    assert_same_batch({k: v for k, v in loaded.items() if k in (b"batch_label", b"labels", b"data",
-                                                               b"filenames")},
-                      {k: batch[k] for k in (b"batch_label", b"labels", b"data", b"filenames")})
+    assert_same_batch(
+        {k: v for k, v in loaded.items() if k in (b"batch_label", b"labels", b"data", b"filenames")},
+        {k: batch[k] for k in (b"batch_label", b"labels", b"data", b"filenames")},
+    )
     assert loaded[b"coarse_labels"] == batch[b"coarse_labels"]
     np.testing.assert_array_equal(loaded[b"float_features"], batch[b"float_features"])
 
@@ -455,15 +526,18 @@ def test_malicious_yaml_config_is_refused(tmp_path):
     assert marker.exists()
 
 
-@pytest.mark.parametrize("name, text, message", [
-    ("c.json", "[1, 2]", "must hold a mapping of settings at its top level, not a list"),
-    ("c.json", '{"epochs": 1, "epochs": 2}', "key 'epochs' appears twice"),
-    ("c.json", "{epochs: 1}", "is not valid JSON"),
-    ("c.yaml", "- 1\n- 2\n", "not a list"),
-    ("c.yaml", "epochs: 1\nepochs: 2\n", r"key 'epochs' appears twice \(line 2\)"),
-    ("c.yaml", "1: a\n", "top-level key 1 is not a string"),
-    ("c.toml", "epochs = 1", "unknown extension '.toml'"),
-])
+@pytest.mark.parametrize(
+    "name, text, message",
+    [
+        ("c.json", "[1, 2]", "must hold a mapping of settings at its top level, not a list"),
+        ("c.json", '{"epochs": 1, "epochs": 2}', "key 'epochs' appears twice"),
+        ("c.json", "{epochs: 1}", "is not valid JSON"),
+        ("c.yaml", "- 1\n- 2\n", "not a list"),
+        ("c.yaml", "epochs: 1\nepochs: 2\n", r"key 'epochs' appears twice \(line 2\)"),
+        ("c.yaml", "1: a\n", "top-level key 1 is not a string"),
+        ("c.toml", "epochs = 1", "unknown extension '.toml'"),
+    ],
+)
 def test_bad_config_files_are_refused_naming_the_file(tmp_path, name, text, message):
     if name.endswith(".yaml"):
         pytest.importorskip("yaml")
@@ -483,8 +557,21 @@ def test_safe_relative_path_keeps_names_inside_the_base(tmp_path):
     assert safe_relative_path(tmp_path, "a/./b") == tmp_path / "a" / "b"
 
 
-@pytest.mark.parametrize("name", ["/etc/passwd", "../outside", "a/../../b", "..", "~/x", "",
-                                  "C:\\Windows", "a\\..\\..\\b", "\\\\server\\share", "a\0b"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "/etc/passwd",
+        "../outside",
+        "a/../../b",
+        "..",
+        "~/x",
+        "",
+        "C:\\Windows",
+        "a\\..\\..\\b",
+        "\\\\server\\share",
+        "a\0b",
+    ],
+)
 def test_safe_relative_path_refuses_escapes(tmp_path, name):
     with pytest.raises(ValueError, match=r"relative|inside|empty|home"):
         safe_relative_path(tmp_path, name)
@@ -537,8 +624,22 @@ def test_open_append_refuses_a_link_and_appends_to_a_file(tmp_path):
 def tiny_run(tmp_path_factory):
     """One real digits run (2 steps), shared by the command-line tests; copy it before changing it."""
     run = tmp_path_factory.mktemp("tiny") / "run"
-    code = vprob_main(["train", "--epochs", "1", "--max-steps", "2", "--run-dir", str(run), "--no-progress",
-                       "--device", "cpu", "--batch-size", "64"])
+    code = vprob_main(
+        [
+            "train",
+            "--epochs",
+            "1",
+            "--max-steps",
+            "2",
+            "--run-dir",
+            str(run),
+            "--no-progress",
+            "--device",
+            "cpu",
+            "--batch-size",
+            "64",
+        ]
+    )
     assert code == 0 and (run / CHECKPOINT_NAME).is_file()
     return run
 
@@ -553,10 +654,13 @@ def poisoned_copy(tiny_run: Path, tmp_path: Path) -> tuple[Path, Path]:
     return run, marker
 
 
-@pytest.mark.parametrize("command", [
-    ["evaluate", "{run}", "--device", "cpu"],
-    ["train", "--resume", "--run-dir", "{run}", "--no-progress", "--device", "cpu"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["evaluate", "{run}", "--device", "cpu"],
+        ["train", "--resume", "--run-dir", "{run}", "--no-progress", "--device", "cpu"],
+    ],
+)
 def test_command_line_refuses_a_malicious_checkpoint(tiny_run, tmp_path, capsys, command):
     run, marker = poisoned_copy(tiny_run, tmp_path)
     before = snapshot(run)
@@ -588,9 +692,25 @@ def test_anomaly_resume_refuses_a_malicious_class_checkpoint(tiny_run, tmp_path,
     (class_dir / "config.json").write_text("{}\n")
     (class_dir / "metrics.jsonl").write_text('{"step": 1}\n')
     before = snapshot(run)
-    code = vprob_main(["anomaly", "--method", "vsimclr", "--normal-class", "0", "--resume",
-                       "--run-dir", str(run), "--epochs", "1", "--batch-size", "16", "--no-progress",
-                       "--device", "cpu"])
+    code = vprob_main(
+        [
+            "anomaly",
+            "--method",
+            "vsimclr",
+            "--normal-class",
+            "0",
+            "--resume",
+            "--run-dir",
+            str(run),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--no-progress",
+            "--device",
+            "cpu",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "holds objects other than tensors and plain data" in err
     assert not marker.exists()
@@ -600,8 +720,22 @@ def test_anomaly_resume_refuses_a_malicious_class_checkpoint(tiny_run, tmp_path,
 def test_genuine_checkpoint_still_resumes_and_evaluates(tiny_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    assert vprob_main(["train", "--resume", "--run-dir", str(run), "--max-steps", "3", "--no-progress",
-                       "--device", "cpu"]) == 0
+    assert (
+        vprob_main(
+            [
+                "train",
+                "--resume",
+                "--run-dir",
+                str(run),
+                "--max-steps",
+                "3",
+                "--no-progress",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert load_checkpoint(run / CHECKPOINT_NAME)["step"] == 3
     assert json.loads((run / "results.json").read_text())["steps"] == 3
     assert vprob_main(["evaluate", str(run), "--device", "cpu"]) == 0

@@ -70,8 +70,10 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path):
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     full_lines = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
     cut_lines = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
-    strip = [[{k: v for k, v in json.loads(x).items() if k != "images_per_s"} for x in lines]
-             for lines in (full_lines, cut_lines)]
+    strip = [
+        [{k: v for k, v in json.loads(x).items() if k != "images_per_s"} for x in lines]
+        for lines in (full_lines, cut_lines)
+    ]
     # The stopped run also logged its last step (11); every record of the full run is there, identical.
     full_steps = {r["step"] for r in strip[0]}
     assert [r for r in strip[1] if r["step"] in full_steps] == strip[0]
@@ -164,8 +166,9 @@ def test_a_time_budget_pauses_at_a_checkpoint_and_resume_finishes_the_same_run(t
         train(tiny_config(tmp_path, "cut", method="vsimclr"), progress=False, stop_after_s=1e-3)
     assert load_checkpoint(tmp_path / "cut" / CHECKPOINT_NAME)["step"] == len(load_digits()[0]) // 128
     assert not (tmp_path / "cut" / "results.json").exists()
-    resumed = train(tiny_config(tmp_path, "cut", method="vsimclr"), resume=True, progress=False,
-                    stop_after_s=3600)
+    resumed = train(
+        tiny_config(tmp_path, "cut", method="vsimclr"), resume=True, progress=False, stop_after_s=3600
+    )
     assert resumed["steps"] == full["steps"]
     assert resumed["knn_top1_k200_weighted"] == full["knn_top1_k200_weighted"]
     with pytest.raises(ValueError, match="stop_after_s"):

@@ -7,8 +7,22 @@ import time
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_throughput.py"
-TINY = ["--data", "digits", "--device", "cpu", "--batch-size", "32", "--steps", "1", "--repeats", "1",
-        "--warmup", "1", "--warmup-windows", "1"]
+TINY = [
+    "--data",
+    "digits",
+    "--device",
+    "cpu",
+    "--batch-size",
+    "32",
+    "--steps",
+    "1",
+    "--repeats",
+    "1",
+    "--warmup",
+    "1",
+    "--warmup-windows",
+    "1",
+]
 
 
 def load_script():
@@ -43,9 +57,13 @@ def test_rows_and_host_syncs(capsys):
 def test_select_rows():
     script = load_script()
     names = [row.name for row in script.select_rows(script.ROWS, ["vsimclr full step"], False, False)]
-    assert names == ["vsimclr full step (kl=bound)", "vsimclr full step with pyro's ELBO (kl=bound)",
-                     "vsimclr full step (kl=exact)", "vsimclr full step compiled (kl=bound)",
-                     "vsimclr full step compiled with pyro's ELBO (kl=bound)"]
+    assert names == [
+        "vsimclr full step (kl=bound)",
+        "vsimclr full step with pyro's ELBO (kl=bound)",
+        "vsimclr full step (kl=exact)",
+        "vsimclr full step compiled (kl=bound)",
+        "vsimclr full step compiled with pyro's ELBO (kl=bound)",
+    ]
     quick = script.select_rows(script.ROWS, ["vsimclr full step"], True, False)
     assert [row.name for row in quick] == names[:3]
     compiled = script.select_rows(script.ROWS, None, False, True)
@@ -57,21 +75,43 @@ def test_warm_up_waits_until_windows_agree():
     script = load_script()
     # Steps of 80, 60, 40 ms, then 20 ms for good: the minimum (2 steps) is met while they still shrink.
     durations = itertools.chain([0.08, 0.06, 0.04], itertools.repeat(0.02))
-    warm = script.warm_up(lambda: time.sleep(next(durations)), script.torch.device("cpu"), min_steps=2,
-                          min_seconds=0, window=1, max_windows=10)
+    warm = script.warm_up(
+        lambda: time.sleep(next(durations)),
+        script.torch.device("cpu"),
+        min_steps=2,
+        min_seconds=0,
+        window=1,
+        max_windows=10,
+    )
     assert warm.settled and warm.steps >= 5
     # Never settling: 5, 15, 45, ... ms; it stops after max_windows more windows and says so.
     moving = iter([0.005 * 3**k for k in range(10)])
-    warm = script.warm_up(lambda: time.sleep(next(moving)), script.torch.device("cpu"), min_steps=1,
-                          min_seconds=0, window=1, max_windows=3)
+    warm = script.warm_up(
+        lambda: time.sleep(next(moving)),
+        script.torch.device("cpu"),
+        min_steps=1,
+        min_seconds=0,
+        window=1,
+        max_windows=3,
+    )
     assert warm.settled is False and warm.steps == 4
     assert "NOT settled" in warm.describe()
 
 
 def test_profile_writes_a_trace(tmp_path, capsys):
     script = load_script()
-    script.main([*TINY, "--rows", "vsimclr full step (kl=bound)", "--profile", "--profile-steps", "1",
-                 "--profile-dir", str(tmp_path)])
+    script.main(
+        [
+            *TINY,
+            "--rows",
+            "vsimclr full step (kl=bound)",
+            "--profile",
+            "--profile-steps",
+            "1",
+            "--profile-dir",
+            str(tmp_path),
+        ]
+    )
     out = capsys.readouterr().out
     assert "===== profile: vsimclr full step (kl=bound) (1 steps) =====" in out
     assert "Self CPU" in out and "host (CPU wall) per step" in out

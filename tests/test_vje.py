@@ -38,6 +38,7 @@ class CountingEncoder(DigitsConvNet):
 # Hand-written oracle of docs/maths.md (Polar Student-t, VJE) in float64, independent of the model's and
 # PolarStudentT's code.
 
+
 def polar_t_log_density(y, z, nu, df, radial_df, radial_scale, radial_weight, directional):
     """log p_dir(u) + w log p_rad(log r) - D log r of targets y (..., D) given z (..., D), nu (..., D)."""
     d = y.shape[-1]
@@ -55,8 +56,13 @@ def polar_t_log_density(y, z, nu, df, radial_df, radial_scale, radial_weight, di
         k = d
         quad = ((u - m) ** 2 / nu).sum(-1)
         log_det = 0.5 * nu.log().sum(-1)
-    log_dir = (math.lgamma((df + k) / 2) - math.lgamma(df / 2) - k / 2 * math.log(df * math.pi) - log_det
-               - (df + k) / 2 * torch.log1p(quad / df))
+    log_dir = (
+        math.lgamma((df + k) / 2)
+        - math.lgamma(df / 2)
+        - k / 2 * math.log(df * math.pi)
+        - log_det
+        - (df + k) / 2 * torch.log1p(quad / df)
+    )
     log_r, loc = r.log().detach().numpy(), z.norm(dim=-1).log().detach().numpy()
     log_rad = torch.from_numpy(stats.t.logpdf(log_r, radial_df, loc=loc, scale=radial_scale))
     return log_dir + radial_weight * log_rad - d * r.log()
@@ -70,8 +76,9 @@ def gaussian_kl(mu, nu):
     "options",
     [
         dict(df=5.0),
-        dict(df=3.0, radial_df=7.0, radial_weight=0.5, radial_scale=0.3,
-             directional_scale="posterior_variance"),
+        dict(
+            df=3.0, radial_df=7.0, radial_weight=0.5, radial_scale=0.3, directional_scale="posterior_variance"
+        ),
         dict(df=5.0, radial_weight=0.0, directional="euclidean"),
     ],
 )
@@ -95,9 +102,15 @@ def test_objective_is_the_hand_written_symmetric_elbo(digits, options):
     angular = options.get("directional_scale", "angular") == "angular"
     scale = nu / (mu**2).sum(-1, keepdim=True) if angular else nu
     log_lik = polar_t_log_density(
-        y, z, scale, options["df"], options.get("radial_df") or options["df"],
-        options.get("radial_scale", 1.0), options.get("radial_weight", 1.0),
-        options.get("directional", "geodesic"))
+        y,
+        z,
+        scale,
+        options["df"],
+        options.get("radial_df") or options["df"],
+        options.get("radial_scale", 1.0),
+        options.get("radial_weight", 1.0),
+        options.get("directional", "geodesic"),
+    )
     kl = gaussian_kl(mu, nu)
     elbo_12, elbo_21 = (log_lik - kl).mean(-1)
     torch.testing.assert_close(loss, -0.5 * (elbo_12 + elbo_21), rtol=1e-10, atol=1e-10)
@@ -233,13 +246,15 @@ def test_scores_embedding_and_collapse_monitors(digits):
     generator = torch.Generator().manual_seed(7)
     x1, x2 = augment(images, generator), augment(images, generator)
     torch.testing.assert_close(polar, vje.pair_nll(x1, x2))
-    cartesian = vje.anomaly_score(images, augment, num_pairs=1, generator=torch.Generator().manual_seed(7),
-                                  coordinates="cartesian")
+    cartesian = vje.anomaly_score(
+        images, augment, num_pairs=1, generator=torch.Generator().manual_seed(7), coordinates="cartesian"
+    )
     log_r = 0.5 * (vje.features(x1).norm(dim=-1).log() + vje.features(x2).norm(dim=-1).log())
     torch.testing.assert_close(cartesian - polar, 8 * log_r)
     # Several pairs: the mean of the per-pair scores, whatever the batch size.
-    many = vje.anomaly_scores(images, augment, num_pairs=3, generator=torch.Generator().manual_seed(7),
-                              batch_size=20)
+    many = vje.anomaly_scores(
+        images, augment, num_pairs=3, generator=torch.Generator().manual_seed(7), batch_size=20
+    )
     generator = torch.Generator().manual_seed(7)
     per_pair = [vje.pair_nll(augment(images, generator), augment(images, generator)) for _ in range(3)]
     torch.testing.assert_close(many["nll"], torch.stack(per_pair).mean(0))
@@ -258,8 +273,19 @@ def test_scores_embedding_and_collapse_monitors(digits):
 
 
 def test_engine_trains_vje_and_logs_collapse_monitors(tmp_path):
-    results = train(make_config(method="vje", data="digits", epochs=1, batch_size=128, device="cpu",
-                                log_every=2, run_dir=str(tmp_path / "run"), df=7.0), progress=False)
+    results = train(
+        make_config(
+            method="vje",
+            data="digits",
+            epochs=1,
+            batch_size=128,
+            device="cpu",
+            log_every=2,
+            run_dir=str(tmp_path / "run"),
+            df=7.0,
+        ),
+        progress=False,
+    )
     assert 0.1 < results["knn_top1_k200_weighted"] <= 1.0
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert records
@@ -271,8 +297,16 @@ def test_engine_trains_vje_and_logs_collapse_monitors(tmp_path):
 
 
 def test_config_options_reach_the_model():
-    config = make_config(method="vje", data="digits", df=7.0, radial_df=3.0, radial_scale=0.5,
-                         radial_weight=0.25, directional="euclidean", num_particles=2).resolved()
+    config = make_config(
+        method="vje",
+        data="digits",
+        df=7.0,
+        radial_df=3.0,
+        radial_scale=0.5,
+        radial_weight=0.25,
+        directional="euclidean",
+        num_particles=2,
+    ).resolved()
     model = build_model(config)
     assert isinstance(model, VJE)
     assert (model.df, model.radial_df, model.radial_scale, model.radial_weight) == (7.0, 3.0, 0.5, 0.25)
@@ -282,10 +316,16 @@ def test_config_options_reach_the_model():
 
 def test_bad_options_raise_value_error(digits):
     for kwargs, name in [
-        (dict(df=0.0), "df"), (dict(df=-1.0), "df"), (dict(df=math.inf), "df"), (dict(df=math.nan), "df"),
-        (dict(radial_df=0.0), "radial_df"), (dict(radial_scale=0.0), "radial_scale"),
-        (dict(radial_weight=-0.5), "radial_weight"), (dict(directional="chordal"), "directional"),
-        (dict(num_particles=0), "num_particles"), (dict(hidden=0), "hidden"),
+        (dict(df=0.0), "df"),
+        (dict(df=-1.0), "df"),
+        (dict(df=math.inf), "df"),
+        (dict(df=math.nan), "df"),
+        (dict(radial_df=0.0), "radial_df"),
+        (dict(radial_scale=0.0), "radial_scale"),
+        (dict(radial_weight=-0.5), "radial_weight"),
+        (dict(directional="chordal"), "directional"),
+        (dict(num_particles=0), "num_particles"),
+        (dict(hidden=0), "hidden"),
     ]:
         with pytest.raises(ValueError, match=name):
             VJE(DigitsConvNet(), **kwargs)
@@ -324,8 +364,9 @@ def _pair_oracle(vje, h_a, h_b, z_a, z_b, mu_a, nu_a, mu_b, nu_b):
     options = (vje.df, vje.radial_df or vje.df, vje.radial_scale, vje.radial_weight, vje.directional)
     scale_a = nu_a / (mu_a**2).sum(-1, keepdim=True)
     scale_b = nu_b / (mu_b**2).sum(-1, keepdim=True)
-    return -0.5 * (polar_t_log_density(h_b, z_a, scale_a, *options)
-                   + polar_t_log_density(h_a, z_b, scale_b, *options))
+    return -0.5 * (
+        polar_t_log_density(h_b, z_a, scale_a, *options) + polar_t_log_density(h_a, z_b, scale_b, *options)
+    )
 
 
 def test_scores_put_each_view_s_embedding_under_the_other_view_s_posterior(digits):
@@ -340,10 +381,14 @@ def test_scores_put_each_view_s_embedding_under_the_other_view_s_posterior(digit
     got = vje.pair_nll(x1, x2, coordinates="cartesian")
     expected = _pair_oracle(vje, h1, h2, mu1, mu2, mu1, nu1, mu2, nu2).detach()
     torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
-    swapped = -0.5 * (polar_t_log_density(h1, mu1, nu1 / (mu1**2).sum(-1, keepdim=True), vje.df, vje.df,
-                                          vje.radial_scale, 1.0, "geodesic")
-                      + polar_t_log_density(h2, mu2, nu2 / (mu2**2).sum(-1, keepdim=True), vje.df, vje.df,
-                                            vje.radial_scale, 1.0, "geodesic"))
+    swapped = -0.5 * (
+        polar_t_log_density(
+            h1, mu1, nu1 / (mu1**2).sum(-1, keepdim=True), vje.df, vje.df, vje.radial_scale, 1.0, "geodesic"
+        )
+        + polar_t_log_density(
+            h2, mu2, nu2 / (mu2**2).sum(-1, keepdim=True), vje.df, vje.df, vje.radial_scale, 1.0, "geodesic"
+        )
+    )
     assert (got - swapped.detach()).abs().max() > 1e-3  # a million times the tolerance above
 
 

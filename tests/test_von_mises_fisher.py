@@ -185,15 +185,26 @@ def w_log_density(d: int, kappa: float):
     # the mass lies within ~40/kappa of w = 1 for large kappa: split there for quad
     cut = max(-1.0, 1.0 - 60.0 / max(kappa, 1e-300)) if kappa > 0 else -1.0
     pts = [c for c in (cut, 1.0 - 1.0 / max(kappa, 1e-3)) if -1.0 < c < 1.0]
-    z = scipy.integrate.quad(lambda w: np.exp(log_f(w)), -1.0, 1.0, points=pts or None, limit=200,
-                             epsabs=0, epsrel=1e-12)[0]
+    z = scipy.integrate.quad(
+        lambda w: np.exp(log_f(w)), -1.0, 1.0, points=pts or None, limit=200, epsabs=0, epsrel=1e-12
+    )[0]
     return log_f, z, pts
 
 
 def w_expectation(d: int, kappa: float, f) -> float:
     log_f, z, pts = w_log_density(d, kappa)
-    return scipy.integrate.quad(lambda w: f(w) * np.exp(log_f(w)), -1.0, 1.0, points=pts or None, limit=200,
-                                epsabs=0, epsrel=1e-12)[0] / z
+    return (
+        scipy.integrate.quad(
+            lambda w: f(w) * np.exp(log_f(w)),
+            -1.0,
+            1.0,
+            points=pts or None,
+            limit=200,
+            epsabs=0,
+            epsrel=1e-12,
+        )[0]
+        / z
+    )
 
 
 def w_cdf(d: int, kappa: float, ws: np.ndarray) -> np.ndarray:
@@ -201,8 +212,10 @@ def w_cdf(d: int, kappa: float, ws: np.ndarray) -> np.ndarray:
     log_f, z, _ = w_log_density(d, kappa)
     order = np.argsort(ws)
     edges = np.concatenate([[-1.0], ws[order]])
-    pieces = [scipy.integrate.quad(lambda w: np.exp(log_f(w)), a, b, epsabs=0, epsrel=1e-10)[0]
-              for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    pieces = [
+        scipy.integrate.quad(lambda w: np.exp(log_f(w)), a, b, epsabs=0, epsrel=1e-10)[0]
+        for a, b in zip(edges[:-1], edges[1:], strict=True)
+    ]
     out = np.empty_like(ws)
     out[order] = np.cumsum(pieces) / z
     return np.clip(out, 0.0, 1.0)
@@ -345,8 +358,9 @@ def test_gradcheck_log_prob():
         loc = unit(d, seed=9).requires_grad_()
         k = torch.tensor(kappa, dtype=F64, requires_grad=True)
         x = VonMisesFisher(unit(d, seed=9), torch.tensor(kappa, dtype=F64)).sample((3,)).requires_grad_()
-        torch.autograd.gradcheck(lambda m, c, v: VonMisesFisher(m, c, validate_args=False).log_prob(v),
-                                 (loc, k, x))
+        torch.autograd.gradcheck(
+            lambda m, c, v: VonMisesFisher(m, c, validate_args=False).log_prob(v), (loc, k, x)
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -405,7 +419,7 @@ def test_extreme_concentrations_are_finite(d, dtype):
     g_loc, g_k = torch.autograd.grad(loss, (loc, k))
     assert torch.isfinite(g_loc).all() and torch.isfinite(g_k).all()
     # at kappa = 1e5 the samples sit within ~(d-1)/(2 kappa) of the mode
-    w = (x[:, 2].detach().double() @ loc.detach().double())
+    w = x[:, 2].detach().double() @ loc.detach().double()
     assert (1 - w).max().item() < 40 * (d - 1) / 1e5
     if dtype == F64:
         for kv, j in [(0.0, 0), (1e5, 2)]:

@@ -65,8 +65,10 @@ def knn_distance(normal_embeddings: Tensor, test_embeddings: Tensor, k: int = 1)
     """Cosine distance 1 - cos of each test embedding (M, d) to its k-th nearest normal embedding (N, d):
     (M,). Rows need not be normalized (they are normalized here)."""
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= normal_embeddings.shape[0]:
-        raise ValueError(f"knn_k must be an integer in 1..{normal_embeddings.shape[0]} (the normal training "
-                         f"images), got {k!r}")
+        raise ValueError(
+            f"knn_k must be an integer in 1..{normal_embeddings.shape[0]} (the normal training "
+            f"images), got {k!r}"
+        )
     normal = F.normalize(normal_embeddings.float(), dim=-1)
     similarity = F.normalize(test_embeddings.float(), dim=-1) @ normal.T
     return 1.0 - similarity.topk(k, dim=1).values[:, -1]
@@ -94,23 +96,29 @@ def anomaly_scores(
     check_image_batch(normal_images, "normal_images", non_empty=True)
     check_image_batch(test_images, "test_images", non_empty=True)
     if test_images.shape[1:] != normal_images.shape[1:]:
-        raise ValueError(f"test images have shape (C, H, W) = {tuple(test_images.shape[1:])} but the model "
-                         f"was trained on {tuple(normal_images.shape[1:])}")
+        raise ValueError(
+            f"test images have shape (C, H, W) = {tuple(test_images.shape[1:])} but the model "
+            f"was trained on {tuple(normal_images.shape[1:])}"
+        )
     expected = (augment.channels, augment.image_size, augment.image_size)
     if tuple(test_images.shape[1:]) != expected:
-        raise ValueError(f"images of shape (C, H, W) = {tuple(test_images.shape[1:])} do not match the "
-                         f"augmentation's {expected}")
+        raise ValueError(
+            f"images of shape (C, H, W) = {tuple(test_images.shape[1:])} do not match the "
+            f"augmentation's {expected}"
+        )
     was_training = model.training
     model.eval()
     try:
         normalize = augment.normalize
         scores: dict[str, Tensor] = {}
         if callable(getattr(model, "anomaly_scores", None)):
-            likelihood = model.anomaly_scores(test_images, augment, num_pairs=num_pairs, generator=generator,
-                                              batch_size=batch_size)
+            likelihood = model.anomaly_scores(
+                test_images, augment, num_pairs=num_pairs, generator=generator, batch_size=batch_size
+            )
             scores["likelihood"] = likelihood["nll"]
             scores["likelihood_cartesian"] = likelihood["nll_cartesian"]
         if callable(getattr(model, "uncertainty", None)):
+
             def log_det(x: Tensor) -> Tensor:
                 return model.uncertainty(x)["log_det"]
 
@@ -136,8 +144,10 @@ def _anomaly_config(config: TrainConfig) -> TrainConfig:
     """``config`` with the data set's one-class defaults where it leaves epochs or batch size open; other
     open fields take the data set's training defaults later."""
     if get_method(config.method).capabilities.needs_labels:
-        raise ValueError(f"anomaly detection trains methods that need no labels "
-                         f"({', '.join(anomaly_methods())}), got {config.method!r}")
+        raise ValueError(
+            f"anomaly detection trains methods that need no labels "
+            f"({', '.join(anomaly_methods())}), got {config.method!r}"
+        )
     return with_anomaly_defaults(config)
 
 
@@ -163,11 +173,19 @@ def run_one_class(
     trainer.fit(stop_after_s=stop_after_s)
     test_set = trainer.test_set
     generator = torch.Generator(trainer.device).manual_seed(config.seed + 1)
-    autocast = (torch.autocast(trainer.device.type, dtype=torch.bfloat16) if trainer.amp
-                else contextlib.nullcontext())
+    autocast = (
+        torch.autocast(trainer.device.type, dtype=torch.bfloat16) if trainer.amp else contextlib.nullcontext()
+    )
     with autocast:
-        scores = anomaly_scores(trainer.model, trainer.train_set.images, test_set.images, trainer.augment,
-                                num_pairs=num_pairs, knn_k=knn_k, generator=generator)
+        scores = anomaly_scores(
+            trainer.model,
+            trainer.train_set.images,
+            test_set.images,
+            trainer.augment,
+            num_pairs=num_pairs,
+            knn_k=knn_k,
+            generator=generator,
+        )
     normal = test_set.labels == normal_class
     results = {
         "normal_class": normal_class,
@@ -227,11 +245,22 @@ def run_anomaly(
             continue
         budget = None if stop_after_s is None else stop_after_s - (time.perf_counter() - started)
         if budget is not None and budget <= 0:
-            raise TrainingPaused(f"time budget of {stop_after_s:.0f} s spent before class {k}; the classes "
-                                 f"before it are done in {run_dir}: run again with resume to continue")
+            raise TrainingPaused(
+                f"time budget of {stop_after_s:.0f} s spent before class {k}; the classes "
+                f"before it are done in {run_dir}: run again with resume to continue"
+            )
         class_config = replace(config, run_dir=str(class_dir))
-        per_class.append(run_one_class(class_config, k, num_pairs=num_pairs, knn_k=knn_k, progress=progress,
-                                       resume=resume, stop_after_s=budget))
+        per_class.append(
+            run_one_class(
+                class_config,
+                k,
+                num_pairs=num_pairs,
+                knn_k=knn_k,
+                progress=progress,
+                resume=resume,
+                stop_after_s=budget,
+            )
+        )
     names = list(per_class[0]["auroc"])
     summary = {
         "method": config.method,

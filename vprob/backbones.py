@@ -100,8 +100,9 @@ def _vit_small(image_size: int, channels: int, stem: str | None) -> nn.Module:
     from torchvision.models import VisionTransformer
 
     patch = vit_patch_size(image_size)
-    model = VisionTransformer(image_size=image_size, patch_size=patch, num_layers=12, num_heads=6,
-                              hidden_dim=384, mlp_dim=1536)
+    model = VisionTransformer(
+        image_size=image_size, patch_size=patch, num_layers=12, num_heads=6, hidden_dim=384, mlp_dim=1536
+    )
     if channels != 3:  # torchvision's patch embedding takes RGB only; same key and initialization
         model.conv_proj = nn.Conv2d(channels, 384, kernel_size=patch, stride=patch)
         fan_in = channels * patch * patch
@@ -114,26 +115,56 @@ def _vit_small(image_size: int, channels: int, stem: str | None) -> nn.Module:
 
 def _digits_convnet(image_size: int, channels: int, stem: str | None) -> nn.Module:
     if image_size != 8:
-        raise ValueError(f"backbone digits_convnet takes 8x8 images, the data has {image_size} px: choose "
-                         f"another --backbone ({', '.join(n for n in BACKBONES if n != 'digits_convnet')})")
+        raise ValueError(
+            f"backbone digits_convnet takes 8x8 images, the data has {image_size} px: choose "
+            f"another --backbone ({', '.join(n for n in BACKBONES if n != 'digits_convnet')})"
+        )
     return DigitsConvNet(in_channels=channels)
 
 
 BACKBONES: dict[str, BackboneSpec] = {
     spec.name: spec
     for spec in (
-        BackboneSpec("resnet18", _resnet(18), torchvision="resnet18", stems=STEMS,
-                     description="torchvision ResNet-18, 512 features"),
-        BackboneSpec("resnet34", _resnet(34), torchvision="resnet34", stems=STEMS,
-                     description="torchvision ResNet-34, 512 features"),
-        BackboneSpec("resnet50", _resnet(50), torchvision="resnet50", stems=STEMS,
-                     description="torchvision ResNet-50, 2048 features"),
-        BackboneSpec("resnet18_cifar", _resnet(18, fixed_stem="cifar"), torchvision="resnet18",
-                     stems=("cifar",), description="resnet18 with the CIFAR stem (the name of older runs)"),
-        BackboneSpec("vit_small", _vit_small, torchvision="vit", description="torchvision VisionTransformer, "
-                     "ViT-S shape (12 x 6 heads x 384), 384 features"),
-        BackboneSpec("digits_convnet", _digits_convnet, default_shape=(1, 8),
-                     description="small conv net for 8x8 digits, 128 features"),
+        BackboneSpec(
+            "resnet18",
+            _resnet(18),
+            torchvision="resnet18",
+            stems=STEMS,
+            description="torchvision ResNet-18, 512 features",
+        ),
+        BackboneSpec(
+            "resnet34",
+            _resnet(34),
+            torchvision="resnet34",
+            stems=STEMS,
+            description="torchvision ResNet-34, 512 features",
+        ),
+        BackboneSpec(
+            "resnet50",
+            _resnet(50),
+            torchvision="resnet50",
+            stems=STEMS,
+            description="torchvision ResNet-50, 2048 features",
+        ),
+        BackboneSpec(
+            "resnet18_cifar",
+            _resnet(18, fixed_stem="cifar"),
+            torchvision="resnet18",
+            stems=("cifar",),
+            description="resnet18 with the CIFAR stem (the name of older runs)",
+        ),
+        BackboneSpec(
+            "vit_small",
+            _vit_small,
+            torchvision="vit",
+            description="torchvision VisionTransformer, ViT-S shape (12 x 6 heads x 384), 384 features",
+        ),
+        BackboneSpec(
+            "digits_convnet",
+            _digits_convnet,
+            default_shape=(1, 8),
+            description="small conv net for 8x8 digits, 128 features",
+        ),
     )
 }
 
@@ -144,8 +175,9 @@ def register_backbone(spec: BackboneSpec) -> BackboneSpec:
     if not isinstance(spec, BackboneSpec):
         raise TypeError(f"register_backbone needs a BackboneSpec, got {type(spec).__name__}")
     if not spec.name.isidentifier() or spec.name in BACKBONES:
-        raise ValueError(f"backbone name must be a new identifier, got {spec.name!r} "
-                         f"(taken: {sorted(BACKBONES)})")
+        raise ValueError(
+            f"backbone name must be a new identifier, got {spec.name!r} (taken: {sorted(BACKBONES)})"
+        )
     BACKBONES[spec.name] = spec
     return spec
 
@@ -166,8 +198,9 @@ def check_stem(backbone: str, stem: str | None) -> None:
         raise ValueError(f"stem {stem!r} does not apply to backbone {backbone!r}, which {takes}")
 
 
-def make_backbone(name: str, image_size: int | None = None, channels: int | None = None,
-                  stem: str | None = None) -> nn.Module:
+def make_backbone(
+    name: str, image_size: int | None = None, channels: int | None = None, stem: str | None = None
+) -> nn.Module:
     """Backbone ``name`` for images of ``channels`` x ``image_size`` x ``image_size`` (default: the
     backbone's :attr:`BackboneSpec.default_shape`): (N, C, H, W) -> (N, feature_dim)."""
     spec = get_backbone(name)
@@ -181,5 +214,14 @@ def make_backbone(name: str, image_size: int | None = None, channels: int | None
     return spec.build(image_size, channels, stem)
 
 
-__all__ = ["BACKBONES", "STEMS", "BackboneSpec", "check_stem", "default_stem", "get_backbone",
-           "make_backbone", "register_backbone", "vit_patch_size"]
+__all__ = [
+    "BACKBONES",
+    "STEMS",
+    "BackboneSpec",
+    "check_stem",
+    "default_stem",
+    "get_backbone",
+    "make_backbone",
+    "register_backbone",
+    "vit_patch_size",
+]

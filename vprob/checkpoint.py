@@ -85,8 +85,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
-    hint = (f"if you wrote this checkpoint yourself (for example with an older vprob) and trust it, convert "
-            f"it once with `{_CONVERT_COMMAND} {path}`")
+    hint = (
+        f"if you wrote this checkpoint yourself (for example with an older vprob) and trust it, convert "
+        f"it once with `{_CONVERT_COMMAND} {path}`"
+    )
     payload = _safe_torch_load(path, map_location, "checkpoint", hint=hint)
     return _check_checkpoint_payload(path, payload)
 
@@ -111,8 +113,9 @@ class WeightsFile:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def save_state_dict_file(path: str | os.PathLike, state_dict: Mapping[str, Tensor],
-                         metadata: Mapping[str, Any] | None = None) -> None:
+def save_state_dict_file(
+    path: str | os.PathLike, state_dict: Mapping[str, Tensor], metadata: Mapping[str, Any] | None = None
+) -> None:
     """Write a weights file atomically: ``state_dict`` (str -> Tensor, stored on the CPU) and ``metadata``.
 
     ``metadata`` must be JSON-serializable (it is stored as JSON text: tuples come back as lists); a
@@ -138,8 +141,12 @@ def save_state_dict_file(path: str | os.PathLike, state_dict: Mapping[str, Tenso
         metadata_json = json.dumps(dict(metadata), allow_nan=False, sort_keys=True)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"metadata must be JSON-serializable (finite numbers, str keys): {exc}") from exc
-    payload = {"format": WEIGHTS_FORMAT, "version": WEIGHTS_VERSION, "state_dict": stored,
-               "metadata_json": metadata_json}
+    payload = {
+        "format": WEIGHTS_FORMAT,
+        "version": WEIGHTS_VERSION,
+        "state_dict": stored,
+        "metadata_json": metadata_json,
+    }
     _atomic_torch_save(Path(path), payload)
 
 
@@ -152,23 +159,30 @@ def load_weights_file(path: str | os.PathLike, map_location: str | torch.device 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no weights file at {path}")
-    payload = _safe_torch_load(path, map_location, "weights file",
-                               hint="weights are plain tensors: export them again from a run you trust")
+    payload = _safe_torch_load(
+        path,
+        map_location,
+        "weights file",
+        hint="weights are plain tensors: export them again from a run you trust",
+    )
     if not isinstance(payload, dict):
-        raise CheckpointError(f"{path} is not a weights file (a {type(payload).__name__}, not a mapping of "
-                              "names to tensors)")
+        raise CheckpointError(
+            f"{path} is not a weights file (a {type(payload).__name__}, not a mapping of names to tensors)"
+        )
     if payload.get("format") == FORMAT:
         raise CheckpointError(f"{path} is a vprob training checkpoint, not a weights file")
     if payload.get("format") != WEIGHTS_FORMAT:
         # A plain state_dict (torchvision's published weights): no metadata.
         return WeightsFile(_check_flat(path, payload), {})
     if payload.get("version") != WEIGHTS_VERSION:
-        raise CheckpointError(f"{path} has weights file version {payload.get('version')}, "
-                              f"expected {WEIGHTS_VERSION}")
+        raise CheckpointError(
+            f"{path} has weights file version {payload.get('version')}, expected {WEIGHTS_VERSION}"
+        )
     expected = {"format", "version", "state_dict", "metadata_json"}
     if set(payload) != expected:
-        raise CheckpointError(f"{path} is a damaged weights file: keys {sorted(map(str, payload))}, "
-                              f"expected {sorted(expected)}")
+        raise CheckpointError(
+            f"{path} is a damaged weights file: keys {sorted(map(str, payload))}, expected {sorted(expected)}"
+        )
     state_dict = payload["state_dict"]
     if not isinstance(state_dict, dict):
         raise CheckpointError(f"{path}: 'state_dict' is a {type(state_dict).__name__}, not a mapping")
@@ -181,8 +195,9 @@ def load_weights_file(path: str | os.PathLike, map_location: str | torch.device 
     return WeightsFile(_check_flat(path, state_dict), metadata)
 
 
-def load_state_dict_file(path: str | os.PathLike, map_location: str | torch.device = "cpu"
-                         ) -> dict[str, Tensor]:
+def load_state_dict_file(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> dict[str, Tensor]:
     """The flat ``str -> Tensor`` state dict of a weights file (see :func:`load_weights_file`)."""
     return load_weights_file(path, map_location).state_dict
 
@@ -190,11 +205,13 @@ def load_state_dict_file(path: str | os.PathLike, map_location: str | torch.devi
 def _check_flat(path: Path, mapping: dict[Any, Any]) -> dict[str, Tensor]:
     for key, value in mapping.items():
         if not isinstance(key, str):
-            raise CheckpointError(f"{path} is not a flat mapping of names to tensors: key {key!r} is a "
-                                  f"{type(key).__name__}")
+            raise CheckpointError(
+                f"{path} is not a flat mapping of names to tensors: key {key!r} is a {type(key).__name__}"
+            )
         if not isinstance(value, Tensor):
-            raise CheckpointError(f"{path} is not a flat mapping of names to tensors: {key!r} holds a "
-                                  f"{type(value).__name__}")
+            raise CheckpointError(
+                f"{path} is not a flat mapping of names to tensors: {key!r} holds a {type(value).__name__}"
+            )
     return mapping
 
 
@@ -234,8 +251,10 @@ def _plain(obj: Any, where: str) -> Any:
         for key, value in obj.items():
             new_key = _plain(key, f"a key of {where}")
             if type(new_key) not in _SCALARS or isinstance(new_key, bytearray):
-                raise TypeError(f"{where} has a key of type {type(key).__name__}: checkpoint keys must be "
-                                "strings or numbers")
+                raise TypeError(
+                    f"{where} has a key of type {type(key).__name__}: checkpoint keys must be "
+                    "strings or numbers"
+                )
             new_value = _plain(value, f"{where}[{key!r}]")
             changed |= new_key is not key or new_value is not value
             items[new_key] = new_value
@@ -259,7 +278,8 @@ def _plain(obj: Any, where: str) -> Any:
 # torch's message ends "... WeightsUnpickler error: Unsupported global: GLOBAL os.system was not an allowed
 # global by default. Please use `torch.serialization.add_safe_globals(...)` ...": keep the middle part.
 _REFUSAL = re.compile(
-    r"WeightsUnpickler error:\s*(Unsupported (?:global|class)[^\n]*?)(?:\s+Please use|\n|$)")
+    r"WeightsUnpickler error:\s*(Unsupported (?:global|class)[^\n]*?)(?:\s+Please use|\n|$)"
+)
 _UNPICKLER_ERROR = re.compile(r"WeightsUnpickler error:\s*([^\n]*)")
 
 
@@ -279,8 +299,10 @@ def _safe_torch_load(path: Path, map_location: str | torch.device, what: str, hi
                 f"was run. {hint[0].upper()}{hint[1:]}; otherwise delete it"
             ) from None
         detail = _UNPICKLER_ERROR.search(message)
-        raise CheckpointError(f"{what} {path} is corrupt or unreadable: "
-                              f"{detail.group(1) if detail else message.splitlines()[0]}") from exc
+        raise CheckpointError(
+            f"{what} {path} is corrupt or unreadable: "
+            f"{detail.group(1) if detail else message.splitlines()[0]}"
+        ) from exc
     except Exception as exc:  # torch raises many types for a damaged zip/pickle
         raise CheckpointError(f"{what} {path} is corrupt or unreadable: {type(exc).__name__}: {exc}") from exc
 
@@ -295,8 +317,9 @@ def _atomic_torch_save(path: Path, payload: dict[str, Any]) -> None:
 # One-time conversion of a trusted checkpoint: python -m vprob.checkpoint convert --trust PATH
 
 
-def convert_checkpoint(path: str | os.PathLike, out: str | os.PathLike | None = None, trust: bool = False
-                       ) -> str:
+def convert_checkpoint(
+    path: str | os.PathLike, out: str | os.PathLike | None = None, trust: bool = False
+) -> str:
     """Rewrite a checkpoint that the safe loader refuses in the safe form; returns what was done.
 
     With ``trust=False`` only checks: a file that loads safely needs nothing; one that does not raises
@@ -328,22 +351,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m vprob.checkpoint",
         description="Convert a vprob checkpoint that the safe loader refuses (one you trust) to the safe "
-                    "form.",
+        "form.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     convert = commands.add_parser("convert", help="rewrite a trusted checkpoint so that it loads safely")
     convert.add_argument("path", help="the checkpoint file (RUN_DIR/checkpoint.pt)")
     convert.add_argument("--out", help="write the converted checkpoint here (default: over PATH)")
-    convert.add_argument("--trust", action="store_true",
-                         help="unpickle PATH fully to convert it: this runs any code it holds, so pass it "
-                              "only for a checkpoint you wrote yourself")
+    convert.add_argument(
+        "--trust",
+        action="store_true",
+        help="unpickle PATH fully to convert it: this runs any code it holds, so pass it "
+        "only for a checkpoint you wrote yourself",
+    )
     args = parser.parse_args(argv)
     try:
         print(convert_checkpoint(args.path, args.out, trust=args.trust))
     except UnsafeFileError as exc:
         print(f"convert: {exc}", file=sys.stderr)
-        print("convert: nothing was changed; converting unpickles the file fully and runs any code in it: "
-              "pass --trust only for a checkpoint you wrote yourself", file=sys.stderr)
+        print(
+            "convert: nothing was changed; converting unpickles the file fully and runs any code in it: "
+            "pass --trust only for a checkpoint you wrote yourself",
+            file=sys.stderr,
+        )
         return 2
     except (CheckpointError, TypeError, OSError) as exc:
         print(f"convert: error: {exc}", file=sys.stderr)

@@ -48,8 +48,10 @@ def method_options() -> dict[str, Option]:
         for option in method.options:
             seen = merged.setdefault(option.name, option)
             if (seen.type, seen.many) != (option.type, option.many):
-                raise TypeError(f"option {option.name!r} of method {method.name!r} has type "
-                                f"{option.type.__name__}, another method declares {seen.type.__name__}")
+                raise TypeError(
+                    f"option {option.name!r} of method {method.name!r} has type "
+                    f"{option.type.__name__}, another method declares {seen.type.__name__}"
+                )
     return merged
 
 
@@ -72,8 +74,9 @@ def _add_config_arguments(parser: argparse.ArgumentParser, exclude: tuple[str, .
     """The engine's options and every method's, generated from their declarations."""
     engine = parser.add_argument_group("engine options (default: the data set's, see vprob.data.registry)")
     add_arguments(engine, [o for o in engine_options() if o.name not in _OWN_FLAGS + exclude])
-    options = parser.add_argument_group("method options (default: the data set's, else the method's; "
-                                        "[the methods that take each])")
+    options = parser.add_argument_group(
+        "method options (default: the data set's, else the method's; [the methods that take each])"
+    )
     add_arguments(options, [o for o in method_options().values() if o.name not in exclude], _method_help())
 
 
@@ -83,19 +86,28 @@ def build_parser() -> argparse.ArgumentParser:
     methods = "; ".join(f"{name}: {method.summary}" for name, method in METHODS.items())
 
     train = commands.add_parser(
-        "train", help="train a model (default: VSimCLR on the bundled digits, CPU, about a minute)",
-        description=f"Methods: {methods}.")
+        "train",
+        help="train a model (default: VSimCLR on the bundled digits, CPU, about a minute)",
+        description=f"Methods: {methods}.",
+    )
     # No argparse defaults for method and data: a --config file's values stand unless these are given.
     train.add_argument("--method", choices=tuple(METHODS), help=f"(default: {TrainConfig.method})")
     train.add_argument("--data", choices=tuple(DATASETS), help=f"(default: {TrainConfig.data})")
     train.add_argument("--run-dir", help="output folder (default: runs/METHOD-DATA-TIMESTAMP)")
-    train.add_argument("--config", metavar="FILE",
-                       help="start from the settings in this JSON/YAML file (a run's config.json repeats "
-                            "that run in a new folder); flags given beside it override")
+    train.add_argument(
+        "--config",
+        metavar="FILE",
+        help="start from the settings in this JSON/YAML file (a run's config.json repeats "
+        "that run in a new folder); flags given beside it override",
+    )
     train.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
-    train.add_argument("--stop-after", type=_positive_float, metavar="SECONDS",
-                       help="training time budget of this call (jobs with a wall-clock limit): stop at the "
-                            f"last checkpoint that fits, exit {EXIT_PAUSED}; --resume continues")
+    train.add_argument(
+        "--stop-after",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="training time budget of this call (jobs with a wall-clock limit): stop at the "
+        f"last checkpoint that fits, exit {EXIT_PAUSED}; --resume continues",
+    )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_config_arguments(train)
 
@@ -111,37 +123,63 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_argument("--out-dir", help="report folder (default: RUN_DIR/report)")
     diagnose.add_argument("--data-dir", help="override the data folder stored in the run")
     diagnose.add_argument("--device", default="auto")
-    diagnose.add_argument("--max-images", type=_positive_int, default=5000,
-                          help="cap on the images used for spectra and the MI bound")
-    diagnose.add_argument("--no-posterior", action="store_true",
-                          help="skip posterior sampling (arviz, geomstats): spectra, MI, uncertainty, OOD")
+    diagnose.add_argument(
+        "--max-images",
+        type=_positive_int,
+        default=5000,
+        help="cap on the images used for spectra and the MI bound",
+    )
+    diagnose.add_argument(
+        "--no-posterior",
+        action="store_true",
+        help="skip posterior sampling (arviz, geomstats): spectra, MI, uncertainty, OOD",
+    )
 
     export = commands.add_parser(
-        "export", help="write a run's trained backbone as a state_dict that torchvision's model loads",
+        "export",
+        help="write a run's trained backbone as a state_dict that torchvision's model loads",
         description="The backbone's state_dict, with the keys and shapes of the torchvision model of the "
-                    "same name without its classifier (fc / heads), and the run's config beside it "
-                    "(vprob.export). --init-from reads it back.")
+        "same name without its classifier (fc / heads), and the run's config beside it "
+        "(vprob.export). --init-from reads it back.",
+    )
     export.add_argument("run_dir")
     export.add_argument("--out", required=True, metavar="FILE", help="the weights file to write")
 
     anomaly = commands.add_parser(
-        "anomaly", help="one-class anomaly detection: train on one class, AUROC on the whole test set")
+        "anomaly", help="one-class anomaly detection: train on one class, AUROC on the whole test set"
+    )
     anomaly.add_argument("--method", choices=methods_with(needs_labels=False), default="vje")
     anomaly.add_argument("--data", choices=tuple(DATASETS), default="digits")
     which = anomaly.add_mutually_exclusive_group(required=True)
     which.add_argument("--normal-class", type=int, help="index of the normal class (0..9)")
-    which.add_argument("--all-classes", action="store_true",
-                       help="one run per class, and the mean AUROC over the classes")
+    which.add_argument(
+        "--all-classes", action="store_true", help="one run per class, and the mean AUROC over the classes"
+    )
     anomaly.add_argument("--run-dir", help="output folder (default: runs/anomaly-METHOD-DATA-TIMESTAMP)")
-    anomaly.add_argument("--resume", action="store_true",
-                         help="continue the runs in --run-dir: finished classes are read back, others resume")
-    anomaly.add_argument("--stop-after", type=_positive_float, metavar="SECONDS",
-                         help=f"training time budget of this call, shared by the classes; exit {EXIT_PAUSED} "
-                              "when it runs out, --resume continues")
-    anomaly.add_argument("--num-pairs", type=_positive_int, default=8,
-                         help="augmented view pairs averaged by the likelihood score")
-    anomaly.add_argument("--knn-k", type=_positive_int, default=1,
-                         help="the kNN score's neighbour rank (distance to the k-th nearest)")
+    anomaly.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the runs in --run-dir: finished classes are read back, others resume",
+    )
+    anomaly.add_argument(
+        "--stop-after",
+        type=_positive_float,
+        metavar="SECONDS",
+        help=f"training time budget of this call, shared by the classes; exit {EXIT_PAUSED} "
+        "when it runs out, --resume continues",
+    )
+    anomaly.add_argument(
+        "--num-pairs",
+        type=_positive_int,
+        default=8,
+        help="augmented view pairs averaged by the likelihood score",
+    )
+    anomaly.add_argument(
+        "--knn-k",
+        type=_positive_int,
+        default=1,
+        help="the kNN score's neighbour rank (distance to the k-th nearest)",
+    )
     anomaly.add_argument("--no-progress", action="store_true", help="no progress bar")
     # Epochs and batch size default to the data set's one-class values (vprob.data.registry).
     _add_config_arguments(anomaly, exclude=("knn_k",))
@@ -152,8 +190,13 @@ def _config(args: argparse.Namespace, exclude: tuple[str, ...] = ()) -> TrainCon
     """The configuration the command line gives (flags not given take the configuration's defaults)."""
     engine = given(args, [o for o in engine_options() if o.name not in _OWN_FLAGS + exclude])
     options = given(args, [o for o in method_options().values() if o.name not in exclude])
-    return make_config(method=args.method or TrainConfig.method, data=args.data or TrainConfig.data,
-                       run_dir=args.run_dir, **engine, **options)
+    return make_config(
+        method=args.method or TrainConfig.method,
+        data=args.data or TrainConfig.data,
+        run_dir=args.run_dir,
+        **engine,
+        **options,
+    )
 
 
 def _config_with_file(args: argparse.Namespace) -> TrainConfig:
@@ -166,8 +209,9 @@ def _config_with_file(args: argparse.Namespace) -> TrainConfig:
     for note in notes:
         print(f"vprob train: note: {note}", file=sys.stderr)
     engine = given(args, [o for o in engine_options() if o.name not in _OWN_FLAGS])
-    engine.update({key: getattr(args, key) for key in ("method", "data", "run_dir")
-                   if getattr(args, key) is not None})
+    engine.update(
+        {key: getattr(args, key) for key in ("method", "data", "run_dir") if getattr(args, key) is not None}
+    )
     options = dict(base.options)
     if args.method is not None and args.method != base.method:
         options = {k: v for k, v in options.items() if k in get_method(args.method).option_names()}
@@ -179,13 +223,16 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     from vprob.train import train
 
     if args.config and args.resume:
-        raise ValueError("--config and --resume do not go together: a resumed run continues with its own "
-                         "saved settings (flags given beside --resume override them)")
+        raise ValueError(
+            "--config and --resume do not go together: a resumed run continues with its own "
+            "saved settings (flags given beside --resume override them)"
+        )
     config = _config_with_file(args) if args.config else _config(args)
     if args.resume:
         config = _resumed_config(args, config)
-    return train(config, resume=args.resume, progress=False if args.no_progress else None,
-                 stop_after_s=args.stop_after)
+    return train(
+        config, resume=args.resume, progress=False if args.no_progress else None, stop_after_s=args.stop_after
+    )
 
 
 def _resumed_config(args: argparse.Namespace, given_config: TrainConfig) -> TrainConfig:
@@ -201,7 +248,8 @@ def _resumed_config(args: argparse.Namespace, given_config: TrainConfig) -> Trai
         # A run stopped before the end of its first epoch has no checkpoint yet: say so plainly.
         raise CheckpointError(
             f"--resume: nothing to resume in {args.run_dir}: no checkpoint yet (a run writes its first "
-            "at the end of its first epoch); start the run again without --resume")
+            "at the end of its first epoch); start the run again without --resume"
+        )
     saved = config_from_dict(load_checkpoint(checkpoint)["config"])
     engine = given(args, [o for o in engine_options() if o.name not in _OWN_FLAGS])
     engine.update(run_dir=args.run_dir, max_steps=args.max_steps)  # this call's, not the saved ones
@@ -218,8 +266,14 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
 def _diagnose(args: argparse.Namespace) -> dict[str, Any]:
     from vprob.diagnose import diagnose_run
 
-    report = diagnose_run(args.run_dir, out_dir=args.out_dir, device=args.device, data_dir=args.data_dir,
-                          max_images=args.max_images, posterior=not args.no_posterior)
+    report = diagnose_run(
+        args.run_dir,
+        out_dir=args.out_dir,
+        device=args.device,
+        data_dir=args.data_dir,
+        max_images=args.max_images,
+        posterior=not args.no_posterior,
+    )
     # The headline numbers on the terminal; every number is in report.json.
     headline: dict[str, Any] = {}
     for part in ("backbone", "embedding", "posterior_samples"):
@@ -247,9 +301,15 @@ def _anomaly(args: argparse.Namespace) -> dict[str, Any]:
 
     config = _config(args, exclude=("knn_k",))
     classes = None if args.all_classes else [args.normal_class]
-    summary = run_anomaly(config, classes, num_pairs=args.num_pairs, knn_k=args.knn_k,
-                          progress=False if args.no_progress else None, resume=args.resume,
-                          stop_after_s=args.stop_after)
+    summary = run_anomaly(
+        config,
+        classes,
+        num_pairs=args.num_pairs,
+        knn_k=args.knn_k,
+        progress=False if args.no_progress else None,
+        resume=args.resume,
+        stop_after_s=args.stop_after,
+    )
     # One line per class and score, then the means: main() prints every float of this dict.
     results: dict[str, Any] = {}
     for entry in summary["classes"]:
@@ -261,8 +321,13 @@ def _anomaly(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-COMMANDS = {"train": _train, "evaluate": _evaluate, "diagnose": _diagnose, "anomaly": _anomaly,
-            "export": _export}
+COMMANDS = {
+    "train": _train,
+    "evaluate": _evaluate,
+    "diagnose": _diagnose,
+    "anomaly": _anomaly,
+    "export": _export,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

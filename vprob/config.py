@@ -44,59 +44,119 @@ class TrainConfig:
 
     method: str = _engine("training method", "vsimclr", str)
     data: str = _engine("data set", "digits", str)
-    recipe: str | None = _engine("a named recipe of a paper (vprob.recipes): its values replace the data "
-                                 "set's defaults; values given beside it win", type=str,
-                                 choices=tuple(RECIPES), nullable=True)
-    data_dir: str | None = _engine("data folder (CIFAR-10: the folder of train.npz and test.npz)", type=str,
-                                   nullable=True)
-    image_size: int | None = _engine("resize the images to this size (default: the data set's); data sets "
-                                     "decoded from files only", type=int, check=_positive,
-                                     requirement="> 0", nullable=True)
-    cache_dir: str | None = _engine("where decoded data sets are cached (default: $VPROB_CACHE_DIR, else "
-                                    "~/.cache/vprob)", type=str, nullable=True)
+    recipe: str | None = _engine(
+        "a named recipe of a paper (vprob.recipes): its values replace the data "
+        "set's defaults; values given beside it win",
+        type=str,
+        choices=tuple(RECIPES),
+        nullable=True,
+    )
+    data_dir: str | None = _engine(
+        "data folder (CIFAR-10: the folder of train.npz and test.npz)", type=str, nullable=True
+    )
+    image_size: int | None = _engine(
+        "resize the images to this size (default: the data set's); data sets decoded from files only",
+        type=int,
+        check=_positive,
+        requirement="> 0",
+        nullable=True,
+    )
+    cache_dir: str | None = _engine(
+        "where decoded data sets are cached (default: $VPROB_CACHE_DIR, else ~/.cache/vprob)",
+        type=str,
+        nullable=True,
+    )
     epochs: int | None = _engine("training epochs", type=int, check=_positive, requirement="> 0")
-    batch_size: int | None = _engine("images per step (global, over every process)", type=int,
-                                     check=_positive, requirement="> 0")
+    batch_size: int | None = _engine(
+        "images per step (global, over every process)", type=int, check=_positive, requirement="> 0"
+    )
     # A check rather than fixed choices: backbones registered after import are valid too.
-    backbone: str | None = _engine(f"encoder network: {', '.join(BACKBONES)} (vprob.backbones)", type=str,
-                                   check=lambda v: v in BACKBONES,
-                                   requirement="a registered backbone (vprob.backbones.BACKBONES)")
-    stem: str | None = _engine("ResNet stem: cifar (3x3 stride-1 conv1, no max-pool) or imagenet (default: "
-                               "cifar up to 64 px, imagenet above)", type=str, choices=STEMS, nullable=True)
-    init_from: str | None = _engine("start from the backbone weights in this file (vprob export's, or "
-                                    "torchvision's state_dict .pth)", type=str, nullable=True)
+    backbone: str | None = _engine(
+        f"encoder network: {', '.join(BACKBONES)} (vprob.backbones)",
+        type=str,
+        check=lambda v: v in BACKBONES,
+        requirement="a registered backbone (vprob.backbones.BACKBONES)",
+    )
+    stem: str | None = _engine(
+        "ResNet stem: cifar (3x3 stride-1 conv1, no max-pool) or imagenet (default: "
+        "cifar up to 64 px, imagenet above)",
+        type=str,
+        choices=STEMS,
+        nullable=True,
+    )
+    init_from: str | None = _engine(
+        "start from the backbone weights in this file (vprob export's, or torchvision's state_dict .pth)",
+        type=str,
+        nullable=True,
+    )
     optimizer: str | None = _engine("optimizer", type=str, choices=OPTIMIZERS)
-    lr: float | None = _engine("learning rate of the global batch", type=float, check=_positive,
-                               requirement="> 0")
-    weight_decay: float | None = _engine("weight decay (not applied to biases and normalization)", type=float,
-                                         check=lambda v: v >= 0, requirement=">= 0")
-    warmup_epochs: int | None = _engine("linear warm-up epochs before the cosine schedule", type=int,
-                                        check=lambda v: v >= 0, requirement=">= 0")
+    lr: float | None = _engine(
+        "learning rate of the global batch", type=float, check=_positive, requirement="> 0"
+    )
+    weight_decay: float | None = _engine(
+        "weight decay (not applied to biases and normalization)",
+        type=float,
+        check=lambda v: v >= 0,
+        requirement=">= 0",
+    )
+    warmup_epochs: int | None = _engine(
+        "linear warm-up epochs before the cosine schedule",
+        type=int,
+        check=lambda v: v >= 0,
+        requirement=">= 0",
+    )
     device: str = _engine("auto, cpu, cuda, cuda:1, ...", "auto", str)
     seed: int = _engine("random seed (weights, batches, augmentation)", 0, int)
     amp: bool | None = _engine("bf16 autocast (default: on CUDA only)", type=bool, nullable=True)
-    channels_last: bool | None = _engine("channels-last memory format (default: on CUDA only)", type=bool,
-                                         nullable=True)
+    channels_last: bool | None = _engine(
+        "channels-last memory format (default: on CUDA only)", type=bool, nullable=True
+    )
     compile: bool = _engine("torch.compile the encoder and the augmentation", False, bool)
     checkpoint_every: int = _engine("epochs between checkpoints", 1, int, check=_positive, requirement="> 0")
     log_every: int = _engine("steps between metric lines", 10, int, check=_positive, requirement="> 0")
-    eval_every: int | None = _engine("epochs between online kNN accuracies (k = 20, on <= 5,000 test images; "
-                                     "0: never; default: 10 for images of 32 px and more, else never)",
-                                     type=int, check=lambda v: v >= 0, requirement=">= 0", nullable=True)
-    tensorboard: bool = _engine("also write every logged metric as TensorBoard events (RUN_DIR/tensorboard; "
-                                "pip install 'vprob[tensorboard]')", False, bool)
-    knn_k: tuple[int, ...] = _engine("neighbours of the kNN evaluation (> 10: weighted vote)", (200, 10), int,
-                                     many=True, check=_positive, requirement="> 0")
-    skip_nonfinite: bool = _engine("skip steps with a non-finite loss or gradient instead of stopping",
-                                   False, bool)
+    eval_every: int | None = _engine(
+        "epochs between online kNN accuracies (k = 20, on <= 5,000 test images; "
+        "0: never; default: 10 for images of 32 px and more, else never)",
+        type=int,
+        check=lambda v: v >= 0,
+        requirement=">= 0",
+        nullable=True,
+    )
+    tensorboard: bool = _engine(
+        "also write every logged metric as TensorBoard events (RUN_DIR/tensorboard; "
+        "pip install 'vprob[tensorboard]')",
+        False,
+        bool,
+    )
+    knn_k: tuple[int, ...] = _engine(
+        "neighbours of the kNN evaluation (> 10: weighted vote)",
+        (200, 10),
+        int,
+        many=True,
+        check=_positive,
+        requirement="> 0",
+    )
+    skip_nonfinite: bool = _engine(
+        "skip steps with a non-finite loss or gradient instead of stopping", False, bool
+    )
     sync_bn: bool = _engine("with torchrun on CUDA: synchronize BatchNorm statistics", False, bool)
-    max_steps: int | None = _engine("stop after this many steps (the schedule still spans every epoch)",
-                                    type=int, check=_positive, requirement="> 0", nullable=True)
-    run_dir: str | None = _engine("output folder (default: runs/METHOD-DATA-TIMESTAMP)", type=str,
-                                  nullable=True)
-    normal_class: int | None = _engine("train on this class only (one-class anomaly protocol)", type=int,
-                                       check=lambda v: v >= 0, requirement="a class index >= 0",
-                                       nullable=True)
+    max_steps: int | None = _engine(
+        "stop after this many steps (the schedule still spans every epoch)",
+        type=int,
+        check=_positive,
+        requirement="> 0",
+        nullable=True,
+    )
+    run_dir: str | None = _engine(
+        "output folder (default: runs/METHOD-DATA-TIMESTAMP)", type=str, nullable=True
+    )
+    normal_class: int | None = _engine(
+        "train on this class only (one-class anomaly protocol)",
+        type=int,
+        check=lambda v: v >= 0,
+        requirement="a class index >= 0",
+        nullable=True,
+    )
     options: dict[str, Any] = field(default_factory=dict)
 
     def resolved(self) -> TrainConfig:
@@ -106,8 +166,10 @@ class TrainConfig:
         preset = get_recipe(self.recipe).values_for(self.method, self.data) if self.recipe else {}
         unknown = sorted(set(preset) - set(values) - set(method.option_names()))
         if unknown:
-            raise ValueError(f"recipe {self.recipe!r} sets {', '.join(unknown)}, which method "
-                             f"{self.method!r} does not take")
+            raise ValueError(
+                f"recipe {self.recipe!r} sets {', '.join(unknown)}, which method "
+                f"{self.method!r} does not take"
+            )
         defaults = {**spec.train_defaults, **preset}  # given > recipe > data set > method
         for key, default in defaults.items():
             if key in values and values[key] is None:
@@ -145,8 +207,10 @@ def resolve_method_options(method: type, given: dict[str, Any], data_defaults: d
     declared = {option.name: option for option in method.options}
     unknown = sorted(set(given) - set(declared))
     if unknown:
-        raise ValueError(f"option(s) {', '.join(unknown)} do not apply to method {method.name!r}; its "
-                         f"options are: {', '.join(declared) or 'none'}")
+        raise ValueError(
+            f"option(s) {', '.join(unknown)} do not apply to method {method.name!r}; its "
+            f"options are: {', '.join(declared) or 'none'}"
+        )
     resolved = {}
     for name, option in declared.items():
         value = given[name] if name in given else data_defaults.get(name, option.default)
@@ -165,8 +229,19 @@ def make_config(**values: Any) -> TrainConfig:
 
 # The flat layout of checkpoints written before the method registry: method options at the top level,
 # VJE's with a "vje_" prefix, and values for options the method did not have.
-_LEGACY_METHOD_KEYS = ("dim", "head_hidden", "tau", "kl", "beta", "num_views", "projection", "t_pos", "t_neg",
-                       "detach_weights", "chunk_size")
+_LEGACY_METHOD_KEYS = (
+    "dim",
+    "head_hidden",
+    "tau",
+    "kl",
+    "beta",
+    "num_views",
+    "projection",
+    "t_pos",
+    "t_neg",
+    "detach_weights",
+    "chunk_size",
+)
 
 
 def config_from_dict(values: dict[str, Any]) -> TrainConfig:
@@ -177,8 +252,11 @@ def config_from_dict(values: dict[str, Any]) -> TrainConfig:
     values = dict(values)
     if "options" not in values:  # the pre-registry layout
         method = get_method(values.get("method", TrainConfig.method))
-        legacy = {key: values.pop(key) for key in list(values)
-                  if key in _LEGACY_METHOD_KEYS or key.startswith("vje_")}
+        legacy = {
+            key: values.pop(key)
+            for key in list(values)
+            if key in _LEGACY_METHOD_KEYS or key.startswith("vje_")
+        }
         legacy = {key.removeprefix("vje_"): value for key, value in legacy.items()}
         values["options"] = {k: v for k, v in legacy.items() if k in method.option_names()}
     known = {f.name for f in fields(TrainConfig)}
@@ -190,8 +268,9 @@ def config_from_dict(values: dict[str, Any]) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def build_model(config: TrainConfig, gather: bool = False,
-                image_shape: tuple[int, int, int] | None = None) -> nn.Module:
+def build_model(
+    config: TrainConfig, gather: bool = False, image_shape: tuple[int, int, int] | None = None
+) -> nn.Module:
     """The model of a resolved config (backbone + method), on CPU; ``gather``: contrast against every
     process's embeddings (multi-process training); ``image_shape``: the data's (C, H, W) the backbone is
     built for (default: the backbone's own, :attr:`vprob.backbones.BackboneSpec.default_shape`)."""
@@ -230,18 +309,24 @@ def load_config_file(path: str | os.PathLike) -> tuple[TrainConfig, list[str]]:
         for key in dropped:
             values[key] = None
         if dropped:
-            notes.append(f"{path} is a run folder's record: its {' and '.join(dropped)} are not used (pass "
-                         f"{' / '.join('--' + k.replace('_', '-') for k in dropped)} to set them)")
+            notes.append(
+                f"{path} is a run folder's record: its {' and '.join(dropped)} are not used (pass "
+                f"{' / '.join('--' + k.replace('_', '-') for k in dropped)} to set them)"
+            )
         return config_from_dict(values), notes
     if "options" not in values:
         engine = {f.name for f in fields(TrainConfig)}
         method_names = {option.name for method in METHODS.values() for option in method.options}
         unknown = sorted(set(values) - engine - method_names)
         if unknown:
-            raise ValueError(f"config file {path}: unknown keys {unknown} (neither engine options nor any "
-                             "method's options)")
-        values = {**{k: v for k, v in values.items() if k in engine},
-                  "options": {k: v for k, v in values.items() if k not in engine}}
+            raise ValueError(
+                f"config file {path}: unknown keys {unknown} (neither engine options nor any "
+                "method's options)"
+            )
+        values = {
+            **{k: v for k, v in values.items() if k in engine},
+            "options": {k: v for k, v in values.items() if k not in engine},
+        }
     run_dir = values.get("run_dir")
     if isinstance(run_dir, str) and not Path(run_dir).is_absolute():
         values["run_dir"] = str(safe_relative_path(Path.cwd(), run_dir).relative_to(Path.cwd()))
@@ -264,6 +349,16 @@ def with_anomaly_defaults(config: TrainConfig) -> TrainConfig:
     return replace(config, **{key: value for key, value in defaults.items() if getattr(config, key) is None})
 
 
-__all__ = ["DATASETS", "METHODS", "TrainConfig", "build_model", "config_from_dict", "default_run_dir",
-           "engine_options", "load_config_file", "make_config", "resolve_method_options",
-           "with_anomaly_defaults"]
+__all__ = [
+    "DATASETS",
+    "METHODS",
+    "TrainConfig",
+    "build_model",
+    "config_from_dict",
+    "default_run_dir",
+    "engine_options",
+    "load_config_file",
+    "make_config",
+    "resolve_method_options",
+    "with_anomaly_defaults",
+]

@@ -6,7 +6,7 @@ import torch
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" (CUDA if available, else CPU), "cpu", "cuda", "cuda:1", ...; ValueError for an unknown name
+    """ "auto" (CUDA if available, else CPU), "cpu", "cuda", "cuda:1", ...; ValueError for an unknown name
     or for CUDA without a CUDA device."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -69,14 +69,18 @@ from vprob.methods import get_method
 from vprob.runs import load_run
 
 REPORT_NAME = "report.json"
-SUBSAMPLE_NOTE = ("random subsets (seeded) of the train and test splits; the uncertainty images are a random "
-                  "subset of those test images, the posterior images a random subset of them")
+SUBSAMPLE_NOTE = (
+    "random subsets (seeded) of the train and test splits; the uncertainty images are a random "
+    "subset of those test images, the posterior images a random subset of them"
+)
 NETCDF_NAME = "posterior.nc"
 
 
 def _deterministic_reason(method: str) -> str:
-    return (f"method {method!r} is deterministic: it has no posterior over embeddings and no per-image "
-            "uncertainty score")
+    return (
+        f"method {method!r} is deterministic: it has no posterior over embeddings and no per-image "
+        "uncertainty score"
+    )
 
 
 def _no_posterior_reason(requested: bool, model: nn.Module, method: str) -> str:
@@ -180,8 +184,9 @@ def diagnose_run(
     train_set, test_set = run.train_set, run.test_set
     torch_device, step = run.device, run.step
     spherical_posterior = get_method(config.method).capabilities.spherical_posterior
-    ctx = _Context(config, model, augment, out_dir, torch_device, seed, batch_size,
-                   torch.Generator().manual_seed(seed))
+    ctx = _Context(
+        config, model, augment, out_dir, torch_device, seed, batch_size, torch.Generator().manual_seed(seed)
+    )
 
     train_index = _subsample(len(train_set), max_images, ctx.generator)
     test_index = _subsample(len(test_set), max_images, ctx.generator)
@@ -194,9 +199,16 @@ def diagnose_run(
     num_classes = train_set.num_classes
     collapse, information, train_embeddings = _collapse_and_information(ctx, train, test, num_classes)
     report: dict[str, Any] = {
-        "run_dir": str(run_dir), "out_dir": str(out_dir), "method": config.method, "data": config.data,
-        "dim": model.dim, "steps": step, "device": str(torch_device), "seed": seed,
-        "collapse": collapse, "mutual_information": information,
+        "run_dir": str(run_dir),
+        "out_dir": str(out_dir),
+        "method": config.method,
+        "data": config.data,
+        "dim": model.dim,
+        "steps": step,
+        "device": str(torch_device),
+        "seed": seed,
+        "collapse": collapse,
+        "mutual_information": information,
     }
     if has_uncertainty(model):
         report["uncertainty"], report["ood"] = _uncertainty_and_ood(ctx, unc_images)
@@ -206,8 +218,14 @@ def diagnose_run(
     if posterior and spherical_posterior:
         centroids = class_centroids(train_embeddings, train[1], num_classes)
         summary, geometry, spectrum = _posterior_and_geometry(
-            ctx, test[0][post_index.to(torch_device)], test[1][post_index.to(torch_device)],
-            test_index[post_index], centroids, num_samples, num_chains)
+            ctx,
+            test[0][post_index.to(torch_device)],
+            test[1][post_index.to(torch_device)],
+            test_index[post_index],
+            centroids,
+            num_samples,
+            num_chains,
+        )
         report["posterior"], report["geometry"], collapse["posterior_samples"] = summary, geometry, spectrum
     else:
         reason = _no_posterior_reason(posterior, model, config.method)
@@ -216,34 +234,50 @@ def diagnose_run(
     _common_figures(ctx, run_dir, collapse, unc_images)
 
     ctx.timing["total"] = time.perf_counter() - started
-    counts = (len(train_index), len(test_index), len(uncertainty_index),
-              len(post_index) if posterior and spherical_posterior else 0)
-    report.update({
-        "subsample": dict(zip(("train_images", "test_images", "uncertainty_images", "posterior_images"),
-                              counts, strict=True), note=SUBSAMPLE_NOTE),
-        "figures": ctx.figures,
-        "skipped": ctx.skipped,
-        "timing_s": ctx.timing,
-    })
+    counts = (
+        len(train_index),
+        len(test_index),
+        len(uncertainty_index),
+        len(post_index) if posterior and spherical_posterior else 0,
+    )
+    report.update(
+        {
+            "subsample": dict(
+                zip(
+                    ("train_images", "test_images", "uncertainty_images", "posterior_images"),
+                    counts,
+                    strict=True,
+                ),
+                note=SUBSAMPLE_NOTE,
+            ),
+            "figures": ctx.figures,
+            "skipped": ctx.skipped,
+            "timing_s": ctx.timing,
+        }
+    )
     write_json_atomic(out_dir / REPORT_NAME, report)
     return json_safe(report)
 
 
-def _collapse_and_information(ctx: _Context, train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor],
-                              num_classes: int) -> tuple[dict, dict, Tensor]:
+def _collapse_and_information(
+    ctx: _Context, train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor], num_classes: int
+) -> tuple[dict, dict, Tensor]:
     """Spectra of the test representations and MI bounds (classifier fitted on train, evaluated on test),
     for the backbone features and the point embeddings; also returns the train point embeddings."""
     tic = time.perf_counter()
     model, normalize = ctx.model, ctx.augment.normalize
     representations = {
-        name: (_map_batches(fn, train[0], normalize, ctx.batch_size),
-               _map_batches(fn, test[0], normalize, ctx.batch_size))
+        name: (
+            _map_batches(fn, train[0], normalize, ctx.batch_size),
+            _map_batches(fn, test[0], normalize, ctx.batch_size),
+        )
         for name, fn in (("backbone", model.encoder), ("embedding", model.embed))
     }
     collapse = {name: spectrum_report(test_z) for name, (_, test_z) in representations.items()}
     information = {
-        name: mutual_information_lower_bound(train_z, train[1], test_z, test[1], num_classes=num_classes,
-                                             seed=ctx.seed)
+        name: mutual_information_lower_bound(
+            train_z, train[1], test_z, test[1], num_classes=num_classes, seed=ctx.seed
+        )
         for name, (train_z, test_z) in representations.items()
     }
     ctx.timing["collapse_and_information"] = time.perf_counter() - tic
@@ -254,8 +288,9 @@ def _uncertainty_and_ood(ctx: _Context, images: Tensor) -> tuple[dict, dict]:
     """The corruption sweep (Spearman per image and of the per-severity means) and the OOD AUROCs."""
     tic = time.perf_counter()
     generator = torch.Generator(ctx.device).manual_seed(ctx.seed)
-    sweep = uncertainty_vs_corruption(ctx.model, images, ctx.augment.normalize, generator=generator,
-                                      batch_size=ctx.batch_size)
+    sweep = uncertainty_vs_corruption(
+        ctx.model, images, ctx.augment.normalize, generator=generator, batch_size=ctx.batch_size
+    )
     uncertainty = _uncertainty_report(ctx, sweep, int(images.shape[0]))
     ctx.timing["uncertainty"] = time.perf_counter() - tic
     tic = time.perf_counter()
@@ -281,7 +316,8 @@ def _uncertainty_report(ctx: _Context, sweep: dict, num_images: int) -> dict:
         # Secondary: the Spearman of the six per-severity means, per corruption and pooled.
         "spearman_of_means_mean_over_set": {
             score: mean_over_corruptions({c: rho[score] for c, rho in sweep["spearman"].items()})["mean"]
-            for score in score_names},
+            for score in score_names
+        },
         "mean_score": sweep["mean"],
         "spearman": sweep["spearman"],
         "spearman_overall": sweep["spearman_overall"],
@@ -289,26 +325,35 @@ def _uncertainty_report(ctx: _Context, sweep: dict, num_images: int) -> dict:
     for score in score_names:
         path = plot_uncertainty_vs_severity(
             {name: by_score[score] for name, by_score in sweep["mean"].items()},
-            ctx.out_dir / f"uncertainty_vs_severity_{score}.png", score_name=score,
-            spearman={name: rho[score] for name, rho in sweep["spearman"].items()})
+            ctx.out_dir / f"uncertainty_vs_severity_{score}.png",
+            score_name=score,
+            spearman={name: rho[score] for name, rho in sweep["spearman"].items()},
+        )
         ctx.figures[f"uncertainty_vs_severity_{score}"] = path.name
     return report
 
 
 def _far_ood_sets(ctx: _Context, images: Tensor, generator: torch.Generator) -> tuple[dict, dict]:
     """Uniform noise and, if the data set names one, its far-OOD companion; with their descriptions."""
-    sets = {"uniform_noise": torch.randint(0, 256, tuple(images.shape), generator=generator,
-                                           device=ctx.device, dtype=torch.uint8)}
+    sets = {
+        "uniform_noise": torch.randint(
+            0, 256, tuple(images.shape), generator=generator, device=ctx.device, dtype=torch.uint8
+        )
+    }
     descriptions = {"uniform_noise": "i.i.d. uniform 0..255 pixels, the test images' shape (far OOD)"}
     companion = get_dataset(ctx.config.data).far_ood
     if companion is not None:
         sets[companion] = _far_ood_images(companion, images.shape[0], images, ctx.generator)
-        descriptions[companion] = (f"{companion} test images, box-resampled to the run's image size, grey "
-                                   "repeated over the channels")
+        descriptions[companion] = (
+            f"{companion} test images, box-resampled to the run's image size, grey repeated over the channels"
+        )
     else:
-        ctx.skip("ood.other_dataset", f"a {ctx.config.data} run has no second data set available offline "
-                                      "(its registry record names no far-OOD companion); far OOD uses "
-                                      "uniform noise only")
+        ctx.skip(
+            "ood.other_dataset",
+            f"a {ctx.config.data} run has no second data set available offline "
+            "(its registry record names no far-OOD companion); far OOD uses "
+            "uniform noise only",
+        )
     return sets, descriptions
 
 
@@ -319,51 +364,85 @@ def _ood_report(ctx: _Context, sweep: dict, images: Tensor, generator: torch.Gen
     # Severity 0 (the clean images) is shared by every corruption's entry.
     clean = {score: next(iter(sweep["scores"].values()))[score][0] for score in score_names}
     far_sets, descriptions = _far_ood_sets(ctx, images, generator)
-    far_scores = {name: score_images(ctx.model, x, ctx.augment.normalize, batch_size=ctx.batch_size)
-                  for name, x in far_sets.items()}
+    far_scores = {
+        name: score_images(ctx.model, x, ctx.augment.normalize, batch_size=ctx.batch_size)
+        for name, x in far_sets.items()
+    }
     for name in sweep["scores"]:
         descriptions[f"{name}_s5"] = f"the same test images under {name} at severity 5 (near OOD)"
     aurocs: dict[str, dict[str, float]] = {}
     for score in score_names:
         aurocs[score] = {name: auroc(clean[score], s[score]) for name, s in far_scores.items()}
-        near = {name: auroc(clean[score], by_score[score][5]) for name, by_score in sweep["scores"].items()
-                if 5 in by_score[score]}
+        near = {
+            name: auroc(clean[score], by_score[score][5])
+            for name, by_score in sweep["scores"].items()
+            if 5 in by_score[score]
+        }
         aurocs[score].update({f"{name}_s5": value for name, value in near.items()})
         if near:
             aurocs[score]["corruptions_s5_mean_over_set"] = mean_over_corruptions(near)["mean"]
-        path = plot_score_histograms(clean[score], {name: s[score] for name, s in far_scores.items()},
-                                     ctx.out_dir / f"score_histograms_{score}.png", score_name=score,
-                                     in_label=f"{ctx.config.data} test")
+        path = plot_score_histograms(
+            clean[score],
+            {name: s[score] for name, s in far_scores.items()},
+            ctx.out_dir / f"score_histograms_{score}.png",
+            score_name=score,
+            in_label=f"{ctx.config.data} test",
+        )
         ctx.figures[f"score_histograms_{score}"] = path.name
-    return {"num_images": int(images.shape[0]), "sets": descriptions, "auroc": aurocs,
-            "convention": "AUROC of telling the set from the clean test images, higher score = more OOD; "
-                          "0.5 = chance"}
+    return {
+        "num_images": int(images.shape[0]),
+        "sets": descriptions,
+        "auroc": aurocs,
+        "convention": "AUROC of telling the set from the clean test images, higher score = more OOD; "
+        "0.5 = chance",
+    }
 
 
-def _posterior_and_geometry(ctx: _Context, images: Tensor, labels: Tensor, image_index: Tensor,
-                            centroids: Tensor, num_samples: int, num_chains: int) -> tuple[dict, dict, dict]:
+def _posterior_and_geometry(
+    ctx: _Context,
+    images: Tensor,
+    labels: Tensor,
+    image_index: Tensor,
+    centroids: Tensor,
+    num_samples: int,
+    num_chains: int,
+) -> tuple[dict, dict, dict]:
     """Posterior draws (Predictive) to arviz (summary, netCDF) and geomstats geometry, per image."""
     from vprob.plots import plot_sphere_samples
 
     tic = time.perf_counter()
     config, out_dir, x = ctx.config, ctx.out_dir, ctx.augment.normalize(images)
-    samples = posterior_samples(ctx.model, x, num_samples=num_samples, num_chains=num_chains,
-                                batch_size=ctx.batch_size)  # (C, S, N, d)
+    samples = posterior_samples(
+        ctx.model, x, num_samples=num_samples, num_chains=num_chains, batch_size=ctx.batch_size
+    )  # (C, S, N, d)
     chains, draws, n, d = samples.shape
     per_image = samples.permute(2, 0, 1, 3).reshape(n, chains * draws, d)
     geometry = posterior_geometry(per_image)
-    idata = to_inference_data(samples, labels, centroids, means=geometry["frechet_mean"],
-                              image_index=image_index, include_samples=d <= 3,
-                              attrs={"method": config.method, "data": config.data, "dim": d,
-                                     "chains": "independent guide draws (pyro.infer.Predictive)"})
+    idata = to_inference_data(
+        samples,
+        labels,
+        centroids,
+        means=geometry["frechet_mean"],
+        image_index=image_index,
+        include_samples=d <= 3,
+        attrs={
+            "method": config.method,
+            "data": config.data,
+            "dim": d,
+            "chains": "independent guide draws (pyro.infer.Predictive)",
+        },
+    )
     summary = posterior_summary(idata)
     summary.to_csv(out_dir / "posterior_summary.csv")
     netcdf = write_netcdf(idata, out_dir / NETCDF_NAME)
     posterior = {
-        "num_images": n, "num_chains": chains, "num_draws": draws,
+        "num_images": n,
+        "num_chains": chains,
+        "num_draws": draws,
         "views": "the clean test image passed as both views; view 0's draws",
         "quantities": summary_statistics(summary),
-        "netcdf": netcdf.name, "summary_csv": "posterior_summary.csv",
+        "netcdf": netcdf.name,
+        "summary_csv": "posterior_summary.csv",
     }
     spread = geometry["geodesic_spread"]
     geometry_report = {
@@ -378,8 +457,9 @@ def _posterior_and_geometry(ctx: _Context, images: Tensor, labels: Tensor, image
     }
     if d == 3:
         names = [f"test {int(i)} (y={int(y)})" for i, y in zip(image_index, labels.cpu(), strict=True)]
-        path = plot_sphere_samples(per_image, out_dir / "posterior_sphere.png",
-                                   means=geometry["frechet_mean"], labels=names)
+        path = plot_sphere_samples(
+            per_image, out_dir / "posterior_sphere.png", means=geometry["frechet_mean"], labels=names
+        )
         ctx.figures["posterior_sphere"] = path.name
     ctx.timing["posterior_and_geometry"] = time.perf_counter() - tic
     return posterior, geometry_report, spectrum_report(samples.reshape(-1, d))
@@ -390,10 +470,14 @@ def _common_figures(ctx: _Context, run_dir: Path, collapse: dict, images: Tensor
     from vprob.plots import plot_spectrum, plot_training_curves
 
     config = ctx.config
-    spectra = {name: torch.tensor(entry["singular_values"]) for name, entry in collapse.items()
-               if "singular_values" in entry}
-    ctx.figures["spectrum"] = plot_spectrum(spectra, ctx.out_dir / "spectrum.png",
-                                            title=f"{config.method} on {config.data}: centred spectra").name
+    spectra = {
+        name: torch.tensor(entry["singular_values"])
+        for name, entry in collapse.items()
+        if "singular_values" in entry
+    }
+    ctx.figures["spectrum"] = plot_spectrum(
+        spectra, ctx.out_dir / "spectrum.png", title=f"{config.method} on {config.data}: centred spectra"
+    ).name
     metrics = run_dir / "metrics.jsonl"
     if metrics.is_file() and metrics.read_text().strip():
         path = plot_training_curves(metrics, ctx.out_dir / "training_curves.png")
@@ -421,8 +505,9 @@ def _spread_vs_score(model: nn.Module, x: Tensor, spread: Tensor) -> float:
 
 
 @torch.no_grad()
-def _plot_contrastive_weights(model: nn.Module, images: Tensor, augment: SimCLRAugment, out_dir: Path,
-                              seed: int, batch: int = 32) -> Path:
+def _plot_contrastive_weights(
+    model: nn.Module, images: Tensor, augment: SimCLRAugment, out_dir: Path, seed: int, batch: int = 32
+) -> Path:
     """The method's contrastive weights (``model.weights``) on its V augmented views of a few test images."""
     from vprob.plots import plot_cct_weights
 

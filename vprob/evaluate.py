@@ -13,8 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["evaluate_backbone", "extract_features", "knn_accuracy", "knn_predict", "linear_probe",
-           "map_batches"]
+__all__ = [
+    "evaluate_backbone",
+    "extract_features",
+    "knn_accuracy",
+    "knn_predict",
+    "linear_probe",
+    "map_batches",
+]
 
 
 def _module_device(module: nn.Module, fallback: torch.device) -> torch.device:
@@ -26,9 +32,13 @@ def _module_device(module: nn.Module, fallback: torch.device) -> torch.device:
 
 
 @torch.no_grad()
-def map_batches(fn: Callable[[Tensor], Tensor], images_uint8: Tensor,
-                normalize_fn: Callable[[Tensor], Tensor], batch_size: int = 512,
-                device: torch.device | None = None) -> Tensor:
+def map_batches(
+    fn: Callable[[Tensor], Tensor],
+    images_uint8: Tensor,
+    normalize_fn: Callable[[Tensor], Tensor],
+    batch_size: int = 512,
+    device: torch.device | None = None,
+) -> Tensor:
     """``fn(normalize_fn(batch))`` over uint8 images (N, C, H, W) in batches (moved to ``device`` if given),
     each output cast to float32 and concatenated along the first dimension: (N, ...). The caller chooses
     the modules' mode (train or eval)."""
@@ -38,7 +48,7 @@ def map_batches(fn: Callable[[Tensor], Tensor], images_uint8: Tensor,
         raise ValueError("map_batches got no images")
     chunks = []
     for start in range(0, images_uint8.shape[0], batch_size):
-        batch = images_uint8[start:start + batch_size]
+        batch = images_uint8[start : start + batch_size]
         if device is not None:
             batch = batch.to(device, non_blocking=True)
         chunks.append(fn(normalize_fn(batch)).float())
@@ -70,8 +80,11 @@ def extract_features(
     module.eval()
 
     def features(x: Tensor) -> Tensor:
-        with (torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype is not None
-              else contextlib.nullcontext()):
+        with (
+            torch.autocast(device_type=device.type, dtype=autocast_dtype)
+            if autocast_dtype is not None
+            else contextlib.nullcontext()
+        ):
             return module(x).flatten(1)
 
     try:
@@ -81,10 +94,16 @@ def extract_features(
             m.training = mode
 
 
-def evaluate_backbone(encoder: nn.Module, train_set: Any, test_set: Any,
-                      normalize_fn: Callable[[Tensor], Tensor], knn_k: Sequence[int] = (200, 10),
-                      seed: int = 0, device: torch.device | None = None,
-                      amp: bool = False) -> dict[str, float]:
+def evaluate_backbone(
+    encoder: nn.Module,
+    train_set: Any,
+    test_set: Any,
+    normalize_fn: Callable[[Tensor], Tensor],
+    knn_k: Sequence[int] = (200, 10),
+    seed: int = 0,
+    device: torch.device | None = None,
+    amp: bool = False,
+) -> dict[str, float]:
     """kNN accuracy for each k (weighted vote for k > 10, majority otherwise; keys
     ``knn_top1_k{k}_{weighted|majority}``) and linear-probe accuracy (``linear_top1``) of frozen ``encoder``
     features, fitted on ``train_set`` and scored on ``test_set`` (ImageSets of uint8 images)."""
@@ -95,10 +114,18 @@ def evaluate_backbone(encoder: nn.Module, train_set: Any, test_set: Any,
     for k in knn_k:
         weighted = k > 10
         key = f"knn_top1_k{k}_{'weighted' if weighted else 'majority'}"
-        results[key] = knn_accuracy(train, train_set.labels, test, test_set.labels, k=k, weighted=weighted,
-                                    num_classes=train_set.num_classes)
-    results["linear_top1"] = linear_probe(train, train_set.labels, test, test_set.labels, device=device,
-                                          seed=seed)
+        results[key] = knn_accuracy(
+            train,
+            train_set.labels,
+            test,
+            test_set.labels,
+            k=k,
+            weighted=weighted,
+            num_classes=train_set.num_classes,
+        )
+    results["linear_top1"] = linear_probe(
+        train, train_set.labels, test, test_set.labels, device=device, seed=seed
+    )
     return results
 
 
@@ -213,8 +240,16 @@ def linear_probe(
         return (pred == y_test).float().mean().item()
 
 
-def _fit_logistic(x: Tensor, y: Tensor, num_classes: int, epochs: int, lr: float | None, weight_decay: float,
-                  batch_size: int | None, seed: int) -> tuple[Tensor, Tensor]:
+def _fit_logistic(
+    x: Tensor,
+    y: Tensor,
+    num_classes: int,
+    epochs: int,
+    lr: float | None,
+    weight_decay: float,
+    batch_size: int | None,
+    seed: int,
+) -> tuple[Tensor, Tensor]:
     """(weight (F, K), bias (K,)) minimizing mean cross-entropy + weight_decay / 2 * ||W||^2 on (x, y):
     full-batch L-BFGS, or Adam on shuffled minibatches (see :func:`linear_probe`)."""
     n, dim = x.shape
@@ -227,9 +262,13 @@ def _fit_logistic(x: Tensor, y: Tensor, num_classes: int, epochs: int, lr: float
     with torch.enable_grad():
         if batch_size is None or batch_size >= n:
             opt = torch.optim.LBFGS(
-                [weight, bias], lr=1.0 if lr is None else lr, max_iter=epochs, history_size=20,
+                [weight, bias],
+                lr=1.0 if lr is None else lr,
+                max_iter=epochs,
+                history_size=20,
                 tolerance_grad=1e-5,  # max |gradient| of the mean loss: converged for argmax purposes
-                tolerance_change=1e-9, line_search_fn="strong_wolfe",
+                tolerance_change=1e-9,
+                line_search_fn="strong_wolfe",
             )
 
             def closure() -> Tensor:

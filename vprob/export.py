@@ -43,8 +43,13 @@ def backbone_metadata(config: Any, image_shape: tuple[int, int, int] | None, ste
 
     spec = get_backbone(config.backbone)
     channels, size = (image_shape[0], image_shape[-1]) if image_shape else spec.default_shape
-    meta: dict[str, Any] = {"backbone": config.backbone, "torchvision_model": spec.torchvision,
-                            "image_shape": [channels, size, size], "step": step, "config": asdict(config)}
+    meta: dict[str, Any] = {
+        "backbone": config.backbone,
+        "torchvision_model": spec.torchvision,
+        "image_shape": [channels, size, size],
+        "step": step,
+        "config": asdict(config),
+    }
     if spec.stems:
         meta["stem"] = config.stem or (spec.stems[0] if len(spec.stems) == 1 else default_stem(size))
     if spec.torchvision == "vit":
@@ -71,8 +76,9 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike) -> dict[str, 
     return metadata
 
 
-def match_state_dict(model_state: Mapping[str, Tensor], file_state: Mapping[str, Tensor],
-                     source: str) -> tuple[dict[str, Tensor], list[str]]:
+def match_state_dict(
+    model_state: Mapping[str, Tensor], file_state: Mapping[str, Tensor], source: str
+) -> tuple[dict[str, Tensor], list[str]]:
     """``file_state`` without classifier keys, checked against ``model_state``; returns it and notes.
 
     Raises :class:`CheckpointError` listing every missing key, unexpected key and shape that differs."""
@@ -83,22 +89,31 @@ def match_state_dict(model_state: Mapping[str, Tensor], file_state: Mapping[str,
     state = {k: v for k, v in file_state.items() if k not in dropped}
     missing = sorted(set(model_state) - set(state))
     unexpected = sorted(set(state) - set(model_state))
-    shapes = sorted(f"{k}: file {tuple(state[k].shape)}, model {tuple(model_state[k].shape)}"
-                    for k in set(state) & set(model_state) if state[k].shape != model_state[k].shape)
+    shapes = sorted(
+        f"{k}: file {tuple(state[k].shape)}, model {tuple(model_state[k].shape)}"
+        for k in set(state) & set(model_state)
+        if state[k].shape != model_state[k].shape
+    )
     if missing or unexpected or shapes:
         lines = []
         if missing:
-            lines.append(f"missing from the file ({len(missing)}): {', '.join(missing[:20])}"
-                         + (" ..." if len(missing) > 20 else ""))
+            lines.append(
+                f"missing from the file ({len(missing)}): {', '.join(missing[:20])}"
+                + (" ..." if len(missing) > 20 else "")
+            )
         if unexpected:
-            lines.append(f"not in the model ({len(unexpected)}): {', '.join(unexpected[:20])}"
-                         + (" ..." if len(unexpected) > 20 else ""))
+            lines.append(
+                f"not in the model ({len(unexpected)}): {', '.join(unexpected[:20])}"
+                + (" ..." if len(unexpected) > 20 else "")
+            )
         if shapes:
             lines.append(f"shapes that differ ({len(shapes)}): {'; '.join(shapes[:20])}")
         hint = ""
         if any(s.startswith("conv1.weight") for s in shapes):
-            hint = (" (conv1 differs: the file was trained with the other ResNet stem; choose it with "
-                    "--stem cifar / --stem imagenet)")
+            hint = (
+                " (conv1 differs: the file was trained with the other ResNet stem; choose it with "
+                "--stem cifar / --stem imagenet)"
+            )
         raise CheckpointError(f"{source} does not fit the backbone{hint}:\n  " + "\n  ".join(lines))
     return state, notes
 
@@ -113,5 +128,10 @@ def load_backbone_weights(encoder: nn.Module, path: str | os.PathLike) -> list[s
     return notes
 
 
-__all__ = ["CLASSIFIER_PREFIXES", "backbone_metadata", "export_run", "load_backbone_weights",
-           "match_state_dict"]
+__all__ = [
+    "CLASSIFIER_PREFIXES",
+    "backbone_metadata",
+    "export_run",
+    "load_backbone_weights",
+    "match_state_dict",
+]

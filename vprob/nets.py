@@ -98,8 +98,9 @@ class MLPHead(nn.Module):
 _GUESSED_SIZES = (32, 8, 28, 64, 96, 224, 16)
 
 
-def feature_dim_of(encoder: nn.Module, feature_dim: int | None = None,
-                   image_shape: tuple[int, int, int] | None = None) -> int:
+def feature_dim_of(
+    encoder: nn.Module, feature_dim: int | None = None, image_shape: tuple[int, int, int] | None = None
+) -> int:
     """The output width F of an encoder (N, C, H, W) -> (N, F).
 
     In order: ``feature_dim`` if given (checked to be a positive integer); else the encoder's integer
@@ -131,9 +132,11 @@ def feature_dim_of(encoder: nn.Module, feature_dim: int | None = None,
     if isinstance(declared, int) and not isinstance(declared, bool):
         return declared
     if any(isinstance(p, nn.parameter.UninitializedParameter) for p in encoder.parameters()):
-        raise ValueError("encoder has lazy (uninitialized) parameters: call it once on a batch of your "
-                         "images before building the model (optimizers and pyro.module need real ones), "
-                         "or pass feature_dim= and build the encoder with explicit sizes")
+        raise ValueError(
+            "encoder has lazy (uninitialized) parameters: call it once on a batch of your "
+            "images before building the model (optimizers and pyro.module need real ones), "
+            "or pass feature_dim= and build the encoder with explicit sizes"
+        )
     shapes = [tuple(image_shape)] if image_shape is not None else _guess_image_shapes(encoder)
     errors = []
     for shape in shapes:
@@ -144,11 +147,15 @@ def feature_dim_of(encoder: nn.Module, feature_dim: int | None = None,
             continue
         if not isinstance(out, Tensor) or out.ndim != 2:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise ValueError(f"encoder must map images (N, C, H, W) to features (N, F); it returned {got} "
-                             f"for an input of shape {(2, *shape)}: end it with pooling and flattening")
+            raise ValueError(
+                f"encoder must map images (N, C, H, W) to features (N, F); it returned {got} "
+                f"for an input of shape {(2, *shape)}: end it with pooling and flattening"
+            )
         return int(out.shape[1])
-    raise ValueError("could not find the encoder's output width by a dry forward pass (tried input shapes "
-                     f"{'; '.join(errors)}); pass feature_dim= (its output width) to the model")
+    raise ValueError(
+        "could not find the encoder's output width by a dry forward pass (tried input shapes "
+        f"{'; '.join(errors)}); pass feature_dim= (its output width) to the model"
+    )
 
 
 def _guess_image_shapes(encoder: nn.Module) -> list[tuple[int, int, int]]:

@@ -16,12 +16,19 @@ class LARS(torch.optim.Optimizer):
     neither weight decay nor the trust ratio, following SimCLR's reference implementation.
     """
 
-    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 1e-6,
-                 trust_coefficient: float = 1e-3) -> None:
+    def __init__(
+        self,
+        params,
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 1e-6,
+        trust_coefficient: float = 1e-3,
+    ) -> None:
         if lr <= 0:
             raise ValueError(f"lr must be > 0, got {lr}")
-        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
-                        trust_coefficient=trust_coefficient)
+        defaults = dict(
+            lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient
+        )
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -39,13 +46,16 @@ class LARS(torch.optim.Optimizer):
             adapted = [p for p in params if p.ndim > 1]
             grads = [p.grad for p in params]
             if adapted:
-                adapted_grads = torch._foreach_add([p.grad for p in adapted], adapted,
-                                                   alpha=group["weight_decay"])
+                adapted_grads = torch._foreach_add(
+                    [p.grad for p in adapted], adapted, alpha=group["weight_decay"]
+                )
                 param_norms = torch.stack(torch._foreach_norm(adapted))
                 grad_norms = torch.stack(torch._foreach_norm(adapted_grads))
-                trust = torch.where((param_norms > 0) & (grad_norms > 0),
-                                    group["trust_coefficient"] * param_norms / grad_norms,
-                                    torch.ones_like(param_norms))
+                trust = torch.where(
+                    (param_norms > 0) & (grad_norms > 0),
+                    group["trust_coefficient"] * param_norms / grad_norms,
+                    torch.ones_like(param_norms),
+                )
                 torch._foreach_mul_(adapted_grads, list(trust.unbind()))
                 scaled = iter(adapted_grads)
                 grads = [next(scaled) if p.ndim > 1 else p.grad for p in params]
@@ -80,8 +90,9 @@ def build_optimizer(name: str, module: nn.Module, lr: float, weight_decay: float
     return torch.optim.SGD(groups, lr=lr, momentum=0.9)
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int,
-                  final_fraction: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, final_fraction: float = 0.0
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up from 0 over ``warmup_steps``, then cosine decay to ``final_fraction`` of the base lr."""
     if total_steps < 1:
         raise ValueError(f"total_steps must be >= 1, got {total_steps}")

@@ -69,8 +69,10 @@ class Option:
         else:
             ok = isinstance(value, self.type)
         if not ok:
-            raise ValueError(f"{self.name}{where} must be a{'n' if self.type is int else ''} "
-                             f"{self.type.__name__}, got {value!r}")
+            raise ValueError(
+                f"{self.name}{where} must be a{'n' if self.type is int else ''} "
+                f"{self.type.__name__}, got {value!r}"
+            )
         if self.choices is not None and value not in self.choices:
             raise ValueError(f"{self.name}{where} must be one of {self.choices}, got {value!r}")
         if self.check is not None and not self.check(value):
@@ -88,8 +90,11 @@ def non_negative(name: str, type: type, default: Any, help: str, **kwargs) -> Op
     return Option(name, type, default, help, check=lambda v: v >= 0, requirement=">= 0", **kwargs)
 
 
-def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, options: Iterable[Option],
-                  help_suffix: dict[str, str] | None = None) -> None:
+def add_arguments(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    options: Iterable[Option],
+    help_suffix: dict[str, str] | None = None,
+) -> None:
     """One flag per option, defaulting to ``None`` (= "not given": the configuration's own default then
     applies, and only given flags override a saved run's values)."""
     for option in options:
@@ -99,9 +104,15 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, opt
         if option.type is bool:
             parser.add_argument(option.flag, action=argparse.BooleanOptionalAction, default=None, help=help)
             continue
-        parser.add_argument(option.flag, type=_parse(option), default=None, help=help,
-                            choices=option.choices, nargs="+" if option.many else None,
-                            metavar=None if option.choices else option.name.upper())
+        parser.add_argument(
+            option.flag,
+            type=_parse(option),
+            default=None,
+            help=help,
+            choices=option.choices,
+            nargs="+" if option.many else None,
+            metavar=None if option.choices else option.name.upper(),
+        )
 
 
 def _parse(option: Option) -> Callable[[str], Any]:

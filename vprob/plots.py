@@ -41,8 +41,13 @@ def plot_training_curves(metrics_path: str | Path, out_path: str | Path) -> Path
         right = ax.twinx()
         for key in online:
             points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
-            right.plot(*zip(*points, strict=True), "o-", color="black", markersize=3,
-                       label=key.removeprefix("online_").replace("_", " "))
+            right.plot(
+                *zip(*points, strict=True),
+                "o-",
+                color="black",
+                markersize=3,
+                label=key.removeprefix("online_").replace("_", " "),
+            )
         right.set_ylabel("online kNN accuracy")
         right.set_ylim(0, 1)
         more_lines, more_labels = right.get_legend_handles_labels()
@@ -163,8 +168,9 @@ def plot_score_histograms(
     ax.hist(values_in, bins=edges, alpha=0.5, density=True, label=in_label)
     for name, values in scores_out.items():
         area = auroc(torch.as_tensor(values_in), torch.as_tensor(_numpy(values)))
-        ax.hist(_numpy(values).ravel(), bins=edges, alpha=0.5, density=True,
-                label=f"{name} (AUROC {area:.3f})")
+        ax.hist(
+            _numpy(values).ravel(), bins=edges, alpha=0.5, density=True, label=f"{name} (AUROC {area:.3f})"
+        )
     ax.set_xlabel(score_name)
     ax.set_ylabel("density")
     ax.set_title(f"{score_name}: in-distribution vs OOD")
@@ -249,20 +255,28 @@ def plot_cct_weights(
     weights w- over all negatives, sorted (the 1 / (B-1) uniform level dashed); the top-k negatives with
     their weights.
     """
-    attraction, repulsion = (weights.attraction, weights.repulsion) if hasattr(weights, "attraction") \
-        else weights
+    attraction, repulsion = (
+        (weights.attraction, weights.repulsion) if hasattr(weights, "attraction") else weights
+    )
     views, batch = attraction.shape[:2]
     if repulsion.shape[1:] != (batch, batch - 1) or images.shape[0] != batch:
-        raise ValueError(f"shapes disagree: images {tuple(images.shape)}, attraction "
-                         f"{tuple(attraction.shape)}, repulsion {tuple(repulsion.shape)}")
+        raise ValueError(
+            f"shapes disagree: images {tuple(images.shape)}, attraction "
+            f"{tuple(attraction.shape)}, repulsion {tuple(repulsion.shape)}"
+        )
     queries = [q for q in queries if 0 <= q < batch]
     if not queries:
         raise ValueError(f"no valid query index among {queries} for a batch of {batch}")
     top_k = min(top_k, batch - 1)
     plt = pyplot()
     columns = 3 + top_k
-    fig, axes = plt.subplots(len(queries), columns, figsize=(1.6 * columns + 2.5, 1.9 * len(queries)),
-                             squeeze=False, gridspec_kw={"width_ratios": [1, 1.6, 1.6] + [1] * top_k})
+    fig, axes = plt.subplots(
+        len(queries),
+        columns,
+        figsize=(1.6 * columns + 2.5, 1.9 * len(queries)),
+        squeeze=False,
+        gridspec_kw={"width_ratios": [1, 1.6, 1.6] + [1] * top_k},
+    )
     cmap = "gray" if images.shape[1] == 1 else None
     for row, i in enumerate(queries):
         ax_query, ax_pos, ax_neg, *ax_top = axes[row]

@@ -51,8 +51,17 @@ RECIPES: dict[str, Recipe] = {
             "and accuracy yardstick of BENCHMARKS.md: SGD, lr 0.03 x batch/256, weight decay 5e-4, tau 0.5, "
             "a 1024-wide projector to d = 128, 100 epochs of batch 512",
             _CONTRASTIVE,
-            dict(optimizer="sgd", lr=0.06, weight_decay=5e-4, tau=0.5, batch_size=512, epochs=100, dim=128,
-                 head_hidden=1024, warmup_epochs=2),
+            dict(
+                optimizer="sgd",
+                lr=0.06,
+                weight_decay=5e-4,
+                tau=0.5,
+                batch_size=512,
+                epochs=100,
+                dim=128,
+                head_hidden=1024,
+                warmup_epochs=2,
+            ),
             choices=("warmup_epochs",),
         ),
         Recipe(
@@ -61,8 +70,16 @@ RECIPES: dict[str, Recipe] = {
             "batch 512, tau 0.07, AdamW, 500 epochs, the normalized KL with beta = 1 on the Gaussian bound. "
             "The learning rate, weight decay and projector width were not in the material available to us",
             ("vsimclr", "vsupcon", "simclr", "supcon"),
-            dict(optimizer="adamw", tau=0.07, batch_size=512, epochs=500, lr=1e-3, weight_decay=1e-4,
-                 dim=128, head_hidden=512),
+            dict(
+                optimizer="adamw",
+                tau=0.07,
+                batch_size=512,
+                epochs=500,
+                lr=1e-3,
+                weight_decay=1e-4,
+                dim=128,
+                head_hidden=512,
+            ),
             choices=("lr", "weight_decay", "head_hidden"),
         ),
         Recipe(
@@ -71,8 +88,16 @@ RECIPES: dict[str, Recipe] = {
             "SGD lr 0.5 with cosine decay and 10 warm-up epochs for batches above 256, weight decay 1e-4, "
             "tau 0.1, 1000 epochs, a 128-d projection",
             ("supcon", "vsupcon"),
-            dict(optimizer="sgd", lr=0.5, weight_decay=1e-4, tau=0.1, batch_size=1024, epochs=1000,
-                 warmup_epochs=10, dim=128),
+            dict(
+                optimizer="sgd",
+                lr=0.5,
+                weight_decay=1e-4,
+                tau=0.1,
+                batch_size=1024,
+                epochs=1000,
+                warmup_epochs=10,
+                dim=128,
+            ),
         ),
         Recipe(
             "cacr-official",

@@ -36,8 +36,9 @@ class LoadedRun:
     image_shape: tuple[int, int, int] | None = None
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "auto",
-             data_dir: str | None = None, data: bool = True) -> LoadedRun:
+def load_run(
+    run_dir: str | Path, device: str | torch.device = "auto", data_dir: str | None = None, data: bool = True
+) -> LoadedRun:
     """The run in ``run_dir`` ready for analysis (in a notebook: ``run = load_run("runs/...", "cpu")``, then
     ``run.model``, ``run.config``, ``run.test_set``, ``run.augment.normalize``).
 
@@ -57,8 +58,9 @@ def load_run(run_dir: str | Path, device: str | torch.device = "auto",
     device = device if isinstance(device, torch.device) else resolve_device(device)
     train_set = test_set = augment = None
     if data:
-        full_train, full_test = load_dataset(config.data, config.data_dir, device=device,
-                                             **data_options(config))
+        full_train, full_test = load_dataset(
+            config.data, config.data_dir, device=device, **data_options(config)
+        )
         augment = augmentation_for(config.data, full_train)
         sets = evaluation_sets(config.data, full_train, full_test)
         if sets.skipped:
@@ -74,16 +76,24 @@ def load_run(run_dir: str | Path, device: str | torch.device = "auto",
     except RuntimeError as exc:
         raise CheckpointError(f"checkpoint does not match its own config: {exc}") from exc
     model.to(device).eval()
-    return LoadedRun(run_dir, config, model, train_set, test_set, augment, int(state.get("step", 0)), device,
-                     image_shape)
+    return LoadedRun(
+        run_dir, config, model, train_set, test_set, augment, int(state.get("step", 0)), device, image_shape
+    )
 
 
 def evaluate_run(run_dir: str | Path, data_dir: str | None = None, device: str = "auto") -> dict[str, Any]:
     """kNN and linear-probe accuracy of a run's checkpoint; writes ``eval.json`` beside it."""
     run = load_run(run_dir, device, data_dir)
     results: dict[str, Any] = evaluate_backbone(
-        run.model.encoder, run.train_set, run.test_set, run.augment.normalize, knn_k=run.config.knn_k,
-        seed=run.config.seed, device=run.device, amp=run.device.type == "cuda")
+        run.model.encoder,
+        run.train_set,
+        run.test_set,
+        run.augment.normalize,
+        knn_k=run.config.knn_k,
+        seed=run.config.seed,
+        device=run.device,
+        amp=run.device.type == "cuda",
+    )
     results.update({"steps": run.step, "run_dir": str(run.run_dir)})
     write_json_atomic(run.run_dir / "eval.json", results)
     return results

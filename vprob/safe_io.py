@@ -39,8 +39,10 @@ def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
     """``_codecs.encode`` as pickle uses it: a Python 3 ``bytes`` object pickled with protocol 2 or lower
     is stored as ``_codecs.encode(text, "latin1")``. Only that codec is accepted."""
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise UnsafePickleError(f"_codecs.encode is allowed only as pickle uses it (a str and 'latin1'), "
-                                f"got encoding {encoding!r}")
+        raise UnsafePickleError(
+            f"_codecs.encode is allowed only as pickle uses it (a str and 'latin1'), "
+            f"got encoding {encoding!r}"
+        )
     return codecs.encode(text, "latin1")
 
 
@@ -68,8 +70,9 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     ("builtins", "complex"): complex,
 }
 # Python 2 pickles name the builtins module __builtin__.
-_ALLOWED.update({("__builtin__", name): value for (module, name), value in list(_ALLOWED.items())
-                 if module == "builtins"})
+_ALLOWED.update(
+    {("__builtin__", name): value for (module, name), value in list(_ALLOWED.items()) if module == "builtins"}
+)
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -115,8 +118,17 @@ def load_pickle_restricted(path: str | os.PathLike, *, encoding: str = "bytes") 
             return RestrictedUnpickler(f, source=str(path), encoding=encoding).load()
         except UnsafePickleError:
             raise
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
-                AttributeError, UnicodeDecodeError, MemoryError) as exc:
+        except (
+            pickle.UnpicklingError,
+            EOFError,
+            ValueError,
+            TypeError,
+            KeyError,
+            IndexError,
+            AttributeError,
+            UnicodeDecodeError,
+            MemoryError,
+        ) as exc:
             raise ValueError(f"{path} is not a readable pickle file: {type(exc).__name__}: {exc}") from exc
 
 
@@ -151,8 +163,10 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     else:
         data = _safe_yaml(path, text)
     if not isinstance(data, dict):
-        raise ValueError(f"config file {path} must hold a mapping of settings at its top level, "
-                         f"not a {type(data).__name__}")
+        raise ValueError(
+            f"config file {path} must hold a mapping of settings at its top level, "
+            f"not a {type(data).__name__}"
+        )
     for key in data:
         if not isinstance(key, str):
             raise ValueError(f"config file {path}: top-level key {key!r} is not a string")
@@ -167,6 +181,7 @@ def _no_duplicates(path: Path):
                 raise ValueError(f"config file {path}: key {key!r} appears twice")
             result[key] = value
         return result
+
     return hook
 
 
@@ -174,8 +189,10 @@ def _safe_yaml(path: Path, text: str) -> Any:
     try:
         import yaml
     except ImportError as exc:
-        raise ImportError(f"config file {path} is YAML, which needs PyYAML: pip install pyyaml "
-                          "(or write the config as JSON)") from exc
+        raise ImportError(
+            f"config file {path} is YAML, which needs PyYAML: pip install pyyaml "
+            "(or write the config as JSON)"
+        ) from exc
 
     class _Loader(yaml.SafeLoader):
         """PyYAML's safe loader (plain data only), refusing duplicate keys."""
@@ -191,16 +208,18 @@ def _safe_yaml(path: Path, text: str) -> Any:
                 except TypeError:
                     continue  # an unhashable key: SafeLoader refuses it with its own message
                 if duplicate:
-                    raise ValueError(f"config file {path}: key {key!r} appears twice (line "
-                                     f"{key_node.start_mark.line + 1})")
+                    raise ValueError(
+                        f"config file {path}: key {key!r} appears twice (line {key_node.start_mark.line + 1})"
+                    )
                 seen.add(key)
             return super().construct_mapping(node, deep=deep)
 
     try:
         return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: plain data only
     except yaml.YAMLError as exc:
-        raise ValueError(f"config file {path} is not YAML that the safe loader accepts (plain data only): "
-                         f"{exc}") from exc
+        raise ValueError(
+            f"config file {path} is not YAML that the safe loader accepts (plain data only): {exc}"
+        ) from exc
 
 
 # ------------------------------------------------------------------------------------------------------

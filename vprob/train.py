@@ -59,8 +59,9 @@ class Trainer:
     ``elbo``: for a variational method, the ELBO its objective evaluates (default: the method's own).
     """
 
-    def __init__(self, config: TrainConfig, resume: bool = False, progress: bool | None = None,
-                 elbo: Any = None) -> None:
+    def __init__(
+        self, config: TrainConfig, resume: bool = False, progress: bool | None = None, elbo: Any = None
+    ) -> None:
         self.config = config = config.resolved()
         self.device, self.world_size, self.rank = join_process_group(config, resolve_device(config.device))
         on_cuda = self.device.type == "cuda"
@@ -75,25 +76,42 @@ class Trainer:
 
         torch.manual_seed(config.seed)
         self.generator = torch.Generator(self.device).manual_seed(config.seed)
-        data = training_data(config.data, config.data_dir, self.device,
-                             get_method(config.method).capabilities.needs_labels, config.normal_class,
-                             **data_options(config))
+        data = training_data(
+            config.data,
+            config.data_dir,
+            self.device,
+            get_method(config.method).capabilities.needs_labels,
+            config.normal_class,
+            **data_options(config),
+        )
         self.train_set, self.test_set, self.eval_sets = data.train, data.test, data.evaluation
-        self.loader = DeviceLoader(self.train_set, config.batch_size, self.generator, self.world_size,
-                                   self.rank)
+        self.loader = DeviceLoader(
+            self.train_set, config.batch_size, self.generator, self.world_size, self.rank
+        )
         self.augment = augmentation_for(config.data, self.train_set)
         self.image_shape = tuple(self.train_set.images.shape[1:])
         self.model = self._build_model(init_from=None if resume else config.init_from)
         # Online kNN on the evaluation splits; off by default for one-class runs and unlabelled data.
         sets = self.eval_sets
-        self.eval_every = auto_eval_every(config.eval_every, self.train_set,
-                                          config.normal_class is not None or sets.skipped)
+        self.eval_every = auto_eval_every(
+            config.eval_every, self.train_set, config.normal_class is not None or sets.skipped
+        )
         if self.eval_every and sets.skipped:
             raise ValueError(f"eval_every: {sets.reason}")
-        self.online_eval = (OnlineKNN(sets.train, sets.test, self.augment.normalize, amp=self.amp)
-                            if self.eval_every else None)
-        self.views = ViewMaker(self.augment, self.model.num_views, self.generator, self.world_size, self.rank,
-                               self.channels_last, config.compile)
+        self.online_eval = (
+            OnlineKNN(sets.train, sets.test, self.augment.normalize, amp=self.amp)
+            if self.eval_every
+            else None
+        )
+        self.views = ViewMaker(
+            self.augment,
+            self.model.num_views,
+            self.generator,
+            self.world_size,
+            self.rank,
+            self.channels_last,
+            config.compile,
+        )
         # The schedule always spans every epoch; max_steps only stops early (so a run stopped by it and
         # resumed later follows the same learning-rate curve as one that never stopped).
         schedule_steps = self.loader.steps_per_epoch * config.epochs
@@ -101,12 +119,25 @@ class Trainer:
         self.optimizer = build_optimizer(config.optimizer, self.model, config.lr, config.weight_decay)
         warmup = min(config.warmup_epochs * self.loader.steps_per_epoch, schedule_steps // 2)
         self.scheduler = warmup_cosine(self.optimizer, schedule_steps, warmup)
-        self.train_step = TrainStep(self.model, self.model.objective(elbo), self.optimizer, self.scheduler,
-                                    self.amp, self.world_size, config.skip_nonfinite)
+        self.train_step = TrainStep(
+            self.model,
+            self.model.objective(elbo),
+            self.optimizer,
+            self.scheduler,
+            self.amp,
+            self.world_size,
+            config.skip_nonfinite,
+        )
         self.step = 0
         if resume:
-            self.step = state.restore(self.run.load_checkpoint(map_location=self.device), config, self.model,
-                                      self.optimizer, self.scheduler, self.generator)
+            self.step = state.restore(
+                self.run.load_checkpoint(map_location=self.device),
+                config,
+                self.model,
+                self.optimizer,
+                self.scheduler,
+                self.generator,
+            )
             self.run.truncate_metrics(self.step)
 
     def _build_model(self, init_from: str | None = None) -> nn.Module:
@@ -127,8 +158,17 @@ class Trainer:
         return model
 
     def save(self) -> None:
-        self.run.save_checkpoint(state.capture(self.config, self.model, self.optimizer, self.scheduler,
-                                               self.generator, self.step, self.image_shape))
+        self.run.save_checkpoint(
+            state.capture(
+                self.config,
+                self.model,
+                self.optimizer,
+                self.scheduler,
+                self.generator,
+                self.step,
+                self.image_shape,
+            )
+        )
 
     def fit(self, stop_after_s: float | None = None) -> dict[str, Any]:
         """Train to the end (or ``max_steps``), checkpoint, evaluate; returns the results dict.
@@ -139,17 +179,25 @@ class Trainer:
         nothing is lost. Under torchrun, rank 0's clock decides for every rank.
         """
         if stop_after_s is not None and not stop_after_s > 0:
-            raise ValueError(f"stop_after_s must be a positive number of seconds or None, "
-                             f"got {stop_after_s!r}")
+            raise ValueError(
+                f"stop_after_s must be a positive number of seconds or None, got {stop_after_s!r}"
+            )
         config, steps_per_epoch = self.config, self.loader.steps_per_epoch
         nonfinite = NonFiniteTracker()
         # On CUDA the finiteness check waits for log and checkpoint boundaries (no host sync per step); the
         # tracker keeps the first bad step, so no checkpoint is ever written after one.
         check_every = 1 if self.device.type == "cpu" else config.log_every
         self.model.train()
-        with Progress(self.run, self.total_steps, self.step, config.batch_size,
-                      f"{config.method} {config.data}", self.progress, stop_after_s,
-                      config.tensorboard and self.rank == 0) as progress:
+        with Progress(
+            self.run,
+            self.total_steps,
+            self.step,
+            config.batch_size,
+            f"{config.method} {config.data}",
+            self.progress,
+            stop_after_s,
+            config.tensorboard and self.rank == 0,
+        ) as progress:
             start_step = self.step
             while self.step < self.total_steps:
                 for images, labels in self.loader.epoch(self.step % steps_per_epoch):
@@ -163,8 +211,11 @@ class Trainer:
                             nonfinite.raise_if_any(self.checkpoint_path)
                     # Online kNN at the end of every eval_every-th epoch, logged with that step's record
                     # (before the checkpoint, so a resumed run keeps it and never evaluates twice).
-                    eval_due = (self.online_eval is not None and self.step % steps_per_epoch == 0
-                                and (self.step // steps_per_epoch) % self.eval_every == 0)
+                    eval_due = (
+                        self.online_eval is not None
+                        and self.step % steps_per_epoch == 0
+                        and (self.step // steps_per_epoch) % self.eval_every == 0
+                    )
                     if self.step % config.log_every == 0 or self.step == self.total_steps or eval_due:
                         extra = self.online_eval(self.model.encoder) if eval_due else {}
                         lr = self.scheduler.get_last_lr()[0]
@@ -178,10 +229,12 @@ class Trainer:
                         raise TrainingPaused(
                             f"paused at step {self.step} of {self.total_steps} after "
                             f"{progress.elapsed():.0f} s (budget {stop_after_s:.0f} s); checkpoint saved to "
-                            f"{self.checkpoint_path}: resume the run to continue")
+                            f"{self.checkpoint_path}: resume the run to continue"
+                        )
             results = self.evaluate()
-            results.update(steps=self.step, steps_this_session=self.step - start_step,
-                           run_dir=str(self.run_dir))
+            results.update(
+                steps=self.step, steps_this_session=self.step - start_step, run_dir=str(self.run_dir)
+            )
             progress.final(self.step, results)
         self.run.write_results(results)
         return results
@@ -192,13 +245,21 @@ class Trainer:
         frozen backbone features."""
         if self.eval_sets.skipped:
             return {"evaluation_skipped": self.eval_sets.reason}
-        return evaluate_backbone(self.model.encoder, self.eval_sets.train, self.eval_sets.test,
-                                 self.augment.normalize, knn_k=self.config.knn_k, seed=self.config.seed,
-                                 device=self.device, amp=self.amp)
+        return evaluate_backbone(
+            self.model.encoder,
+            self.eval_sets.train,
+            self.eval_sets.test,
+            self.augment.normalize,
+            knn_k=self.config.knn_k,
+            seed=self.config.seed,
+            device=self.device,
+            amp=self.amp,
+        )
 
 
-def train(config: TrainConfig, resume: bool = False, progress: bool | None = None,
-          stop_after_s: float | None = None) -> dict[str, Any]:
+def train(
+    config: TrainConfig, resume: bool = False, progress: bool | None = None, stop_after_s: float | None = None
+) -> dict[str, Any]:
     """Run (or resume) one training run and return its results (accuracies, run folder).
 
     ``stop_after_s``: a training time budget (see :meth:`Trainer.fit`); :class:`TrainingPaused` if it

@@ -224,8 +224,12 @@ class SimCLRAugment:
             raise ValueError(f"crop_scale must satisfy 0 < lo <= hi <= 1, got {crop_scale}")
         if not 0 < crop_ratio[0] <= crop_ratio[1]:
             raise ValueError(f"crop_ratio must satisfy 0 < lo <= hi, got {crop_ratio}")
-        for name, p in (("flip_p", flip_p), ("jitter_p", jitter_p), ("grayscale_p", grayscale_p),
-                        ("blur_p", blur_p)):
+        for name, p in (
+            ("flip_p", flip_p),
+            ("jitter_p", jitter_p),
+            ("grayscale_p", grayscale_p),
+            ("blur_p", blur_p),
+        ):
             if not 0 <= p <= 1:
                 raise ValueError(f"{name} must lie in [0, 1], got {p}")
         if len(jitter) != 4:
@@ -253,8 +257,10 @@ class SimCLRAugment:
         if blur_kernel < 1 or blur_kernel % 2 == 0:
             raise ValueError(f"blur_kernel must be a positive odd integer, got {blur_kernel}")
         if blur_p > 0 and blur_kernel // 2 >= self.image_size:
-            raise ValueError(f"blur_kernel {blur_kernel} is too large for {self.image_size}-pixel images "
-                             "(reflection padding needs kernel // 2 < image_size)")
+            raise ValueError(
+                f"blur_kernel {blur_kernel} is too large for {self.image_size}-pixel images "
+                "(reflection padding needs kernel // 2 < image_size)"
+            )
         self.blur_p = float(blur_p)
         self.blur_sigma = (float(blur_sigma[0]), float(blur_sigma[1]))
         self.blur_kernel = int(blur_kernel)

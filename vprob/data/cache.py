@@ -63,9 +63,15 @@ def _read(path: Path, key: str) -> dict[str, np.ndarray] | None:
         return None
 
 
-def cached_arrays(kind: str, split: str, root: Path, image_size: int, key: str,
-                  build: Callable[[], dict[str, np.ndarray]],
-                  cache_dir: str | os.PathLike | None = None) -> tuple[dict[str, np.ndarray], bool]:
+def cached_arrays(
+    kind: str,
+    split: str,
+    root: Path,
+    image_size: int,
+    key: str,
+    build: Callable[[], dict[str, np.ndarray]],
+    cache_dir: str | os.PathLike | None = None,
+) -> tuple[dict[str, np.ndarray], bool]:
     """The arrays ``build()`` returns for this source, from the cache when its fingerprint ``key`` matches.
 
     Returns (arrays, hit). A cache folder that cannot be created or written (read-only) only costs the
@@ -84,6 +90,7 @@ def cached_arrays(kind: str, split: str, root: Path, image_size: int, key: str,
         with atomic_writer(path) as f:
             np.savez(f, fingerprint=np.asarray(key), **arrays)
     except OSError as err:
-        warnings.warn(f"could not write the decoded-set cache {path} ({err}); the next run decodes again",
-                      stacklevel=2)
+        warnings.warn(
+            f"could not write the decoded-set cache {path} ({err}); the next run decodes again", stacklevel=2
+        )
     return arrays, False

@@ -28,12 +28,21 @@ from vprob.data.datasets import CIFAR10_FORMAT_HELP, ImageSet, channel_stats, lo
 from vprob.data.decode import check_fits_device
 from vprob.safe_io import load_pickle_restricted
 
-__all__ = ["CIFAR100_HELP", "CIFAR10_HELP", "cifar100_classes", "cifar10_classes", "cifar10_layout",
-           "load_cifar10_any", "load_cifar100"]
+__all__ = [
+    "CIFAR100_HELP",
+    "CIFAR10_HELP",
+    "cifar100_classes",
+    "cifar10_classes",
+    "cifar10_layout",
+    "load_cifar10_any",
+    "load_cifar100",
+]
 
-_WHERE = ("the CIFAR python archives come from https://www.cs.toronto.edu/~kriz/cifar.html, or from "
-          "torchvision.datasets.{name}(root=DIR, download=True) run once on a machine with network access; "
-          "vprob never downloads")
+_WHERE = (
+    "the CIFAR python archives come from https://www.cs.toronto.edu/~kriz/cifar.html, or from "
+    "torchvision.datasets.{name}(root=DIR, download=True) run once on a machine with network access; "
+    "vprob never downloads"
+)
 CIFAR10_HELP = (
     "CIFAR-10 is read from torchvision's layout DIR/cifar-10-batches-py/{data_batch_1..data_batch_5, "
     "test_batch, batches.meta} (pass DIR, or the cifar-10-batches-py folder itself, with --data-dir; "
@@ -51,8 +60,9 @@ _CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 def _field(batch: Any, name: str, path: Path, help_text: str) -> Any:
     """``batch[b"name"]`` (the files' own bytes keys; str keys, as a latin1 re-pickle has, are accepted)."""
     if not isinstance(batch, dict):
-        raise ValueError(f"{path}: holds a {type(batch).__name__}, not the dict of a CIFAR batch file. "
-                         f"{help_text}")
+        raise ValueError(
+            f"{path}: holds a {type(batch).__name__}, not the dict of a CIFAR batch file. {help_text}"
+        )
     for key in (name.encode(), name):
         if key in batch:
             return batch[key]
@@ -75,8 +85,9 @@ def _load(path: Path, help_text: str) -> Any:
         raise ValueError(f"{err}. {help_text}") from err
 
 
-def _batch(path: Path, label_keys: tuple[str, ...], num_classes: tuple[int, ...],
-           help_text: str) -> tuple[np.ndarray, list[np.ndarray]]:
+def _batch(
+    path: Path, label_keys: tuple[str, ...], num_classes: tuple[int, ...], help_text: str
+) -> tuple[np.ndarray, list[np.ndarray]]:
     """(images (N, 3, 32, 32) uint8, [labels (N,) int64 per key]) of one batch file, checked."""
     batch = _load(path, help_text)
     data = _field(batch, "data", path, help_text)
@@ -89,12 +100,16 @@ def _batch(path: Path, label_keys: tuple[str, ...], num_classes: tuple[int, ...]
     for key, count in zip(label_keys, num_classes, strict=True):
         y = np.asarray(_field(batch, key, path, help_text))
         if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
-            raise ValueError(f"{path}: {key!r} must hold {n} integer labels (one per image), got "
-                             f"{y.dtype} {y.shape}. {help_text}")
+            raise ValueError(
+                f"{path}: {key!r} must hold {n} integer labels (one per image), got "
+                f"{y.dtype} {y.shape}. {help_text}"
+            )
         bad = np.flatnonzero((y < 0) | (y >= count))
         if bad.size:
-            raise ValueError(f"{path}: {key}[{bad[0]}] = {y[bad[0]]} is outside the {count} classes of the "
-                             f"meta file (labels 0..{count - 1}; {bad.size} bad labels in all)")
+            raise ValueError(
+                f"{path}: {key}[{bad[0]}] = {y[bad[0]]} is outside the {count} classes of the "
+                f"meta file (labels 0..{count - 1}; {bad.size} bad labels in all)"
+            )
         labels.append(y.astype(np.int64))
     return data.reshape(n, 3, 32, 32), labels
 
@@ -110,13 +125,21 @@ def _folder(data_dir: str | os.PathLike | None, sub: str, marker: str, name: str
         return root / sub
     if (root / marker).is_file():
         return root
-    raise FileNotFoundError(f"{root} holds neither {sub}/ nor the files of that folder ({marker}). "
-                            f"{help_text}")
+    raise FileNotFoundError(
+        f"{root} holds neither {sub}/ nor the files of that folder ({marker}). {help_text}"
+    )
 
 
-def _image_sets(train_x: np.ndarray, train_y: list[np.ndarray], test_x: np.ndarray, test_y: list[np.ndarray],
-                classes: tuple[str, ...], coarse: tuple[str, ...] | None, device: torch.device,
-                what: str) -> tuple[ImageSet, ImageSet]:
+def _image_sets(
+    train_x: np.ndarray,
+    train_y: list[np.ndarray],
+    test_x: np.ndarray,
+    test_y: list[np.ndarray],
+    classes: tuple[str, ...],
+    coarse: tuple[str, ...] | None,
+    device: torch.device,
+    what: str,
+) -> tuple[ImageSet, ImageSet]:
     check_fits_device(len(train_x) + len(test_x), 3, 32, device, what)
     tx = torch.from_numpy(np.ascontiguousarray(train_x)).to(device)
     mean, std = channel_stats(tx)
@@ -148,8 +171,9 @@ def cifar10_layout(data_dir: str | os.PathLike | None) -> tuple[str, Path]:
         if magic[:2] == b"PK":
             return "npz", root
         raise ValueError(f"{npz} is not an npz (zip) archive (it starts with {magic!r}). {CIFAR10_HELP}")
-    raise FileNotFoundError(f"{root} holds no CIFAR-10 files (neither cifar-10-batches-py/ nor train.npz). "
-                            f"{CIFAR10_HELP}")
+    raise FileNotFoundError(
+        f"{root} holds no CIFAR-10 files (neither cifar-10-batches-py/ nor train.npz). {CIFAR10_HELP}"
+    )
 
 
 def cifar10_classes(data_dir: str | os.PathLike | None) -> tuple[str, ...]:
@@ -164,12 +188,19 @@ def cifar10_classes(data_dir: str | os.PathLike | None) -> tuple[str, ...]:
                 raise ValueError(f"{path}: missing array 'classes'. {CIFAR10_HELP}")
             return tuple(str(c) for c in npz["classes"])
     path = folder / "batches.meta"
-    return _names(_field(_load(path, CIFAR10_HELP), "label_names", path, CIFAR10_HELP), path, "label_names",
-                  CIFAR10_HELP)
+    return _names(
+        _field(_load(path, CIFAR10_HELP), "label_names", path, CIFAR10_HELP),
+        path,
+        "label_names",
+        CIFAR10_HELP,
+    )
 
 
-def load_cifar10_any(data_dir: str | os.PathLike | None, device: torch.device | str = "cpu",
-                     cache_dir: str | os.PathLike | None = None) -> tuple[ImageSet, ImageSet]:
+def load_cifar10_any(
+    data_dir: str | os.PathLike | None,
+    device: torch.device | str = "cpu",
+    cache_dir: str | os.PathLike | None = None,
+) -> tuple[ImageSet, ImageSet]:
     """CIFAR-10 (train 50,000, test 10,000 in the real set) as uint8 (N, 3, 32, 32) on ``device``, from
     torchvision's layout or the JPEG npz archives (``cache_dir``: where the npz reader keeps decoded
     arrays; the pickled batches need no decoding)."""
@@ -195,8 +226,10 @@ def _cifar100_folder(data_dir: str | os.PathLike | None) -> Path:
 def _cifar100_meta(folder: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
     path = folder / "meta"
     meta = _load(path, CIFAR100_HELP)
-    return tuple(_names(_field(meta, key, path, CIFAR100_HELP), path, key, CIFAR100_HELP)
-                 for key in ("fine_label_names", "coarse_label_names"))
+    return tuple(
+        _names(_field(meta, key, path, CIFAR100_HELP), path, key, CIFAR100_HELP)
+        for key in ("fine_label_names", "coarse_label_names")
+    )
 
 
 def cifar100_classes(data_dir: str | os.PathLike | None) -> tuple[str, ...]:
@@ -204,8 +237,9 @@ def cifar100_classes(data_dir: str | os.PathLike | None) -> tuple[str, ...]:
     return _cifar100_meta(_cifar100_folder(data_dir))[0]
 
 
-def load_cifar100(data_dir: str | os.PathLike | None,
-                  device: torch.device | str = "cpu") -> tuple[ImageSet, ImageSet]:
+def load_cifar100(
+    data_dir: str | os.PathLike | None, device: torch.device | str = "cpu"
+) -> tuple[ImageSet, ImageSet]:
     """CIFAR-100 (train, test) as uint8 (N, 3, 32, 32) on ``device``, labelled with the fine classes; the
     coarse (superclass) labels are in ``coarse_labels`` / ``coarse_classes``."""
     folder = _cifar100_folder(data_dir)

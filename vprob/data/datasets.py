@@ -53,8 +53,7 @@ def check_image_batch(images: Tensor, name: str = "images", non_empty: bool = Fa
     valid = isinstance(images, Tensor) and images.dtype == torch.uint8 and images.ndim == 4
     if valid and not (non_empty and images.shape[0] == 0):
         return
-    got = (f"{images.dtype} {tuple(images.shape)}" if isinstance(images, Tensor)
-           else type(images).__name__)
+    got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, Tensor) else type(images).__name__
     kind = "a non-empty uint8 image batch" if non_empty else "a uint8 image batch"
     raise ValueError(f"{name} must be {kind} (N, C, H, W), got {got}")
 
@@ -131,17 +130,20 @@ class ImageSet:
 
     def _check_coarse(self) -> None:
         if (self.coarse_labels is None) != (self.coarse_classes is None):
-            raise ValueError("ImageSet.coarse_labels and ImageSet.coarse_classes go together "
-                             "(both or neither)")
+            raise ValueError(
+                "ImageSet.coarse_labels and ImageSet.coarse_classes go together (both or neither)"
+            )
         if self.coarse_labels is None:
             return
         self.coarse_classes = tuple(self.coarse_classes)
         if not isinstance(self.coarse_labels, Tensor) or self.coarse_labels.dtype != torch.int64:
             raise TypeError("ImageSet.coarse_labels must be an int64 torch.Tensor")
         if self.coarse_labels.shape != self.labels.shape or self.coarse_labels.device != self.images.device:
-            raise ValueError(f"ImageSet.coarse_labels must have shape {tuple(self.labels.shape)} on "
-                             f"{self.images.device}, got {tuple(self.coarse_labels.shape)} on "
-                             f"{self.coarse_labels.device}")
+            raise ValueError(
+                f"ImageSet.coarse_labels must have shape {tuple(self.labels.shape)} on "
+                f"{self.images.device}, got {tuple(self.coarse_labels.shape)} on "
+                f"{self.coarse_labels.device}"
+            )
         n = len(self.coarse_classes)
         inside = (self.coarse_labels >= 0) & (self.coarse_labels < n)
         if self.coarse_labels.numel() and not bool(inside.all()):
@@ -173,8 +175,9 @@ class ImageSet:
         return self._with(self.images.to(device), self.labels.to(device), coarse)
 
     def _with(self, images: Tensor, labels: Tensor, coarse: Tensor | None) -> ImageSet:
-        return ImageSet(images, labels, self.classes, self.mean, self.std, self.unlabelled, coarse,
-                        self.coarse_classes)
+        return ImageSet(
+            images, labels, self.classes, self.mean, self.std, self.unlabelled, coarse, self.coarse_classes
+        )
 
     @property
     def num_labelled(self) -> int:
@@ -192,14 +195,25 @@ class ImageSet:
             part = self.subset(slice(0, n))
         else:
             part = self.subset(self.labels >= 0)
-        return ImageSet(part.images, part.labels, part.classes, part.mean, part.std, False,
-                        part.coarse_labels, part.coarse_classes)
+        return ImageSet(
+            part.images,
+            part.labels,
+            part.classes,
+            part.mean,
+            part.std,
+            False,
+            part.coarse_labels,
+            part.coarse_classes,
+        )
 
     def subset(self, mask_or_index: Tensor | Sequence[int] | slice) -> ImageSet:
         """The images selected by a boolean mask (N,) or an index (M,) / slice; keeps the train statistics."""
         if isinstance(mask_or_index, slice):
-            return self._with(self.images[mask_or_index], self.labels[mask_or_index],
-                              None if self.coarse_labels is None else self.coarse_labels[mask_or_index])
+            return self._with(
+                self.images[mask_or_index],
+                self.labels[mask_or_index],
+                None if self.coarse_labels is None else self.coarse_labels[mask_or_index],
+            )
         index = torch.as_tensor(mask_or_index, device=self.images.device)
         if index.dtype == torch.bool:
             if index.shape != (len(self),):
@@ -210,8 +224,11 @@ class ImageSet:
             raise ValueError(f"subset index must be 1-D, got shape {tuple(index.shape)}")
         else:
             index = index.long()
-        return self._with(self.images[index], self.labels[index],
-                          None if self.coarse_labels is None else self.coarse_labels[index])
+        return self._with(
+            self.images[index],
+            self.labels[index],
+            None if self.coarse_labels is None else self.coarse_labels[index],
+        )
 
 
 def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -24,8 +24,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["DEVICE_FRACTION", "bytes_needed", "check_fits", "check_fits_device", "decode_files",
-           "largest_image_size", "resize_square"]
+__all__ = [
+    "DEVICE_FRACTION",
+    "bytes_needed",
+    "check_fits",
+    "check_fits_device",
+    "decode_files",
+    "largest_image_size",
+    "resize_square",
+]
 
 # At most this share of the free device memory goes to the uint8 image set: the rest is for the model, its
 # activations and the augmented float views.
@@ -50,8 +57,14 @@ def largest_image_size(num_images: int, channels: int, budget_bytes: int) -> int
     return size
 
 
-def check_fits(num_images: int, channels: int, image_size: int, free_bytes: int, what: str,
-               fraction: float = DEVICE_FRACTION) -> None:
+def check_fits(
+    num_images: int,
+    channels: int,
+    image_size: int,
+    free_bytes: int,
+    what: str,
+    fraction: float = DEVICE_FRACTION,
+) -> None:
     """ValueError unless the set fits in ``fraction`` of ``free_bytes``; the message gives the bytes it needs
     and the largest image size that fits. ``what`` names the set (for example its folder)."""
     need = bytes_needed(num_images, channels, image_size)
@@ -59,16 +72,21 @@ def check_fits(num_images: int, channels: int, image_size: int, free_bytes: int,
     if need <= budget:
         return
     fits = largest_image_size(num_images, channels, budget)
-    hint = (f"the largest image size that fits is {fits} px" if fits else
-            "no image size fits: use fewer images or a device with more memory")
+    hint = (
+        f"the largest image size that fits is {fits} px"
+        if fits
+        else "no image size fits: use fewer images or a device with more memory"
+    )
     raise ValueError(
         f"{what}: {num_images:,} images of {channels}x{image_size}x{image_size} take {need:,} bytes "
         f"({need / 2**30:.2f} GiB) on the device, more than {fraction:.0%} of its {free_bytes:,} free bytes "
-        f"(the rest is for the model and its activations); {hint}")
+        f"(the rest is for the model and its activations); {hint}"
+    )
 
 
-def check_fits_device(num_images: int, channels: int, image_size: int, device: torch.device,
-                      what: str) -> None:
+def check_fits_device(
+    num_images: int, channels: int, image_size: int, device: torch.device, what: str
+) -> None:
     """:func:`check_fits` against the free memory of a CUDA ``device``; nothing for other devices."""
     if device.type != "cuda":
         return
@@ -84,10 +102,11 @@ def resize_square(images: Tensor, size: int) -> Tensor:
         return images
     scale = size / min(h, w)
     new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
-    x = F.interpolate(images.float(), size=(new_h, new_w), mode="bilinear", antialias=True,
-                      align_corners=False)
+    x = F.interpolate(
+        images.float(), size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False
+    )
     top, left = (new_h - size) // 2, (new_w - size) // 2
-    x = x[..., top:top + size, left:left + size]
+    x = x[..., top : top + size, left : left + size]
     return x.round_().clamp_(0, 255).to(torch.uint8)
 
 
@@ -130,6 +149,7 @@ def decode_files(paths: Sequence[Path], size: int, threads: int | None = None) -
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
+
         def work(i: int) -> None:
             out[i] = _decode_path(Path(paths[i]), size)
 

@@ -48,31 +48,41 @@ def _visible(path: Path) -> bool:
 
 
 def _images_under(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-                  and all(_visible(part) for part in p.relative_to(folder).parents if part != Path("."))
-                  and _visible(p))
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES
+        and p.is_file()
+        and all(_visible(part) for part in p.relative_to(folder).parents if part != Path("."))
+        and _visible(p)
+    )
 
 
 def _split_files(folder: Path) -> tuple[tuple[str, ...] | None, list[Path], list[int]]:
     """(class names or None for an unlabelled folder, image paths, labels) of one split folder."""
     class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and _visible(p))
-    loose = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                   and _visible(p))
+    loose = sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and _visible(p)
+    )
     if class_dirs and loose:
-        raise ValueError(f"{folder} mixes class folders ({class_dirs[0].name}/, ...) with images directly "
-                         f"in it ({loose[0].name}, ...): put every image in a class folder, or none. "
-                         f"{IMAGE_FOLDER_HELP}")
+        raise ValueError(
+            f"{folder} mixes class folders ({class_dirs[0].name}/, ...) with images directly "
+            f"in it ({loose[0].name}, ...): put every image in a class folder, or none. "
+            f"{IMAGE_FOLDER_HELP}"
+        )
     if not class_dirs:
         if not loose:
-            raise ValueError(f"{folder} holds no JPEG or PNG images and no class folders. "
-                             f"{IMAGE_FOLDER_HELP}")
+            raise ValueError(
+                f"{folder} holds no JPEG or PNG images and no class folders. {IMAGE_FOLDER_HELP}"
+            )
         return None, loose, [UNLABELLED] * len(loose)
     paths, labels = [], []
     for label, class_dir in enumerate(class_dirs):
         files = _images_under(class_dir)
         if not files:
-            raise ValueError(f"class folder {class_dir} holds no JPEG or PNG images (an empty class). "
-                             f"{IMAGE_FOLDER_HELP}")
+            raise ValueError(
+                f"class folder {class_dir} holds no JPEG or PNG images (an empty class). {IMAGE_FOLDER_HELP}"
+            )
         paths += files
         labels += [label] * len(files)
     return tuple(p.name for p in class_dirs), paths, labels
@@ -103,8 +113,14 @@ def image_folder_classes(data_dir: str | os.PathLike | None) -> tuple[str, ...]:
     return names or UNLABELLED_CLASSES
 
 
-def _decoded(root: Path, split: str, paths: list[Path], labels: list[int], image_size: int,
-             cache_dir: str | os.PathLike | None) -> tuple[np.ndarray, np.ndarray]:
+def _decoded(
+    root: Path,
+    split: str,
+    paths: list[Path],
+    labels: list[int],
+    image_size: int,
+    cache_dir: str | os.PathLike | None,
+) -> tuple[np.ndarray, np.ndarray]:
     if not paths:  # no such split: nothing to decode or cache
         return np.empty((0, 3, image_size, image_size), np.uint8), np.empty(0, np.int64)
     key = fingerprint(root, paths, image_size=image_size, labels=labels)
@@ -116,9 +132,12 @@ def _decoded(root: Path, split: str, paths: list[Path], labels: list[int], image
     return arrays["images"], arrays["labels"]
 
 
-def load_image_folder(data_dir: str | os.PathLike | None, device: torch.device | str = "cpu",
-                      image_size: int = 64,
-                      cache_dir: str | os.PathLike | None = None) -> tuple[ImageSet, ImageSet]:
+def load_image_folder(
+    data_dir: str | os.PathLike | None,
+    device: torch.device | str = "cpu",
+    image_size: int = 64,
+    cache_dir: str | os.PathLike | None = None,
+) -> tuple[ImageSet, ImageSet]:
     """(train, test) uint8 (N, 3, image_size, image_size) on ``device`` from an image folder.
 
     ``test`` is the ``val`` (else ``test``) split, labelled with train's classes; when there is none, or
@@ -134,12 +153,16 @@ def load_image_folder(data_dir: str | os.PathLike | None, device: torch.device |
     if eval_dir is not None and classes is not None:
         eval_classes, eval_paths, local = _split_files(eval_dir)
         if eval_classes is None:
-            raise ValueError(f"{eval_dir} holds images without class folders, but train has classes: sort "
-                             f"them into {eval_dir.name}/<class>/ folders. {IMAGE_FOLDER_HELP}")
+            raise ValueError(
+                f"{eval_dir} holds images without class folders, but train has classes: sort "
+                f"them into {eval_dir.name}/<class>/ folders. {IMAGE_FOLDER_HELP}"
+            )
         unknown = [c for c in eval_classes if c not in classes]
         if unknown:
-            raise ValueError(f"{eval_dir}: class folder(s) {unknown} are not classes of {root / 'train'} "
-                             f"(labels outside the class list {list(classes)[:10]}...). {IMAGE_FOLDER_HELP}")
+            raise ValueError(
+                f"{eval_dir}: class folder(s) {unknown} are not classes of {root / 'train'} "
+                f"(labels outside the class list {list(classes)[:10]}...). {IMAGE_FOLDER_HELP}"
+            )
         index = {name: classes.index(name) for name in eval_classes}
         eval_labels = [index[eval_classes[y]] for y in local]
     check_fits_device(len(paths) + len(eval_paths), 3, image_size, device, str(root))
@@ -149,6 +172,7 @@ def load_image_folder(data_dir: str | os.PathLike | None, device: torch.device |
     mean, std = channel_stats(tx)
     names = classes or UNLABELLED_CLASSES
     train = ImageSet(tx, torch.from_numpy(train_y).to(device), names, mean, std, unlabelled=classes is None)
-    test = ImageSet(torch.from_numpy(test_x).to(device), torch.from_numpy(test_y).to(device), names, mean,
-                    std)
+    test = ImageSet(
+        torch.from_numpy(test_x).to(device), torch.from_numpy(test_y).to(device), names, mean, std
+    )
     return train, test

@@ -35,17 +35,36 @@ from vprob.data.stl10 import STL10_SIZE, load_stl10, stl10_classes
 # The SimCLR recipe (Chen et al. 2020) with crop scale (0.2, 1): on 32x32 images the ImageNet lower bound 0.08
 # leaves 9x9-pixel crops that rarely show the object; 0.2 is what the single-file SimCLR yardstick and
 # SupCon's CIFAR recipe use. No blur (as SimCLR on CIFAR).
-CIFAR_RECIPE: dict[str, Any] = dict(crop_scale=(0.2, 1.0), crop_ratio=(3 / 4, 4 / 3), flip_p=0.5,
-                                    jitter=(0.4, 0.4, 0.4, 0.1), jitter_p=0.8, grayscale_p=0.2)
+CIFAR_RECIPE: dict[str, Any] = dict(
+    crop_scale=(0.2, 1.0),
+    crop_ratio=(3 / 4, 4 / 3),
+    flip_p=0.5,
+    jitter=(0.4, 0.4, 0.4, 0.1),
+    jitter_p=0.8,
+    grayscale_p=0.2,
+)
 # STL-10 at 96 px: ImageNet's crop scale (0.08, 1) (a 96-pixel image keeps 27-pixel crops), CIFAR's colour
 # strengths, no blur, as in the STL-10 recipes of Wang & Isola (2020) and solo-learn. Not tuned here.
-STL10_RECIPE: dict[str, Any] = dict(crop_scale=(0.08, 1.0), crop_ratio=(3 / 4, 4 / 3), flip_p=0.5,
-                                    jitter=(0.4, 0.4, 0.4, 0.1), jitter_p=0.8, grayscale_p=0.2)
+STL10_RECIPE: dict[str, Any] = dict(
+    crop_scale=(0.08, 1.0),
+    crop_ratio=(3 / 4, 4 / 3),
+    flip_p=0.5,
+    jitter=(0.4, 0.4, 0.4, 0.1),
+    jitter_p=0.8,
+    grayscale_p=0.2,
+)
 # SimCLR's ImageNet recipe: colour strength 1 (0.8, 0.8, 0.8, 0.2), Gaussian blur with probability 0.5,
 # sigma in (0.1, 2), kernel 10 % of the image size; used from 64 px up.
-IMAGENET_RECIPE: dict[str, Any] = dict(crop_scale=(0.08, 1.0), crop_ratio=(3 / 4, 4 / 3), flip_p=0.5,
-                                       jitter=(0.8, 0.8, 0.8, 0.2), jitter_p=0.8, grayscale_p=0.2,
-                                       blur_p=0.5, blur_sigma=(0.1, 2.0))
+IMAGENET_RECIPE: dict[str, Any] = dict(
+    crop_scale=(0.08, 1.0),
+    crop_ratio=(3 / 4, 4 / 3),
+    flip_p=0.5,
+    jitter=(0.8, 0.8, 0.8, 0.2),
+    jitter_p=0.8,
+    grayscale_p=0.2,
+    blur_p=0.5,
+    blur_sigma=(0.1, 2.0),
+)
 
 
 def recipe_for_size(image_size: int) -> dict[str, Any]:
@@ -107,34 +126,50 @@ def _resized(sets: tuple[ImageSet, ImageSet], image_size: int | None) -> tuple[I
         return sets
     x = [resize_square(s.images, image_size) for s in sets]
     mean, std = channel_stats(x[0])
-    return tuple(ImageSet(xi, s.labels, s.classes, mean, std, s.unlabelled, s.coarse_labels, s.coarse_classes)
-                 for xi, s in zip(x, sets, strict=True))
+    return tuple(
+        ImageSet(xi, s.labels, s.classes, mean, std, s.unlabelled, s.coarse_labels, s.coarse_classes)
+        for xi, s in zip(x, sets, strict=True)
+    )
 
 
-def _load_cifar10(data_dir: str | None, device: torch.device, *, image_size: int | None = None,
-                  cache_dir: str | None = None) -> tuple[ImageSet, ImageSet]:
+def _load_cifar10(
+    data_dir: str | None, device: torch.device, *, image_size: int | None = None, cache_dir: str | None = None
+) -> tuple[ImageSet, ImageSet]:
     # The JPEG archives' decoded arrays are cached (15.7 s -> 3.0 s to load on the loaded 2-core machine).
     cache = cache_folder(cache_dir)
     return _resized(load_cifar10_any(data_dir, device=device, cache_dir=cache), image_size)
 
 
-def _load_cifar100(data_dir: str | None, device: torch.device, *, image_size: int | None = None,
-                   cache_dir: str | None = None) -> tuple[ImageSet, ImageSet]:
+def _load_cifar100(
+    data_dir: str | None, device: torch.device, *, image_size: int | None = None, cache_dir: str | None = None
+) -> tuple[ImageSet, ImageSet]:
     return _resized(load_cifar100(data_dir, device=device), image_size)
 
 
-def _load_stl10(data_dir: str | None, device: torch.device, *, image_size: int | None = None,
-                cache_dir: str | None = None) -> tuple[ImageSet, ImageSet]:
+def _load_stl10(
+    data_dir: str | None, device: torch.device, *, image_size: int | None = None, cache_dir: str | None = None
+) -> tuple[ImageSet, ImageSet]:
     return load_stl10(data_dir, device=device, image_size=image_size or STL10_SIZE)
 
 
-def _load_image_folder(data_dir: str | None, device: torch.device, *, image_size: int | None = None,
-                       cache_dir: str | None = None) -> tuple[ImageSet, ImageSet]:
+def _load_image_folder(
+    data_dir: str | None, device: torch.device, *, image_size: int | None = None, cache_dir: str | None = None
+) -> tuple[ImageSet, ImageSet]:
     return load_image_folder(data_dir, device=device, image_size=image_size or 64, cache_dir=cache_dir)
 
 
-_CIFAR_DEFAULTS = dict(backbone="resnet18_cifar", epochs=100, batch_size=512, dim=128, head_hidden=1024,
-                       optimizer="sgd", lr=0.06, weight_decay=5e-4, warmup_epochs=2, tau=0.5)
+_CIFAR_DEFAULTS = dict(
+    backbone="resnet18_cifar",
+    epochs=100,
+    batch_size=512,
+    dim=128,
+    head_hidden=1024,
+    optimizer="sgd",
+    lr=0.06,
+    weight_decay=5e-4,
+    warmup_epochs=2,
+    tau=0.5,
+)
 # 96-pixel and larger images: half CIFAR's batch, the same lr per image (0.03 x batch / 256). Not tuned.
 _LARGE_DEFAULTS = dict(_CIFAR_DEFAULTS, batch_size=256, lr=0.03)
 
@@ -143,19 +178,39 @@ DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in (
         DatasetSpec(
-            "digits", _load_digits, _digits_classes,
+            "digits",
+            _load_digits,
+            _digits_classes,
             # Crops of 50-100 % of the area, no flip (a flipped 2, 3 or 7 is not a digit), mild brightness
             # and contrast, no colour ops (one channel).
-            augment=dict(crop_scale=(0.5, 1.0), crop_ratio=(3 / 4, 4 / 3), flip_p=0.0,
-                         jitter=(0.2, 0.2, 0.0, 0.0), jitter_p=0.8, grayscale_p=0.0),
-            train_defaults=dict(backbone="digits_convnet", epochs=30, batch_size=256, dim=32, head_hidden=256,
-                                optimizer="adamw", lr=2e-3, weight_decay=1e-4, warmup_epochs=2, tau=0.2),
+            augment=dict(
+                crop_scale=(0.5, 1.0),
+                crop_ratio=(3 / 4, 4 / 3),
+                flip_p=0.0,
+                jitter=(0.2, 0.2, 0.0, 0.0),
+                jitter_p=0.8,
+                grayscale_p=0.0,
+            ),
+            train_defaults=dict(
+                backbone="digits_convnet",
+                epochs=30,
+                batch_size=256,
+                dim=32,
+                head_hidden=256,
+                optimizer="adamw",
+                lr=2e-3,
+                weight_decay=1e-4,
+                warmup_epochs=2,
+                tau=0.2,
+            ),
             # One class of digits has about 144 training images: small batches keep a few steps an epoch.
             anomaly_defaults=dict(epochs=100, batch_size=32),
             description="scikit-learn's bundled 8x8 digits (1,797 images), embedded: no --data-dir",
         ),
         DatasetSpec(
-            "cifar10", _load_cifar10, cifar10_classes,
+            "cifar10",
+            _load_cifar10,
+            cifar10_classes,
             augment=CIFAR_RECIPE,
             # The recipe of the single-file SimCLR yardstick (dkobak/simclr-cifar10): SGD, lr 0.03 x
             # batch/256, weight decay 5e-4, tau 0.5, a 1024-wide projector; LARS (tau 0.2, lr 0.6) gave 1.8
@@ -166,11 +221,13 @@ DATASETS: dict[str, DatasetSpec] = {
             far_ood="digits",
             needs_data_dir=True,
             description="CIFAR-10: torchvision's cifar-10-batches-py layout, or train.npz / test.npz JPEG "
-                        "archives",
+            "archives",
             image_size=32,
         ),
         DatasetSpec(
-            "cifar100", _load_cifar100, cifar100_classes,
+            "cifar100",
+            _load_cifar100,
+            cifar100_classes,
             augment=CIFAR_RECIPE,
             train_defaults=dict(_CIFAR_DEFAULTS),  # CIFAR-10's recipe (as SimCLR and SupCon use one for both)
             anomaly_defaults=dict(epochs=200, batch_size=128),  # 500 images a class (not tuned)
@@ -180,7 +237,9 @@ DATASETS: dict[str, DatasetSpec] = {
             image_size=32,
         ),
         DatasetSpec(
-            "stl10", _load_stl10, stl10_classes,
+            "stl10",
+            _load_stl10,
+            stl10_classes,
             augment=STL10_RECIPE,
             train_defaults=dict(_LARGE_DEFAULTS),
             anomaly_defaults=dict(epochs=200, batch_size=64),  # 500 labelled images a class (not tuned)
@@ -190,14 +249,16 @@ DATASETS: dict[str, DatasetSpec] = {
             image_size=STL10_SIZE,
         ),
         DatasetSpec(
-            "imagefolder", _load_image_folder, image_folder_classes,
+            "imagefolder",
+            _load_image_folder,
+            image_folder_classes,
             augment=recipe_for_size,
             train_defaults=dict(_LARGE_DEFAULTS),
             anomaly_defaults=dict(epochs=200, batch_size=64),
             far_ood="digits",
             needs_data_dir=True,
             description="JPEG/PNG files in DIR/train/<class>/ and DIR/val/<class>/ (64 px: Tiny-ImageNet, "
-                        "...)",
+            "...)",
             image_size=64,
         ),
     )
@@ -212,9 +273,14 @@ def get_dataset(name: str) -> DatasetSpec:
         raise ValueError(f"unknown data set {name!r}; valid names: {', '.join(DATASETS)}") from None
 
 
-def load_dataset(name: str, data_dir: str | os.PathLike | None = None, device: torch.device | str = "cpu",
-                 *, image_size: int | None = None,
-                 cache_dir: str | os.PathLike | None = None) -> tuple[ImageSet, ImageSet]:
+def load_dataset(
+    name: str,
+    data_dir: str | os.PathLike | None = None,
+    device: torch.device | str = "cpu",
+    *,
+    image_size: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> tuple[ImageSet, ImageSet]:
     """(train, test) of a registered data set, uint8 on ``device``; ``train`` is the self-supervised
     training set (see :func:`evaluation_sets` for what evaluation uses).
 
@@ -224,10 +290,12 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, device: t
     spec = get_dataset(name)
     options = {k: v for k, v in dict(image_size=image_size, cache_dir=cache_dir).items() if v is not None}
     if options and spec.image_size is None:
-        raise ValueError(f"data set {name!r} has a fixed image size and no cache; it takes no "
-                         f"{' or '.join(options)}")
-    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)
-                                   or image_size < 1):
+        raise ValueError(
+            f"data set {name!r} has a fixed image size and no cache; it takes no {' or '.join(options)}"
+        )
+    if image_size is not None and (
+        isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1
+    ):
         raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
     if "cache_dir" in options:
         options["cache_dir"] = str(options["cache_dir"])
@@ -255,11 +323,19 @@ def evaluation_sets(name: str, train: ImageSet, test: ImageSet) -> EvalSets:
     spec = get_dataset(name)
     fit = spec.eval_train(train) if spec.eval_train is not None else train.labelled()
     if len(fit) == 0:
-        return EvalSets(None, None, f"evaluation skipped: the {name} training set has no labelled images "
-                                    "(an unlabelled folder trains self-supervised methods only)")
+        return EvalSets(
+            None,
+            None,
+            f"evaluation skipped: the {name} training set has no labelled images "
+            "(an unlabelled folder trains self-supervised methods only)",
+        )
     if len(test) == 0:
-        return EvalSets(None, None, f"evaluation skipped: the {name} data has no labelled val or test split "
-                                    "to score on (add DIR/val/<class>/ folders)")
+        return EvalSets(
+            None,
+            None,
+            f"evaluation skipped: the {name} data has no labelled val or test split "
+            "to score on (add DIR/val/<class>/ folders)",
+        )
     return EvalSets(fit, test)
 
 

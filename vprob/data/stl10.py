@@ -64,8 +64,10 @@ def _count(path: Path) -> int:
         raise FileNotFoundError(f"{path} is missing. {STL10_HELP}")
     size = path.stat().st_size
     if size == 0 or size % _IMAGE_BYTES:
-        raise ValueError(f"{path}: {size:,} bytes is not a whole number of 3x96x96 images ({_IMAGE_BYTES:,} "
-                         f"bytes each): a truncated or foreign file. {STL10_HELP}")
+        raise ValueError(
+            f"{path}: {size:,} bytes is not a whole number of 3x96x96 images ({_IMAGE_BYTES:,} "
+            f"bytes each): a truncated or foreign file. {STL10_HELP}"
+        )
     return size // _IMAGE_BYTES
 
 
@@ -89,13 +91,19 @@ def _read_labels(path: Path, n: int, num_classes: int) -> np.ndarray:
         raise ValueError(f"{path}: {y.size} labels for {n} images (one uint8 label per image). {STL10_HELP}")
     bad = np.flatnonzero((y < 1) | (y > num_classes))
     if bad.size:
-        raise ValueError(f"{path}: label {bad[0]} is {y[bad[0]]}, outside 1..{num_classes} (the classes of "
-                         f"class_names.txt; {bad.size} bad labels in all). {STL10_HELP}")
+        raise ValueError(
+            f"{path}: label {bad[0]} is {y[bad[0]]}, outside 1..{num_classes} (the classes of "
+            f"class_names.txt; {bad.size} bad labels in all). {STL10_HELP}"
+        )
     return y.astype(np.int64) - 1
 
 
-def load_stl10(data_dir: str | os.PathLike | None, device: torch.device | str = "cpu",
-               image_size: int = STL10_SIZE, unlabeled: bool = True) -> tuple[ImageSet, ImageSet]:
+def load_stl10(
+    data_dir: str | os.PathLike | None,
+    device: torch.device | str = "cpu",
+    image_size: int = STL10_SIZE,
+    unlabeled: bool = True,
+) -> tuple[ImageSet, ImageSet]:
     """STL-10 as (train for self-supervised learning, test), uint8 (N, 3, S, S) on ``device``.
 
     The first set is train followed by unlabeled (labels -1, ``unlabelled=True``) when ``unlabeled``, else
@@ -115,13 +123,16 @@ def load_stl10(data_dir: str | os.PathLike | None, device: torch.device | str = 
         images = np.empty((sum(counts[s] for s in names), 3, STL10_SIZE, STL10_SIZE), dtype=np.uint8)
         labels, start = [], 0
         for split in names:
-            _read_images(folder / f"{split}_X.bin", images[start:start + counts[split]])
+            _read_images(folder / f"{split}_X.bin", images[start : start + counts[split]])
             start += counts[split]
-            labels.append(np.full(counts[split], UNLABELLED, np.int64) if split == "unlabeled" else
-                          _read_labels(folder / f"{split}_y.bin", counts[split], len(classes)))
+            labels.append(
+                np.full(counts[split], UNLABELLED, np.int64)
+                if split == "unlabeled"
+                else _read_labels(folder / f"{split}_y.bin", counts[split], len(classes))
+            )
         x = torch.from_numpy(images)
         if image_size != STL10_SIZE:
-            x = torch.cat([resize_square(x[i:i + _CHUNK], image_size) for i in range(0, len(x), _CHUNK)])
+            x = torch.cat([resize_square(x[i : i + _CHUNK], image_size) for i in range(0, len(x), _CHUNK)])
         sets.append((x.to(device), torch.from_numpy(np.concatenate(labels)).to(device)))
     mean, std = channel_stats(sets[0][0])
     train = ImageSet(*sets[0], classes, mean, std, unlabelled=unlabeled)

@@ -79,8 +79,13 @@ FOG = ((0.2, 3.0), (0.5, 3.0), (0.75, 2.5), (1.0, 2.0), (1.5, 1.75))  # (fog wei
 BRIGHTNESS_SHIFT = (0.05, 0.1, 0.15, 0.2, 0.3)  # added to V in HSV
 CONTRAST_FACTOR = (0.75, 0.5, 0.4, 0.3, 0.15)  # (x - per-channel mean) * c + mean
 # (alpha, sigma, affine) as fractions of the image size (make_cifar_c.py: IMSIZE * c with IMSIZE = 32)
-ELASTIC_TRANSFORM = ((0.0, 0.0, 0.08), (0.05, 0.2, 0.07), (0.08, 0.06, 0.06), (0.1, 0.04, 0.05),
-                     (0.1, 0.03, 0.03))
+ELASTIC_TRANSFORM = (
+    (0.0, 0.0, 0.08),
+    (0.05, 0.2, 0.07),
+    (0.08, 0.06, 0.06),
+    (0.1, 0.04, 0.05),
+    (0.1, 0.03, 0.03),
+)
 PIXELATE_FRACTION = (0.95, 0.9, 0.85, 0.75, 0.65)  # box-downsample to int(size * c), box-upsample back
 JPEG_QUALITY = (80, 65, 58, 50, 40)
 GAUSSIAN_BLUR_SIGMA = (0.4, 0.6, 0.7, 0.8, 1.0)  # pixels (an extra corruption, not in the 15)
@@ -148,7 +153,7 @@ def _correlate(x: Tensor, kernel: Tensor, mode: str) -> Tensor:
     # and a one-channel conv2d over N * C planes is several times slower on CPU.
     out = torch.zeros_like(x)
     for (i, j), weight in zip(torch.nonzero(kernel).tolist(), kernel[kernel != 0].tolist(), strict=True):
-        out += weight * padded[..., i:i + h, j:j + w]
+        out += weight * padded[..., i : i + h, j : j + w]
     return out
 
 
@@ -315,7 +320,7 @@ def defocus_kernel(radius: float, alias_blur: float) -> Tensor:
     centre = kernel.shape[0] // 2
     nonzero = kernel.abs() > 0
     reach = int(max(abs(i - centre) for i in range(kernel.shape[0]) if nonzero[i].any()))
-    return kernel[centre - reach:centre + reach + 1, centre - reach:centre + reach + 1]
+    return kernel[centre - reach : centre + reach + 1, centre - reach : centre + reach + 1]
 
 
 def defocus_blur(images: Tensor, severity: int, generator: torch.Generator | None = None) -> Tensor:
@@ -356,7 +361,7 @@ def glass_blur(images: Tensor, severity: int, generator: torch.Generator | None 
             source = (rows[:, None] + shifts[:, 0]) * w + (cols[None, :] + shifts[:, 1])  # (N, nh, nw)
             values = x.reshape(n, c, h * w).gather(2, source.reshape(n, 1, -1).expand(n, c, -1))
             x = x.clone()
-            x[:, :, delta + 1:, delta + 1:] = values.reshape(n, c, nh, nw)
+            x[:, :, delta + 1 :, delta + 1 :] = values.reshape(n, c, nh, nw)
     return _to_uint8(gaussian_filter(x / 255.0, sigma, "edge"))
 
 
@@ -418,8 +423,9 @@ def snow(images: Tensor, severity: int, generator: torch.Generator | None = None
     _check(images, severity)
     mean, std, zoom, threshold, radius, sigma, weight = SNOW[severity - 1]
     n, _, h, w = images.shape
-    layer = mean + std * torch.randn(n, 1, h, w, generator=generator, device=images.device,
-                                     dtype=torch.float64)
+    layer = mean + std * torch.randn(
+        n, 1, h, w, generator=generator, device=images.device, dtype=torch.float64
+    )
     low, high = SNOW_ANGLE
     angle = _uniform((n,), low, high, generator, images.device)
     layer = _clipped_zoom(layer, zoom)
@@ -448,7 +454,8 @@ def frost_images(device=None) -> list[Tensor]:
             if not path.is_file():
                 raise FileNotFoundError(
                     f"frost overlay {name} is missing from {folder}: the frost corruption needs the files "
-                    "shipped in vprob/diagnostics/frost/ (see its README.md)")
+                    "shipped in vprob/diagnostics/frost/ (see its README.md)"
+                )
             with path.open("rb") as handle:
                 pixels = np.asarray(Image.open(handle).convert("RGB"))
             overlays.append(torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous().to(key))
@@ -471,16 +478,24 @@ def frost(images: Tensor, severity: int, generator: torch.Generator | None = Non
     overlays = frost_images(images.device)
     sizes = torch.tensor([o.shape[1:] for o in overlays], device=images.device)  # (5, 2)
     if h >= int(sizes[:, 0].min()) or w >= int(sizes[:, 1].min()):
-        raise ValueError(f"frost needs images smaller than {int(sizes[:, 0].min())} x "
-                         f"{int(sizes[:, 1].min())} (the smallest frost overlay), got {h} x {w}")
+        raise ValueError(
+            f"frost needs images smaller than {int(sizes[:, 0].min())} x "
+            f"{int(sizes[:, 1].min())} (the smallest frost overlay), got {h} x {w}"
+        )
     which = torch.randint(len(overlays), (n,), generator=generator, device=images.device)
     u = torch.rand(n, 2, generator=generator, device=images.device, dtype=torch.float64)
     room = (sizes[which] - torch.tensor([h, w], device=images.device)).to(torch.float64)
     start = torch.floor(u * room).long()  # (N, 2): top, left
-    stacked = torch.zeros(len(overlays), 3, int(sizes[:, 0].max()), int(sizes[:, 1].max()),
-                          dtype=torch.uint8, device=images.device)
+    stacked = torch.zeros(
+        len(overlays),
+        3,
+        int(sizes[:, 0].max()),
+        int(sizes[:, 1].max()),
+        dtype=torch.uint8,
+        device=images.device,
+    )
     for i, overlay in enumerate(overlays):
-        stacked[i, :, :overlay.shape[1], :overlay.shape[2]] = overlay
+        stacked[i, :, : overlay.shape[1], : overlay.shape[2]] = overlay
     rows = start[:, 0:1] + torch.arange(h, device=images.device)  # (N, H)
     cols = start[:, 1:2] + torch.arange(w, device=images.device)  # (N, W)
     crop = stacked[which[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # (N, H, W, 3)
@@ -490,8 +505,9 @@ def frost(images: Tensor, severity: int, generator: torch.Generator | None = Non
     return _to_uint8((a * images.float() + b * crop).clamp(0, 255) / 255.0)
 
 
-def plasma_fractal(n: int, mapsize: int, decay: float, generator: torch.Generator | None = None,
-                   device=None) -> Tensor:
+def plasma_fractal(
+    n: int, mapsize: int, decay: float, generator: torch.Generator | None = None, device=None
+) -> Tensor:
     """make_cifar_c.py's diamond-square height maps, (n, mapsize, mapsize) float64 in [0, 1] (each map's
     min 0 and max 1), ``mapsize`` a power of two, wrapping around the edges.
 
@@ -594,14 +610,18 @@ def elastic_transform(images: Tensor, severity: int, generator: torch.Generator 
     field_y = _uniform((n, h, w), -1.0, 1.0, generator, device)
 
     cx, cy, q = float(w // 2), float(h // 2), float(size // 3)
-    source = torch.tensor([[cx + q, cy + q], [cx + q, cy - q], [cx - q, cy - q]], dtype=torch.float64,
-                          device=device)
+    source = torch.tensor(
+        [[cx + q, cy + q], [cx + q, cy - q], [cx - q, cy - q]], dtype=torch.float64, device=device
+    )
     target = source + moves  # (N, 3, 2)
     # warpAffine maps each output pixel p to the input at M^-1 p: solve for the affine map target -> source.
     ones = torch.ones(n, 3, 1, dtype=torch.float64, device=device)
     inverse = torch.linalg.solve(torch.cat([target, ones], dim=2), source.expand(n, 3, 2))  # (N, 3, 2)
-    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float64, device=device),
-                            torch.arange(w, dtype=torch.float64, device=device), indexing="ij")
+    yy, xx = torch.meshgrid(
+        torch.arange(h, dtype=torch.float64, device=device),
+        torch.arange(w, dtype=torch.float64, device=device),
+        indexing="ij",
+    )
     coefficient = inverse[:, :, :, None, None]  # (N, 3, 2, 1, 1): rows x, y, 1; columns x', y'
     src_x = xx * coefficient[:, 0, 0] + yy * coefficient[:, 1, 0] + coefficient[:, 2, 0]
     src_y = xx * coefficient[:, 0, 1] + yy * coefficient[:, 1, 1] + coefficient[:, 2, 1]
@@ -734,8 +754,9 @@ def mean_over_corruptions(
         ValueError: an empty set, a name not in ``results``, or corruptions with different severities.
     """
     if not isinstance(results, Mapping):
-        raise TypeError(f"results must be a mapping of corruption names to values, got "
-                        f"{type(results).__name__}")
+        raise TypeError(
+            f"results must be a mapping of corruption names to values, got {type(results).__name__}"
+        )
     if corruptions is None:
         corruptions = [name for name in CIFAR10_C if name in results]
     corruptions = list(corruptions)
@@ -760,8 +781,9 @@ def mean_over_corruptions(
         if not per_severity:
             per_severity = {s: [] for s in sorted(by_severity)}
         elif sorted(by_severity) != sorted(per_severity):
-            raise ValueError(f"results[{name!r}] has severities {sorted(by_severity)}, the others "
-                             f"{sorted(per_severity)}")
+            raise ValueError(
+                f"results[{name!r}] has severities {sorted(by_severity)}, the others {sorted(per_severity)}"
+            )
         for s, v in by_severity.items():
             per_severity[s].append(v)
         per_corruption[name] = float(np.mean(list(by_severity.values())))

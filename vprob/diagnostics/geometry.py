@@ -119,8 +119,11 @@ def frechet_mean(samples: Tensor) -> Tensor:
         points = _to_backend(samples)
         estimator = FrechetMean(space)
         if samples.shape[-1] > 2:  # the circle (d = 2) gets geomstats' closed-form CircleMean instead
-            estimator.set(init_point=_to_backend(extrinsic_mean(samples.double())),
-                          max_iter=FRECHET_MAX_ITER, epsilon=FRECHET_TOLERANCE)
+            estimator.set(
+                init_point=_to_backend(extrinsic_mean(samples.double())),
+                max_iter=FRECHET_MAX_ITER,
+                epsilon=FRECHET_TOLERANCE,
+            )
         mean = estimator.fit(points).estimate_
         return _to_torch(mean, samples)
 
@@ -140,8 +143,11 @@ def frechet_means(samples: Tensor) -> Tensor:
     with _float64():
         estimator = FrechetMean(space, method="batch")
         # The batch optimizer stops on the sum over the batch of |tangent mean|^2.
-        estimator.set(init_point=_to_backend(extrinsic_mean(samples.double())),
-                      max_iter=FRECHET_MAX_ITER, epsilon=FRECHET_TOLERANCE * n)
+        estimator.set(
+            init_point=_to_backend(extrinsic_mean(samples.double())),
+            max_iter=FRECHET_MAX_ITER,
+            epsilon=FRECHET_TOLERANCE * n,
+        )
         means = estimator.fit(_to_backend(samples.transpose(0, 1))).estimate_  # (S, N, d) layout
         return _to_torch(means, samples)
 
@@ -162,8 +168,10 @@ def frechet_gradient_norm(samples: Tensor, mean: Tensor) -> Tensor:
     """|mean_s log_m(x_s)|, the norm of the Fréchet function's Riemannian gradient (up to a factor -2) at
     ``mean``: zero at a Fréchet mean. (S, d), (d,) -> () or (N, S, d), (N, d) -> (N,); geomstats' log map."""
     if samples.ndim not in (2, 3) or mean.ndim != samples.ndim - 1:
-        raise ValueError(f"expected samples (S, d) with mean (d,) or (N, S, d) with (N, d), got "
-                         f"{tuple(samples.shape)} and {tuple(mean.shape)}")
+        raise ValueError(
+            f"expected samples (S, d) with mean (d,) or (N, S, d) with (N, d), got "
+            f"{tuple(samples.shape)} and {tuple(mean.shape)}"
+        )
     space = hypersphere(samples.shape[-1])
     points, base = torch.broadcast_tensors(samples, mean.unsqueeze(-2))
     with _float64():
@@ -177,8 +185,10 @@ def mean_geodesic_distance(samples: Tensor, mean: Tensor) -> Tensor:
     """Mean great-circle distance of samples to their mean:
     (S, d), (d,) -> () or (N, S, d), (N, d) -> (N,)."""
     if samples.ndim not in (2, 3) or mean.ndim != samples.ndim - 1:
-        raise ValueError(f"expected samples (S, d) with mean (d,) or (N, S, d) with (N, d), got "
-                         f"{tuple(samples.shape)} and {tuple(mean.shape)}")
+        raise ValueError(
+            f"expected samples (S, d) with mean (d,) or (N, S, d) with (N, d), got "
+            f"{tuple(samples.shape)} and {tuple(mean.shape)}"
+        )
     return geodesic_distance(samples, mean.unsqueeze(-2)).mean(dim=-1)
 
 

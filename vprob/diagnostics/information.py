@@ -66,8 +66,15 @@ def fit_logistic_regression(
     weight = torch.zeros(num_classes, x.shape[1], device=x.device, requires_grad=True)
     bias = torch.zeros(num_classes, device=x.device, requires_grad=True)
     # Zero start + strictly convex objective (weight_decay > 0): the fit is deterministic, no seed needed.
-    optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, tolerance_grad=1e-6,
-                                  tolerance_change=1e-9, history_size=20, line_search_fn="strong_wolfe")
+    optimizer = torch.optim.LBFGS(
+        [weight, bias],
+        lr=1.0,
+        max_iter=max_iter,
+        tolerance_grad=1e-6,
+        tolerance_change=1e-9,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure() -> Tensor:
         optimizer.zero_grad()
@@ -106,8 +113,9 @@ def select_weight_decay(
     y_val = labels.long().to(features.device)[val]
     losses = []
     for weight_decay in grid:
-        params = fit_logistic_regression(features[fit], labels.to(features.device)[fit], num_classes,
-                                         weight_decay, max_iter)
+        params = fit_logistic_regression(
+            features[fit], labels.to(features.device)[fit], num_classes, weight_decay, max_iter
+        )
         logits = _logits(features[val], *params)
         losses.append(float(F.cross_entropy(logits.double(), y_val.to(logits.device))))
     return float(grid[min(range(len(grid)), key=losses.__getitem__)])
@@ -141,8 +149,10 @@ def mutual_information_lower_bound(
         ``test_accuracy``, ``weight_decay`` (the one used), ``num_classes``, ``num_train``, ``num_test``.
     """
     if train_z.ndim != 2 or test_z.ndim != 2 or train_z.shape[1] != test_z.shape[1]:
-        raise ValueError(f"expected (N, D) train and test features with the same D, got "
-                         f"{tuple(train_z.shape)} and {tuple(test_z.shape)}")
+        raise ValueError(
+            f"expected (N, D) train and test features with the same D, got "
+            f"{tuple(train_z.shape)} and {tuple(test_z.shape)}"
+        )
     if train_z.shape[0] != train_y.shape[0] or test_z.shape[0] != test_y.shape[0]:
         raise ValueError("features and labels must have the same number of rows")
     if num_classes is None:
@@ -150,8 +160,9 @@ def mutual_information_lower_bound(
     if isinstance(weight_decay, (int, float)):
         chosen = float(weight_decay)
     else:
-        chosen = select_weight_decay(train_z, train_y, num_classes, tuple(weight_decay), max_iter=max_iter,
-                                     seed=seed)
+        chosen = select_weight_decay(
+            train_z, train_y, num_classes, tuple(weight_decay), max_iter=max_iter, seed=seed
+        )
     params = fit_logistic_regression(train_z, train_y, num_classes, chosen, max_iter)
     logits = _logits(test_z, *params)
     y = test_y.long().to(logits.device)

@@ -92,8 +92,9 @@ def posterior_samples(
         raise ValueError(f"num_samples and num_chains must be >= 1, got {num_samples}, {num_chains}")
     x2 = x if x2 is None else x2
     if x2.shape != x.shape:
-        raise ValueError(f"the two views must have the same shape, got {tuple(x.shape)} and "
-                         f"{tuple(x2.shape)}")
+        raise ValueError(
+            f"the two views must have the same shape, got {tuple(x.shape)} and {tuple(x2.shape)}"
+        )
     n = x.shape[0]
     if labels is None and getattr(vcl, "supervised", False):
         labels = torch.zeros(n, dtype=torch.long, device=x.device)
@@ -107,11 +108,13 @@ def posterior_samples(
                 stop = min(start + batch_size, n)
                 batch_labels = None if labels is None else labels[start:stop]
                 if parallel:
-                    predictive = Predictive(vcl.guide, num_samples=num_samples, return_sites=("z",),
-                                            parallel=True)
+                    predictive = Predictive(
+                        vcl.guide, num_samples=num_samples, return_sites=("z",), parallel=True
+                    )
                 else:
-                    predictive = Predictive(vcl.model, guide=vcl.guide, num_samples=num_samples,
-                                            return_sites=("z",))
+                    predictive = Predictive(
+                        vcl.model, guide=vcl.guide, num_samples=num_samples, return_sites=("z",)
+                    )
                 z = predictive(x[start:stop], x2[start:stop], batch_labels)["z"]
                 parts.append(_squeeze_plates(z, num_samples, stop - start))
             chains.append(torch.cat(parts, dim=2))
@@ -125,8 +128,9 @@ def _squeeze_plates(z: Tensor, num_samples: int, batch: int) -> Tensor:
     """Predictive's "z" -> (draws, 2, B, d): drop the singleton dimensions it keeps for plates."""
     d = z.shape[-1]
     if z.numel() != num_samples * 2 * batch * d:
-        raise ValueError(f"unexpected shape {tuple(z.shape)} for site 'z' of {num_samples} draws of "
-                         f"(2, {batch}, d)")
+        raise ValueError(
+            f"unexpected shape {tuple(z.shape)} for site 'z' of {num_samples} draws of (2, {batch}, d)"
+        )
     return z.reshape(num_samples, 2, batch, d)
 
 
@@ -204,8 +208,9 @@ def to_inference_data(
     )
 
 
-def posterior_summary(idata: Any, var_names: Sequence[str] | None = SUMMARY_VARIABLES,
-                      hdi_prob: float = 0.94) -> Any:
+def posterior_summary(
+    idata: Any, var_names: Sequence[str] | None = SUMMARY_VARIABLES, hdi_prob: float = 0.94
+) -> Any:
     """``az.summary`` of the per-image quantities: a pandas DataFrame, one row per (variable, image), with
     mean, sd, the HDI bounds (``hdi_3%``, ``hdi_97%`` for 0.94), MCSE, ``ess_bulk``, ``ess_tail``,
     ``r_hat`` (unrounded)."""

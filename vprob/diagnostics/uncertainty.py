@@ -40,8 +40,11 @@ def uncertainty_scores(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
 
 
 def _mean_scores(scores_by_severity: ScoresBySeverity) -> tuple[list[int], list[float]]:
-    items = scores_by_severity.items() if isinstance(scores_by_severity, Mapping) else enumerate(
-        scores_by_severity)
+    items = (
+        scores_by_severity.items()
+        if isinstance(scores_by_severity, Mapping)
+        else enumerate(scores_by_severity)
+    )
     severities, means = [], []
     for severity, scores in items:
         severities.append(int(severity))
@@ -83,8 +86,9 @@ def _pearson_rows(a: Tensor, b: Tensor) -> Tensor:
     b = b - b.mean(-1, keepdim=True)
     denominator = (a.pow(2).sum(-1) * b.pow(2).sum(-1)).sqrt()
     numerator = (a * b).sum(-1)
-    return torch.where(denominator > 0, numerator / denominator.clamp(min=1e-300),
-                       torch.full_like(numerator, float("nan")))
+    return torch.where(
+        denominator > 0, numerator / denominator.clamp(min=1e-300), torch.full_like(numerator, float("nan"))
+    )
 
 
 def per_image_severity_correlation(scores_by_severity: ScoresBySeverity) -> dict[str, object]:
@@ -107,8 +111,11 @@ def per_image_severity_correlation(scores_by_severity: ScoresBySeverity) -> dict
         ``pooled``: Spearman over all N x S (severity, score) pairs pooled (between-image differences
         included, so it is lower than the per-image figures when images differ more than severities do).
     """
-    items = scores_by_severity.items() if isinstance(scores_by_severity, Mapping) else enumerate(
-        scores_by_severity)
+    items = (
+        scores_by_severity.items()
+        if isinstance(scores_by_severity, Mapping)
+        else enumerate(scores_by_severity)
+    )
     severities, columns = [], []
     for severity, scores in items:
         severities.append(int(severity))
@@ -116,8 +123,10 @@ def per_image_severity_correlation(scores_by_severity: ScoresBySeverity) -> dict
     if len(severities) < 2:
         raise ValueError("scores_by_severity: need scores at two or more severities")
     if len({c.numel() for c in columns}) != 1 or columns[0].numel() == 0:
-        raise ValueError("scores_by_severity: every severity needs scores for the same, non-empty, images; "
-                         f"got sizes {[c.numel() for c in columns]}")
+        raise ValueError(
+            "scores_by_severity: every severity needs scores for the same, non-empty, images; "
+            f"got sizes {[c.numel() for c in columns]}"
+        )
     scores = torch.stack(columns, dim=1)  # (N, S)
     if not torch.isfinite(scores).all():
         raise ValueError("scores_by_severity: scores must be finite")
@@ -175,12 +184,17 @@ def per_image_severity_summary(
     for score_name in next(iter(score_names), ()):
         over_set[score_name] = {}
         for key in _SUMMARY_KEYS:
-            used = mean_over_corruptions({name: per_corruption[name][score_name][key]
-                                          for name in per_corruption}, corruptions)
+            used = mean_over_corruptions(
+                {name: per_corruption[name][score_name][key] for name in per_corruption}, corruptions
+            )
             over_set[score_name][key] = used["mean"]
-    return {"per_corruption": per_corruption, "mean_over_set": over_set,
-            "corruptions": used.get("corruptions", []), "missing": used.get("missing", []),
-            "complete": used.get("complete", False)}
+    return {
+        "per_corruption": per_corruption,
+        "mean_over_set": over_set,
+        "corruptions": used.get("corruptions", []),
+        "missing": used.get("missing", []),
+        "complete": used.get("complete", False),
+    }
 
 
 def _average_ranks(values: Tensor) -> Tensor:
@@ -221,7 +235,7 @@ def score_images(
     """Scores of uint8 images (N, C, H, W), in batches: ``{name: (N,) float32 on the images' device}``."""
     parts: dict[str, list[Tensor]] = {}
     for start in range(0, images.shape[0], batch_size):
-        scores = score_fn(model, normalize_fn(images[start:start + batch_size]))
+        scores = score_fn(model, normalize_fn(images[start : start + batch_size]))
         if isinstance(scores, Tensor):
             scores = {"score": scores}
         for name, value in scores.items():
@@ -273,11 +287,16 @@ def uncertainty_vs_corruption(
                 per_severity[severity] = score_images(model, corrupted, normalize_fn, score_fn, batch_size)
         score_names = next(iter(per_severity.values())).keys()
         scores[name] = {s: {sev: per_severity[sev][s] for sev in severities} for s in score_names}
-    mean = {name: {s: {sev: float(v.double().mean()) for sev, v in by_sev.items()}
-                   for s, by_sev in by_score.items()}
-            for name, by_score in scores.items()}
-    spearman = {name: {s: severity_correlation(by_sev) for s, by_sev in by_score.items()}
-                for name, by_score in mean.items()}
+    mean = {
+        name: {
+            s: {sev: float(v.double().mean()) for sev, v in by_sev.items()} for s, by_sev in by_score.items()
+        }
+        for name, by_score in scores.items()
+    }
+    spearman = {
+        name: {s: severity_correlation(by_sev) for s, by_sev in by_score.items()}
+        for name, by_score in mean.items()
+    }
     overall: dict[str, float] = {}
     if mean:
         from scipy.stats import spearmanr

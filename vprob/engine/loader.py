@@ -26,11 +26,15 @@ class TrainingData:
 
 def check_class_index(normal_class: int, classes: tuple[str, ...]) -> None:
     """ValueError naming ``normal_class`` and the valid range unless it indexes ``classes``."""
-    if isinstance(normal_class, bool) or not isinstance(normal_class, int) or not (
-        0 <= normal_class < len(classes)
+    if (
+        isinstance(normal_class, bool)
+        or not isinstance(normal_class, int)
+        or not (0 <= normal_class < len(classes))
     ):
-        raise ValueError(f"normal class {normal_class!r} does not exist: valid class indices are "
-                         f"0..{len(classes) - 1} ({', '.join(classes)})")
+        raise ValueError(
+            f"normal class {normal_class!r} does not exist: valid class indices are "
+            f"0..{len(classes) - 1} ({', '.join(classes)})"
+        )
 
 
 def one_class_subset(image_set: ImageSet, normal_class: int) -> ImageSet:
@@ -39,8 +43,14 @@ def one_class_subset(image_set: ImageSet, normal_class: int) -> ImageSet:
     return image_set.subset(image_set.labels == normal_class)
 
 
-def training_data(data: str, data_dir: str | None, device: torch.device, needs_labels: bool,
-                  normal_class: int | None = None, **load_options: Any) -> TrainingData:
+def training_data(
+    data: str,
+    data_dir: str | None,
+    device: torch.device,
+    needs_labels: bool,
+    normal_class: int | None = None,
+    **load_options: Any,
+) -> TrainingData:
     """Load a registered data set onto ``device``: kNN and linear evaluation fit on its labelled images
     (STL-10: its 5,000 labelled train images, not the 100,000 unlabeled ones); training uses all of them
     unless the method needs labels, or only the images of ``normal_class`` (the one-class protocol)."""
@@ -60,13 +70,20 @@ class DeviceLoader:
     processes together see exactly the batches a single process would. Incomplete last batches are dropped.
     """
 
-    def __init__(self, image_set: ImageSet, batch_size: int, generator: torch.Generator, world_size: int = 1,
-                 rank: int = 0) -> None:
+    def __init__(
+        self,
+        image_set: ImageSet,
+        batch_size: int,
+        generator: torch.Generator,
+        world_size: int = 1,
+        rank: int = 0,
+    ) -> None:
         if batch_size > len(image_set):
             raise ValueError(f"batch_size {batch_size} exceeds the {len(image_set)} training images")
         if batch_size % world_size:
-            raise ValueError(f"batch_size {batch_size} (global) must be divisible by the {world_size} "
-                             "processes")
+            raise ValueError(
+                f"batch_size {batch_size} (global) must be divisible by the {world_size} processes"
+            )
         self.image_set, self.batch_size, self.generator = image_set, batch_size, generator
         self.world_size, self.rank = world_size, rank
         self.steps_per_epoch = len(image_set) // batch_size
@@ -78,7 +95,7 @@ class DeviceLoader:
         per_rank = self.batch_size // self.world_size
         for step in range(first_step, self.steps_per_epoch):
             start = step * self.batch_size + self.rank * per_rank
-            index = order[start:start + per_rank]
+            index = order[start : start + per_rank]
             yield self.image_set.images[index], self.image_set.labels[index]
 
 
@@ -89,9 +106,16 @@ class ViewMaker:
     takes its own rows, so its views are exactly those a single process would make of its images.
     """
 
-    def __init__(self, augment: SimCLRAugment, num_views: int, generator: torch.Generator,
-                 world_size: int = 1, rank: int = 0, channels_last: bool = False,
-                 compile: bool = False) -> None:
+    def __init__(
+        self,
+        augment: SimCLRAugment,
+        num_views: int,
+        generator: torch.Generator,
+        world_size: int = 1,
+        rank: int = 0,
+        channels_last: bool = False,
+        compile: bool = False,
+    ) -> None:
         self.augment, self.num_views, self.generator = augment, num_views, generator
         self.world_size, self.rank = world_size, rank
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -101,8 +125,9 @@ class ViewMaker:
     def __call__(self, images: Tensor) -> Tensor:
         num_views, (batch, _, height, width) = self.num_views, images.shape
         copies = images.repeat(num_views, 1, 1, 1)
-        params = self.augment.sample_params(len(copies) * self.world_size, height, width, self.generator,
-                                            images.device)
+        params = self.augment.sample_params(
+            len(copies) * self.world_size, height, width, self.generator, images.device
+        )
         if self.world_size > 1:
             params = _take_rows(params, self._own_rows(batch, images.device))
         views = self._apply(copies, params, memory_format=self.memory_format)

@@ -50,14 +50,22 @@ class OnlineKNN:
     of up to 10,000 training images (un-augmented), both evenly spaced samples fixed for the whole run.
     """
 
-    def __init__(self, train_set: ImageSet, test_set: ImageSet, normalize: Callable[[Tensor], Tensor],
-                 k: int = ONLINE_K, max_train: int = MAX_TRAIN_IMAGES, max_test: int = MAX_TEST_IMAGES,
-                 amp: bool = False) -> None:
+    def __init__(
+        self,
+        train_set: ImageSet,
+        test_set: ImageSet,
+        normalize: Callable[[Tensor], Tensor],
+        k: int = ONLINE_K,
+        max_train: int = MAX_TRAIN_IMAGES,
+        max_test: int = MAX_TEST_IMAGES,
+        amp: bool = False,
+    ) -> None:
         # kNN fits on images with a class only (a data set may hold unlabelled ones for training).
         train_set, test_set = _labelled(train_set), _labelled(test_set)
         if len(train_set) == 0 or len(test_set) == 0:
-            raise ValueError("online kNN evaluation needs labelled training and test images: set "
-                             "eval_every=0")
+            raise ValueError(
+                "online kNN evaluation needs labelled training and test images: set eval_every=0"
+            )
         train_index = evenly_spaced(len(train_set), max_train).to(train_set.images.device)
         test_index = evenly_spaced(len(test_set), max_test).to(test_set.images.device)
         self.train_images, self.train_labels = train_set.images[train_index], train_set.labels[train_index]
@@ -71,6 +79,13 @@ class OnlineKNN:
         dtype = torch.bfloat16 if self.amp else None
         train = extract_features(encoder, self.train_images, self.normalize, autocast_dtype=dtype)
         test = extract_features(encoder, self.test_images, self.normalize, autocast_dtype=dtype)
-        accuracy = knn_accuracy(train, self.train_labels, test, self.test_labels, k=self.k, weighted=True,
-                                num_classes=self.num_classes)
+        accuracy = knn_accuracy(
+            train,
+            self.train_labels,
+            test,
+            self.test_labels,
+            k=self.k,
+            weighted=True,
+            num_classes=self.num_classes,
+        )
         return {self.key: accuracy}

@@ -19,13 +19,28 @@ from vprob.engine.tensorboard import MetricsWriter
 class Progress:
     """Use as a context manager around the training loop; :meth:`log` writes one metrics record."""
 
-    def __init__(self, run: RunFolder, total_steps: int, step: int, batch_size: int, description: str,
-                 show: bool | None, budget_s: float | None, tensorboard: bool) -> None:
+    def __init__(
+        self,
+        run: RunFolder,
+        total_steps: int,
+        step: int,
+        batch_size: int,
+        description: str,
+        show: bool | None,
+        budget_s: float | None,
+        tensorboard: bool,
+    ) -> None:
         from tqdm.auto import tqdm
 
         show = sys.stderr.isatty() if show is None else show
-        self.bar = tqdm(total=total_steps, initial=step, disable=not show, unit="step", desc=description,
-                        dynamic_ncols=True)
+        self.bar = tqdm(
+            total=total_steps,
+            initial=step,
+            disable=not show,
+            unit="step",
+            desc=description,
+            dynamic_ncols=True,
+        )
         self.run, self.batch_size, self.budget_s = run, batch_size, budget_s
         self.start_step = self.window_step = step
         self.start = self.last_save = self.window_start = time.perf_counter()
@@ -36,23 +51,31 @@ class Progress:
         self.metrics = self.run.open_metrics()
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         self.bar.close()
         self.metrics.close()
         if self.board is not None:
             self.board.close()
 
-    def log(self, step: int, epoch: float, lr: float, stats: dict[str, torch.Tensor],
-            extra: dict[str, float]) -> dict[str, Any]:
+    def log(
+        self, step: int, epoch: float, lr: float, stats: dict[str, torch.Tensor], extra: dict[str, float]
+    ) -> dict[str, Any]:
         """Write one record: step, epoch, learning rate, images/s since the last record, the step's stats and
         ``extra`` (online evaluation), to the metrics file, TensorBoard and the progress bar."""
         if any(value.is_cuda for value in stats.values()):
             torch.cuda.synchronize()
         now = time.perf_counter()
         rate = (step - self.window_step) * self.batch_size / max(now - self.window_start, 1e-9)
-        record = {"step": step, "epoch": epoch, "lr": lr, "images_per_s": rate,
-                  **{k: float(v) for k, v in stats.items()}, **extra}
+        record = {
+            "step": step,
+            "epoch": epoch,
+            "lr": lr,
+            "images_per_s": rate,
+            **{k: float(v) for k, v in stats.items()},
+            **extra,
+        }
         self.metrics.write(json.dumps(record) + "\n")
         self.metrics.flush()
         if self.board is not None:
@@ -70,8 +93,12 @@ class Progress:
 
     def final(self, step: int, results: dict[str, Any]) -> None:
         if self.board is not None:
-            self.board.write({"step": step, **{f"final/{k}": v for k, v in results.items()
-                                               if k.startswith(("knn_", "linear_"))}})
+            self.board.write(
+                {
+                    "step": step,
+                    **{f"final/{k}": v for k, v in results.items() if k.startswith(("knn_", "linear_"))},
+                }
+            )
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start

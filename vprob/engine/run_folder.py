@@ -46,8 +46,10 @@ class RunFolder:
         if error is not None:
             raise CheckpointError(f"rank 0 could not prepare the run folder: {error}")
         if resume and not self.checkpoint_path.is_file():
-            raise CheckpointError(f"--resume: rank {self.rank} sees no checkpoint at {self.checkpoint_path} "
-                                  "(several machines need the run folder on shared storage)")
+            raise CheckpointError(
+                f"--resume: rank {self.rank} sees no checkpoint at {self.checkpoint_path} "
+                "(several machines need the run folder on shared storage)"
+            )
 
     def _prepare_here(self, config: dict[str, Any], resume: bool) -> None:
         if resume:
@@ -55,8 +57,10 @@ class RunFolder:
                 raise CheckpointError(f"--resume: no checkpoint at {self.checkpoint_path}")
             return
         if self.checkpoint_path.exists():
-            raise CheckpointError(f"{self.path} already holds a checkpoint; pass --resume to continue it or "
-                                  "choose another --run-dir (it is never overwritten by a new run)")
+            raise CheckpointError(
+                f"{self.path} already holds a checkpoint; pass --resume to continue it or "
+                "choose another --run-dir (it is never overwritten by a new run)"
+            )
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=self.path) as probe:  # a fresh name: no planted link followed
@@ -85,8 +89,11 @@ class RunFolder:
         """Drop metric lines written after ``step`` (a resumed run writes them again)."""
         if self.rank != 0 or not self.metrics_path.exists():
             return
-        kept = [line for line in self.metrics_path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
+        kept = [
+            line
+            for line in self.metrics_path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step
+        ]
         write_atomic(self.metrics_path, "".join(line + "\n" for line in kept))
 
     def write_results(self, results: dict[str, Any]) -> None:

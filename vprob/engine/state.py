@@ -20,30 +20,50 @@ from vprob.config import TrainConfig, config_from_dict
 RESUME_KEYS = ("method", "data", "backbone", "stem", "batch_size", "epochs", "normal_class", "options")
 
 
-def capture(config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
-            scheduler: torch.optim.lr_scheduler.LRScheduler, generator: torch.Generator,
-            step: int, image_shape: tuple[int, int, int] | None = None) -> dict[str, Any]:
+def capture(
+    config: TrainConfig,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    generator: torch.Generator,
+    step: int,
+    image_shape: tuple[int, int, int] | None = None,
+) -> dict[str, Any]:
     """The training state as plain containers and tensors (what :func:`vprob.checkpoint.save_checkpoint`
     writes); ``image_shape``: the data's (C, H, W) the backbone was built for (so that a run loads, and
     exports, without its data set)."""
     return {
-        "config": asdict(config), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(), "step": step,
+        "config": asdict(config),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "step": step,
         "image_shape": None if image_shape is None else [int(n) for n in image_shape],
-        "rng": {"torch": torch.get_rng_state(), "generator": generator.get_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "generator": generator.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        },
     }
 
 
-def restore(state: dict[str, Any], config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
-            scheduler: torch.optim.lr_scheduler.LRScheduler, generator: torch.Generator) -> int:
+def restore(
+    state: dict[str, Any],
+    config: TrainConfig,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    generator: torch.Generator,
+) -> int:
     """Put a captured state back and return its step; :class:`CheckpointError` if the checkpoint was written
     with other settings (``RESUME_KEYS``) or does not fit the model."""
     saved = asdict(config_from_dict(state.get("config", {})))
     for key in RESUME_KEYS:
         if saved.get(key) != getattr(config, key):
-            raise CheckpointError(f"checkpoint was written with {key}={saved.get(key)!r}, this run has "
-                                  f"{key}={getattr(config, key)!r}; resume with the same settings")
+            raise CheckpointError(
+                f"checkpoint was written with {key}={saved.get(key)!r}, this run has "
+                f"{key}={getattr(config, key)!r}; resume with the same settings"
+            )
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

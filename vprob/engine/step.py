@@ -30,15 +30,25 @@ class TrainStep:
     optimizer and scheduler steps. Stats are detached device scalars (``loss``, the objective's parts,
     ``grad_norm``, and ``skipped`` when ``skip_nonfinite`` skipped the update)."""
 
-    def __init__(self, model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer,
-                 scheduler: torch.optim.lr_scheduler.LRScheduler, amp: bool, world_size: int = 1,
-                 skip_nonfinite: bool = False) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        objective: Objective,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        amp: bool,
+        world_size: int = 1,
+        skip_nonfinite: bool = False,
+    ) -> None:
         self.model, self.objective, self.optimizer, self.scheduler = model, objective, optimizer, scheduler
         self.amp, self.world_size, self.skip_nonfinite = amp, world_size, skip_nonfinite
 
     def __call__(self, views: Tensor, labels: Tensor) -> dict[str, Tensor]:
-        with (value_checks(False), pyro.validation_enabled(False),
-              torch.autocast(views.device.type, dtype=torch.bfloat16, enabled=self.amp)):
+        with (
+            value_checks(False),
+            pyro.validation_enabled(False),
+            torch.autocast(views.device.type, dtype=torch.bfloat16, enabled=self.amp),
+        ):
             loss, stats = self.objective(views, labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -89,4 +99,5 @@ class NonFiniteTracker:
         raise NonFiniteLossError(
             f"non-finite value at step {int(self._step)} in {', '.join(bad)}; the last good checkpoint "
             f"({checkpoint_path}) is left untouched. Lower the learning rate, or pass --skip-nonfinite to "
-            "skip such steps.")
+            "skip such steps."
+        )

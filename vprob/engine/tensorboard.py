@@ -17,8 +17,9 @@ def summary_writer_class() -> type:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as exc:
-        raise MissingExtraError("--tensorboard needs the tensorboard package: "
-                                f"pip install 'vprob[tensorboard]' ; {exc}") from None
+        raise MissingExtraError(
+            f"--tensorboard needs the tensorboard package: pip install 'vprob[tensorboard]' ; {exc}"
+        ) from None
     return SummaryWriter
 
 
@@ -31,8 +32,9 @@ class MetricsWriter:
 
     def __init__(self, run_dir: str | Path, first_step: int = 0) -> None:
         writer = summary_writer_class()
-        self.writer = writer(log_dir=str(Path(run_dir) / TENSORBOARD_DIR),
-                             purge_step=first_step if first_step > 0 else None)
+        self.writer = writer(
+            log_dir=str(Path(run_dir) / TENSORBOARD_DIR), purge_step=first_step if first_step > 0 else None
+        )
 
     def write(self, record: dict[str, Any]) -> None:
         step = int(record["step"])

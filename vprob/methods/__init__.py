@@ -45,9 +45,26 @@ def get_method(name: str) -> type[Method]:
 
 def methods_with(**capabilities: bool) -> tuple[str, ...]:
     """Names of the registered methods whose capabilities have the given values (``variational=True``)."""
-    return tuple(name for name, method in METHODS.items()
-                 if all(getattr(method.capabilities, key) == value for key, value in capabilities.items()))
+    return tuple(
+        name
+        for name, method in METHODS.items()
+        if all(getattr(method.capabilities, key) == value for key, value in capabilities.items())
+    )
 
 
-__all__ = ["CCT", "METHODS", "VJE", "Capabilities", "Method", "PointEmbedding", "ProjNCE", "SimCLR", "SupCon",
-           "VSimCLR", "VSupCon", "get_method", "methods_with", "register_method"]
+__all__ = [
+    "CCT",
+    "METHODS",
+    "VJE",
+    "Capabilities",
+    "Method",
+    "PointEmbedding",
+    "ProjNCE",
+    "SimCLR",
+    "SupCon",
+    "VSimCLR",
+    "VSupCon",
+    "get_method",
+    "methods_with",
+    "register_method",
+]

@@ -53,15 +53,30 @@ class Capabilities:
 
 
 # Options several methods declare (each lists the ones it uses).
-DIM = Option("dim", int, 128, "embedding dimension d (the sphere S^(d-1) in R^d)",
-             check=lambda v: v >= 2, requirement=">= 2")
-HEAD_HIDDEN = positive("head_hidden", int, None, "hidden width of the head (default: the backbone's width)",
-                       nullable=True)
+DIM = Option(
+    "dim",
+    int,
+    128,
+    "embedding dimension d (the sphere S^(d-1) in R^d)",
+    check=lambda v: v >= 2,
+    requirement=">= 2",
+)
+HEAD_HIDDEN = positive(
+    "head_hidden", int, None, "hidden width of the head (default: the backbone's width)", nullable=True
+)
 TAU = positive("tau", float, 0.07, "temperature of the contrastive loss")
-NUM_VIEWS = Option("num_views", int, 2, "augmented views per image", check=lambda v: v >= 2,
-                   requirement=">= 2")
-CHUNK_SIZE = Option("chunk_size", int, None, "anchors per chunk of the memory-lean loss (0: naive; "
-                    "default: automatic)", check=lambda v: v >= 0, requirement=">= 0", nullable=True)
+NUM_VIEWS = Option(
+    "num_views", int, 2, "augmented views per image", check=lambda v: v >= 2, requirement=">= 2"
+)
+CHUNK_SIZE = Option(
+    "chunk_size",
+    int,
+    None,
+    "anchors per chunk of the memory-lean loss (0: naive; default: automatic)",
+    check=lambda v: v >= 0,
+    requirement=">= 0",
+    nullable=True,
+)
 
 
 class Method:

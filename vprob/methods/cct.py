@@ -11,8 +11,9 @@ from vprob.options import Option
 
 T_POS = Option("t_pos", float, 1.0, "CCT attraction temperature t+")
 T_NEG = Option("t_neg", float, 0.9, "CCT repulsion temperature t-")
-DETACH_WEIGHTS = Option("detach_weights", bool, False, "CCT: no gradient through the attraction and "
-                        "repulsion weights")
+DETACH_WEIGHTS = Option(
+    "detach_weights", bool, False, "CCT: no gradient through the attraction and repulsion weights"
+)
 
 
 class CCT(PointEmbedding):
@@ -24,9 +25,17 @@ class CCT(PointEmbedding):
     capabilities = Capabilities(num_views=None)
     options = (DIM, HEAD_HIDDEN, NUM_VIEWS, T_POS, T_NEG, DETACH_WEIGHTS)
 
-    def __init__(self, encoder: nn.Module, dim: int = 128, head_hidden: int | None = None, num_views: int = 2,
-                 t_pos: float = 1.0, t_neg: float = 0.9, detach_weights: bool = False,
-                 gather: bool = False) -> None:
+    def __init__(
+        self,
+        encoder: nn.Module,
+        dim: int = 128,
+        head_hidden: int | None = None,
+        num_views: int = 2,
+        t_pos: float = 1.0,
+        t_neg: float = 0.9,
+        detach_weights: bool = False,
+        gather: bool = False,
+    ) -> None:
         super().__init__(encoder, dim, head_hidden, num_views)
         if gather:
             raise ValueError("cct has no distributed (gathered) form; train it in a single process")

@@ -26,8 +26,14 @@ class PointEmbedding(Method, nn.Module):
         feature_dim: the encoder's output width F (default: found as described for ``encoder``).
     """
 
-    def __init__(self, encoder: nn.Module, dim: int = 128, head_hidden: int | None = None,
-                 num_views: int = 2, feature_dim: int | None = None) -> None:
+    def __init__(
+        self,
+        encoder: nn.Module,
+        dim: int = 128,
+        head_hidden: int | None = None,
+        num_views: int = 2,
+        feature_dim: int | None = None,
+    ) -> None:
         super().__init__()
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 2:
             raise ValueError(f"dim must be an integer >= 2, got {dim!r}")

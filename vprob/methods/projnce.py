@@ -22,9 +22,17 @@ class ProjNCE(PointEmbedding):
     capabilities = Capabilities(needs_labels=True, distributed=True)
     options = (DIM, HEAD_HIDDEN, TAU, PROJECTION, ADJUSTMENT_WEIGHT, CHUNK_SIZE)
 
-    def __init__(self, encoder: nn.Module, dim: int = 128, head_hidden: int | None = None, tau: float = 0.07,
-                 projection: str = "centroid", beta: float = 1.0, chunk_size: int | None = None,
-                 gather: bool = False) -> None:
+    def __init__(
+        self,
+        encoder: nn.Module,
+        dim: int = 128,
+        head_hidden: int | None = None,
+        tau: float = 0.07,
+        projection: str = "centroid",
+        beta: float = 1.0,
+        chunk_size: int | None = None,
+        gather: bool = False,
+    ) -> None:
         super().__init__(encoder, dim, head_hidden)
         if projection not in PROJECTIONS:
             raise ValueError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
@@ -33,5 +41,13 @@ class ProjNCE(PointEmbedding):
         self.projection_mlp = MLPProjection(dim) if projection == "mlp" else None
 
     def contrastive(self, z: Tensor, labels: Tensor | None) -> Tensor:
-        return proj_nce(z, labels, tau=self.tau, projection=self.projection, beta=self.beta,
-                        mlp=self.projection_mlp, chunk_size=self.chunk_size, gather=self.gather)
+        return proj_nce(
+            z,
+            labels,
+            tau=self.tau,
+            projection=self.projection,
+            beta=self.beta,
+            mlp=self.projection_mlp,
+            chunk_size=self.chunk_size,
+            gather=self.gather,
+        )

@@ -17,8 +17,16 @@ class SimCLR(PointEmbedding):
     capabilities = Capabilities(num_views=None, distributed=True)
     options = (DIM, HEAD_HIDDEN, TAU, NUM_VIEWS, CHUNK_SIZE)
 
-    def __init__(self, encoder: nn.Module, dim: int = 128, head_hidden: int | None = None, tau: float = 0.07,
-                 num_views: int = 2, chunk_size: int | None = None, gather: bool = False) -> None:
+    def __init__(
+        self,
+        encoder: nn.Module,
+        dim: int = 128,
+        head_hidden: int | None = None,
+        tau: float = 0.07,
+        num_views: int = 2,
+        chunk_size: int | None = None,
+        gather: bool = False,
+    ) -> None:
         super().__init__(encoder, dim, head_hidden, num_views)
         self.tau, self.chunk_size, self.gather = tau, chunk_size, gather
 

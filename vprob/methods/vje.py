@@ -15,17 +15,35 @@ from vprob.options import Option, non_negative, positive
 VJE_OPTIONS = (
     HEAD_HIDDEN,
     positive("df", float, 5.0, "VJE: degrees of freedom of the directional t (1e6: the Gaussian limit)"),
-    positive("radial_df", float, None, "VJE: degrees of freedom of the radial t (default: --df)",
-             nullable=True),
+    positive(
+        "radial_df", float, None, "VJE: degrees of freedom of the radial t (default: --df)", nullable=True
+    ),
     positive("radial_scale", float, 1.0, "VJE: scale of the radial t on log r"),
     non_negative("radial_weight", float, 1.0, "VJE: weight of the radial log-factor (1: the exact density)"),
-    Option("directional", str, "geodesic", "VJE: directional factor (euclidean: the earlier version's "
-           "ablation)", choices=DIRECTIONAL_MODES),
+    Option(
+        "directional",
+        str,
+        "geodesic",
+        "VJE: directional factor (euclidean: the earlier version's ablation)",
+        choices=DIRECTIONAL_MODES,
+    ),
     positive("num_particles", int, 1, "VJE: posterior samples per image and step"),
-    Option("directional_scale", str, "angular", "VJE: the directional t's tangent scale: nu / |mu|^2 "
-           "(angular) or the posterior variance nu itself (the first reading)", choices=DIRECTIONAL_SCALES),
-    Option("score_samples", int, 0, "VJE: posterior samples averaged by the anomaly score (0: z = mu)",
-           check=lambda v: v >= 0, requirement=">= 0"),
+    Option(
+        "directional_scale",
+        str,
+        "angular",
+        "VJE: the directional t's tangent scale: nu / |mu|^2 "
+        "(angular) or the posterior variance nu itself (the first reading)",
+        choices=DIRECTIONAL_SCALES,
+    ),
+    Option(
+        "score_samples",
+        int,
+        0,
+        "VJE: posterior samples averaged by the anomaly score (0: z = mu)",
+        check=lambda v: v >= 0,
+        requirement=">= 0",
+    ),
 )
 
 

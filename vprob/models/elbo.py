@@ -93,8 +93,9 @@ def mean_field_particle_loss(model_trace: Trace, guide_trace: Trace) -> Tensor:
     return -elbo
 
 
-def two_view_objective(pair, views: Tensor, labels: Tensor | None,
-                       elbo: ELBO) -> tuple[Tensor, dict[str, Tensor]]:
+def two_view_objective(
+    pair, views: Tensor, labels: Tensor | None, elbo: ELBO
+) -> tuple[Tensor, dict[str, Tensor]]:
     """The per-(view, image) objective L = -ELBO / 2B of a two-view model/guide pair (VCL, VJE) on views
     (2, B, C, H, W), and the detached scalars its model and guide recorded in ``pair.last_stats``.
 

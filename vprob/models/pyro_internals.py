@@ -43,5 +43,6 @@ def check_available() -> None:
     elif list(inspect.signature(_trace_elbo._compute_log_r).parameters) != ["model_trace", "guide_trace"]:
         problems.append("pyro.infer.trace_elbo._compute_log_r changed signature")
     if problems:
-        raise RuntimeError("vprob.models.pyro_internals needs updating for this Pyro release: "
-                           + "; ".join(problems))
+        raise RuntimeError(
+            "vprob.models.pyro_internals needs updating for this Pyro release: " + "; ".join(problems)
+        )

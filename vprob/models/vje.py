@@ -122,8 +122,9 @@ def check_options(
     if directional_scale not in DIRECTIONAL_SCALES:
         raise ValueError(f"directional_scale must be one of {DIRECTIONAL_SCALES}, got {directional_scale!r}")
     if isinstance(score_samples, bool) or not isinstance(score_samples, int) or score_samples < 0:
-        raise ValueError(f"score_samples must be an integer >= 0 (0: the posterior mean), "
-                         f"got {score_samples!r}")
+        raise ValueError(
+            f"score_samples must be an integer >= 0 (0: the posterior mean), got {score_samples!r}"
+        )
 
 
 def _first_conv_channels(module: nn.Module) -> int | None:
@@ -179,8 +180,16 @@ class VJE(nn.Module):
         feature_dim: int | None = None,
     ) -> None:
         super().__init__()
-        check_options(df, radial_df, radial_weight, radial_scale, directional, num_particles,
-                      directional_scale, score_samples)
+        check_options(
+            df,
+            radial_df,
+            radial_weight,
+            radial_scale,
+            directional,
+            num_particles,
+            directional_scale,
+            score_samples,
+        )
         self.directional_scale, self.score_samples = directional_scale, score_samples
         self.df = float(df)
         self.radial_df = None if radial_df is None else float(radial_df)
@@ -272,8 +281,13 @@ class VJE(nn.Module):
         z = _full_precision(z)
         radius = torch.linalg.vector_norm(z, dim=-1)
         return PolarStudentT(
-            z / radius.unsqueeze(-1), df=self.df, scale=scale, radial_loc=radius.log(),
-            radial_scale=self.radial_scale, radial_df=self.radial_df, directional=self.directional,
+            z / radius.unsqueeze(-1),
+            df=self.df,
+            scale=scale,
+            radial_loc=radius.log(),
+            radial_scale=self.radial_scale,
+            radial_df=self.radial_df,
+            directional=self.directional,
         )
 
     # ----------------------------------------------------------------------------------------------
@@ -309,8 +323,9 @@ class VJE(nn.Module):
     def elbo(self, **kwargs) -> TraceMeanField_ELBO:
         """``TraceMeanField_ELBO`` (analytic Gaussian KL) with ``num_particles`` vectorized posterior samples;
         keyword arguments override these settings."""
-        settings = dict(num_particles=self.num_particles, vectorize_particles=self.num_particles > 1,
-                        max_plate_nesting=2)
+        settings = dict(
+            num_particles=self.num_particles, vectorize_particles=self.num_particles > 1, max_plate_nesting=2
+        )
         return TraceMeanField_ELBO(**{**settings, **kwargs})
 
     def training_loss(
@@ -394,8 +409,9 @@ class VJE(nn.Module):
             "log_radius": log_r,
         }
 
-    def _pair_nll_parts(self, x1: Tensor, x2: Tensor, samples: int = 0,
-                        generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    def _pair_nll_parts(
+        self, x1: Tensor, x2: Tensor, samples: int = 0, generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
         """The parts of :meth:`_nll_parts` for both directions of a pair of views, averaged: each (N,).
         Direction a scores the *other* view's embedding h_b under q(z | h_a), as in training; ``samples``
         0 plugs in z = mu, K > 0 averages over K draws z ~ q (drawn with ``generator``)."""
@@ -405,8 +421,12 @@ class VJE(nn.Module):
         if samples == 0:
             parts = self._nll_parts(targets, outputs.mu, scale)
         else:
-            eps = torch.randn((samples, *outputs.mu.shape), generator=generator, device=outputs.mu.device,
-                              dtype=outputs.mu.dtype)
+            eps = torch.randn(
+                (samples, *outputs.mu.shape),
+                generator=generator,
+                device=outputs.mu.device,
+                dtype=outputs.mu.dtype,
+            )
             parts = self._nll_parts(targets, outputs.mu + outputs.nu.sqrt() * eps, scale)
             parts = {name: value.mean(0) if value.ndim == 3 else value for name, value in parts.items()}
         return {name: value.mean(0) for name, value in parts.items()}
@@ -467,17 +487,19 @@ class VJE(nn.Module):
             raise ValueError(f"samples must be an integer >= 0, got {samples!r}")
         chunks: list[dict[str, Tensor]] = []
         for start in range(0, images.shape[0], batch_size):
-            chunk = images[start:start + batch_size]
+            chunk = images[start : start + batch_size]
             total: dict[str, Tensor] = {}
             for _ in range(num_pairs):
                 views = augment(chunk, generator), augment(chunk, generator)
                 parts = self._pair_nll_parts(*views, samples=samples, generator=generator)
                 total = {name: total.get(name, 0.0) + value / num_pairs for name, value in parts.items()}
-            chunks.append({
-                "nll": self._combine(total, "polar"),
-                "nll_cartesian": self._combine(total, "cartesian"),
-                "nll_directional": total["directional"],
-            })
+            chunks.append(
+                {
+                    "nll": self._combine(total, "polar"),
+                    "nll_cartesian": self._combine(total, "cartesian"),
+                    "nll_directional": total["directional"],
+                }
+            )
         return {name: torch.cat([c[name] for c in chunks]) for name in chunks[0]}
 
     @torch.no_grad()
