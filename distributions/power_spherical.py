@@ -13,6 +13,7 @@ from torch.distributions.kl import register_kl
 from torch.distributions.utils import lazy_property
 
 from distributions.hyperspherical_uniform import HypersphericalUniform, log_sphere_area
+from distributions.rotation import rotate_from_pole
 
 __all__ = ["PowerSpherical"]
 
@@ -317,21 +318,7 @@ class PowerSpherical(TorchDistribution):
         v = torch.randn(shape[:-1] + (shape[-1] - 1,), dtype=dtype, device=device)
         # sqrt(1 - w^2) / |v|, so that y = (w, radius * v) with v normalised
         radius = 2 * (t * one_minus_t / _dot(v, v).clamp(min=torch.finfo(dtype).tiny)).sqrt()
-        # Reflection along u = e1 + s loc, s = sign(loc_1) (s = 1 at 0): |u|^2 = 1 + 2 |loc_1| + |loc|^2 >= 2,
-        # so no cancellation or singularity (u = e1 - loc would vanish at loc = e1). It maps e1 to -s loc,
-        # so x = -s H y maps e1 to loc; the law is the same as with the reflection e1 -> loc because v's law
-        # is invariant under the orthogonal maps involved. Each choice of s is smooth in loc near any loc
-        # with the same s, so the pathwise gradient is exact.
-        # Expanded, x = -s (y - c u) = c loc - s (y - c e1) with c = 2 u.y / u.u, u.y = w + s loc.y and
-        # loc.y = loc_1 w + radius (loc_rest . v): no u, and y built once, with c already in it.
-        mu = self.loc
-        mu_first, mu_rest = mu[..., 0], mu[..., 1:]
-        s = torch.where(mu_first >= 0, 1.0, -1.0).to(dtype)
-        u_dot_u = 1 + 2 * mu_first.abs() + _dot(mu, mu)
-        u_dot_y = w + s * (mu_first * w + radius * _dot(mu_rest, v))
-        coef = 2 * u_dot_y / u_dot_u
-        y = torch.cat([(w - coef).unsqueeze(-1), radius.unsqueeze(-1) * v], dim=-1)
-        return torch.addcmul(coef.unsqueeze(-1) * mu, (-s).unsqueeze(-1), y)
+        return rotate_from_pole(self.loc, w, radius, v)
 
     def entropy(self) -> Tensor:
         """Closed form ``log C - kappa (log 2 + digamma(alpha) - digamma(alpha + beta))``, ``batch_shape``."""

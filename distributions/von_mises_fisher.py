@@ -38,6 +38,7 @@ from torch.distributions.kl import register_kl
 from torch.distributions.utils import lazy_property
 
 from distributions.hyperspherical_uniform import HypersphericalUniform, log_sphere_area
+from distributions.rotation import rotate_from_pole
 
 __all__ = ["VonMisesFisher", "bessel_iv_ratio", "log_bessel_iv", "vmf_log_normalizer"]
 
@@ -530,8 +531,9 @@ class VonMisesFisher(TorchDistribution):
     density proportional to :math:`e^{\kappa w}(1 - w^2)^{(d-3)/2}` and is drawn by Wood's rejection
     sampler (vectorised; for ``d = 3`` by its closed-form inverse CDF), the tangent direction
     :math:`v` uniformly on :math:`S^{d-2}` independently of :math:`\kappa`, and
-    :math:`z = (w, \sqrt{1-w^2}\,v)` is reflected onto :math:`\mu` by the Householder reflection mapping
-    :math:`e_1` to :math:`\mu` (gradients with respect to ``loc`` flow through it). :meth:`rsample` is
+    :math:`z = (w, \sqrt{1-w^2}\,v)` is mapped onto :math:`\mu` by an orthogonal reflection taking
+    :math:`e_1` to :math:`\mu` (:func:`distributions.rotation.rotate_from_pole`; gradients with respect to
+    ``loc`` flow through it). :meth:`rsample` is
     exactly reparameterized in :math:`\kappa` by implicit reparameterization (Figurnov et al. 2018, [4]):
     :math:`\partial w/\partial\kappa = -(\partial F/\partial\kappa)/p(w)` with :math:`F` the CDF of
     :math:`w`, :math:`\partial F/\partial\kappa(w) = \int_{-1}^{w}(s - A_d)\,p(s)\,ds`, evaluated by
@@ -728,20 +730,10 @@ class VonMisesFisher(TorchDistribution):
         dtype = self.loc.dtype
         w = (0.5 * (tp - tm)).to(dtype)
         radial = torch.sqrt((tm * tp).clamp(min=torch.finfo(torch.float64).tiny)).to(dtype)
-        # z = w e1 + radial * v with v = g[1:] / |g[1:]| uniform on S^{d-2} (independent of kappa), written
-        # as z = a g + b e1 so that no (rows x d) tensor is built twice; then the Householder reflection
-        # H = I - 2 u u^T / |u|^2, u = e1 - mu, which maps e1 to mu (u = 0: H = I): x = z - c u.
-        g = torch.randn(shape, dtype=dtype, device=self.loc.device)
-        tail = g[..., 1:]
-        tail_norm = torch.linalg.vector_norm(tail, dim=-1).clamp(min=torch.finfo(dtype).tiny)
-        a = radial / tail_norm
-        b = w - a * g[..., 0]
-        u = torch.cat([1.0 - self.loc[..., :1], -self.loc[..., 1:]], dim=-1)
-        u_sq = torch.einsum("...i,...i->...", u, u).clamp(min=torch.finfo(dtype).tiny)
-        u_dot_z = a * torch.einsum("...i,...i->...", g, u) + b * u[..., 0]
-        c = 2.0 * u_dot_z / u_sq
-        x = torch.addcmul(a.unsqueeze(-1) * g, c.unsqueeze(-1), u.expand(shape), value=-1.0)
-        x[..., 0] += b
+        # z = (w, radial * v) with v = g / |g| uniform on S^{d-2} (independent of kappa), rotated onto loc.
+        g = torch.randn(shape[:-1] + (shape[-1] - 1,), dtype=dtype, device=self.loc.device)
+        g_norm = torch.linalg.vector_norm(g, dim=-1).clamp(min=torch.finfo(dtype).tiny)
+        x = rotate_from_pole(self.loc, w, radial / g_norm, g)
         # One renormalisation removes the rounding of the steps above (float32 results would otherwise miss
         # constraints.sphere's tolerance); |x| = 1 exactly in exact arithmetic, so gradients are unchanged.
         return x * torch.rsqrt(torch.einsum("...i,...i->...", x, x)).unsqueeze(-1)
