@@ -52,7 +52,7 @@ class TrainConfig:
         nullable=True,
     )
     data_dir: str | None = _engine(
-        "data folder (CIFAR-10: the folder of train.npz and test.npz)", type=str, nullable=True
+        "data folder: what torchvision would take as root (README, 'Your own data')", type=str, nullable=True
     )
     image_size: int | None = _engine(
         "resize the images to this size (default: the data set's); data sets decoded from files only",

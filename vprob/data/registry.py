@@ -45,25 +45,11 @@ CIFAR_RECIPE: dict[str, Any] = dict(
 )
 # STL-10 at 96 px: ImageNet's crop scale (0.08, 1) (a 96-pixel image keeps 27-pixel crops), CIFAR's colour
 # strengths, no blur, as in the STL-10 recipes of Wang & Isola (2020) and solo-learn. Not tuned here.
-STL10_RECIPE: dict[str, Any] = dict(
-    crop_scale=(0.08, 1.0),
-    crop_ratio=(3 / 4, 4 / 3),
-    flip_p=0.5,
-    jitter=(0.4, 0.4, 0.4, 0.1),
-    jitter_p=0.8,
-    grayscale_p=0.2,
-)
+STL10_RECIPE: dict[str, Any] = dict(CIFAR_RECIPE, crop_scale=(0.08, 1.0))
 # SimCLR's ImageNet recipe: colour strength 1 (0.8, 0.8, 0.8, 0.2), Gaussian blur with probability 0.5,
 # sigma in (0.1, 2), kernel 10 % of the image size; used from 64 px up.
 IMAGENET_RECIPE: dict[str, Any] = dict(
-    crop_scale=(0.08, 1.0),
-    crop_ratio=(3 / 4, 4 / 3),
-    flip_p=0.5,
-    jitter=(0.8, 0.8, 0.8, 0.2),
-    jitter_p=0.8,
-    grayscale_p=0.2,
-    blur_p=0.5,
-    blur_sigma=(0.1, 2.0),
+    STL10_RECIPE, jitter=(0.8, 0.8, 0.8, 0.2), blur_p=0.5, blur_sigma=(0.1, 2.0)
 )
 
 
