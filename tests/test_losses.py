@@ -547,6 +547,28 @@ def test_gather_in_a_fake_world_of_two_averages_to_the_whole_batch_loss(monkeypa
     assert not torch.allclose(per_rank[0], local[0])
 
 
+def test_contrast_batch_layout_device_and_positive_flag():
+    """The layout of ``ContrastBatch``: row v·B + i is view v of image i, each image its own class without
+    labels (counts V, int64), a labelled batch's classes are the ranks of its labels; the index tensors are
+    made on z's device (the meta device stands in for a GPU here: one made on the CPU would show); and
+    ``every_anchor_has_positive`` is True exactly when V >= 2, when ``anchor_mean`` needs no count."""
+    from vprob.losses._batch import contrast_batch
+
+    batch = contrast_batch(torch.empty(3, 4, 5, device="meta"), None, gather=False)
+    for name in ("anchors", "contrast", "classes", "counts", "self_index"):
+        assert getattr(batch, name).device.type == "meta", name
+    for views in (1, 2, 3):
+        batch = contrast_batch(torch.randn(views, 4, 5), None, gather=False)
+        assert batch.every_anchor_has_positive is (views >= 2), views
+        assert batch.classes.tolist() == list(range(4)) * views
+        assert batch.counts.dtype == torch.int64 and batch.counts.tolist() == [views] * 4
+        assert batch.self_index.tolist() == list(range(4 * views)) and batch.world == 1
+        labelled = contrast_batch(torch.randn(views, 3, 5), torch.tensor([7, 2, 7]), gather=False)
+        assert labelled.every_anchor_has_positive is (views >= 2), views
+        assert labelled.classes.tolist() == [1, 0, 1] * views
+        assert labelled.counts.tolist() == [views, 2 * views]
+
+
 def test_no_anchor_with_a_positive_names_labels():
     with pytest.raises(ValueError, match=r"^labels\b"):
         supcon(torch.randn(1, 4, 3), torch.tensor([0, 1, 2, 3]))

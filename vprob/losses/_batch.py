@@ -49,7 +49,7 @@ def contrast_batch(z: Tensor, labels: Tensor | None, *, gather: bool) -> Contras
         # Image i of rank r is class r·B + i; its V views are the V members of that class.
         image = torch.arange(batch, device=z.device).repeat(views)
         classes = (torch.arange(world, device=z.device)[:, None] * batch + image).reshape(-1)
-        counts = torch.full((world * batch,), views, device=z.device, dtype=torch.long)
+        counts = image.new_full((world * batch,), views)  # int64 on z's device, like image
     else:
         row_labels = labels.to(z.device).repeat(views)
         all_labels = distributed.all_gather_nograd(row_labels) if world > 1 else row_labels
