@@ -56,7 +56,7 @@ three pieces, each used only where it is accurate to a few ulps:
    (a sum of positive terms; errors are damped), :math:`\log J_k = \log J_M - \sum_{j=k+1}^{M}\log\rho_j`;
    for ``k = 0`` the Mills-ratio form :math:`J_0 = e^{-t^2/2}\sqrt{\pi/2}\operatorname{erfcx}(-t/\sqrt2)`.
    The closed form's derivative is analytic, :math:`\frac{d}{dt}\log J_k = k J_{k-1}/J_k` (integration by
-   parts; :math:`h` for ``k = 0``), from the same numbers (:class:`_Analytic`), so the backward pass costs
+   parts; :math:`h` for ``k = 0``), from the same numbers (:class:`_SmallK`), so the backward pass costs
    one multiplication. On the CPU the tail is evaluated only on the elements that need it (a host check
    costs nothing there); on CUDA and under ``torch.jit.trace``/``torch.compile`` both branches run on
    sanitized copies of ``t`` and are merged with ``torch.where`` (no host synchronisation, no branch baked
@@ -82,7 +82,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["log_radial_integral"]
+__all__ = ["log_radial_integral", "log_radial_integral_and_derivative"]
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -195,13 +195,13 @@ def _closed_form(k: int, t: Tensor) -> tuple[Tensor, Tensor]:
     underflow, which ``t >= -9`` guarantees). The polynomials are carried scaled, ``p_j = P_j(t) / s^j`` and
     ``q_j = Q_j(t) / s^j`` with ``s = max(|t|, 1)``, whose recurrence ``p_{j+1} = (t/s) p_j + j s^{-2}
     p_{j-1}`` cannot overflow (``t^15`` would in float32); ``d/dt log J_k = k J_{k-1} / J_k`` (integration
-    by parts) comes from the same numbers.
+    by parts) comes from the same numbers. Plain differentiable ops: autograd through them gives the second
+    derivative (see :class:`_SmallK`).
     """
     e = torch.special.erfc(t * -_SQRT_HALF)  # 2 Phi(t)
-    log_j0 = torch.log(e) + _LOG_SQRT_HALF_PI
     h = torch.exp(t.square() * -0.5) * _SQRT_2_OVER_PI / e
     if k == 0:
-        return log_j0, h
+        return torch.log(e) + _LOG_SQRT_HALF_PI, h
     s = t.abs().clamp(min=1.0)
     eps = torch.reciprocal(s)
     tau = t * eps
@@ -212,9 +212,10 @@ def _closed_form(k: int, t: Tensor) -> tuple[Tensor, Tensor]:
         p_prev, p = p, torch.addcmul(tau * p, eps2, p_prev, value=float(j))
         q_prev, q = q, torch.addcmul(tau * q, eps2, q_prev, value=float(j))
     ratio = torch.addcmul(p, q, h)  # J_k / (J_0 s^k) > 0
-    log_j = log_j0 + torch.log(ratio) + k * torch.log(s)
+    # One log for J_0 and the ratio (their product stays within range: e <= 2, ratio = O(1)).
+    log_j = torch.log(e * ratio).add_(torch.log(s), alpha=k).add_(_LOG_SQRT_HALF_PI)
     # k J_{k-1} / J_k = k (p_{k-1} + q_{k-1} h) / (s (p_k + q_k h))
-    grad = torch.addcmul(p_prev, q_prev, h).mul_(k) / (s * ratio)
+    grad = torch.addcmul(p_prev, q_prev, h) * k / (s * ratio)
     return log_j, grad
 
 
@@ -226,65 +227,89 @@ def _log_j0_tail(t: Tensor) -> tuple[Tensor, Tensor]:
     return torch.log(ex) + _LOG_SQRT_HALF_PI - 0.5 * t.square(), _SQRT_2_OVER_PI / ex
 
 
-class _Analytic(torch.autograd.Function):
-    """``log J_k`` with its analytic derivative: :func:`_closed_form`, or :func:`_log_j0_tail` (``tail``).
-
-    A backward through the recurrence would cost as much as the forward again."""
-
-    @staticmethod
-    def forward(ctx, t: Tensor, k: int, tail: bool) -> Tensor:
-        log_j, grad = _log_j0_tail(t) if tail else _closed_form(k, t)
-        ctx.save_for_backward(grad)
-        return log_j
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):
-        (grad,) = ctx.saved_tensors
-        return grad_out * grad, None, None
-
-
-def _log_j_tail(k: int, t: Tensor) -> Tensor:
-    """``log J_k(t)`` for ``t < -_T_CLOSED`` and ``k < _K_SMALL``: Mills-ratio form for ``k = 0``, otherwise
-    the backward recurrence from the quadrature at ``_K_SMALL`` (stable there)."""
+def _log_j_tail(k: int, t: Tensor) -> tuple[Tensor, Tensor]:
+    """``log J_k(t)`` and its derivative for ``t < -_T_CLOSED`` and ``k < _K_SMALL``: Mills-ratio form for
+    ``k = 0``, otherwise the backward recurrence from the quadrature at ``_K_SMALL`` (stable there), whose
+    last ratio gives the derivative, ``d/dt log J_k = J_{k+1}/J_k - t``."""
     if k == 0:
-        return _Analytic.apply(t, 0, True)
+        return _log_j0_tail(t)
     log_jm, rho = _log_j_quadrature(_K_SMALL, t, with_ratio=True)
     acc = torch.zeros_like(t)
     for j in range(_K_SMALL, k, -1):
         rho = j / (rho - t)  # rho_j = J_j / J_{j-1} from rho_{j+1}
         acc = acc + torch.log(rho)
-    return log_jm - acc
+    return log_jm - acc, rho - t
 
 
 def _is_traced() -> bool:
     return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
-def _log_j_small(k: int, t: Tensor) -> Tensor:
-    """``log J_k`` for ``0 <= k < _K_SMALL``: the closed form, :func:`_log_j_tail` below ``-_T_CLOSED``."""
+def _log_j_small(k: int, t: Tensor) -> tuple[Tensor, Tensor]:
+    """``log J_k`` and its derivative for ``0 <= k < _K_SMALL``: the closed form, :func:`_log_j_tail` below
+    ``-_T_CLOSED``. Plain differentiable ops (the branches see sanitized copies of ``t``)."""
     threshold = _T_CLOSED[t.dtype][k]
-    closed = t >= -threshold
+    # clamp's gradient passes at t = -threshold itself, so both sides of the switch are differentiable.
+    log_j, grad = _closed_form(k, t.clamp(min=-threshold))
+    tail = t < -threshold
     if t.device.type == "cpu" and not _is_traced():
         # On the CPU a data-dependent branch costs nothing: evaluate the tail only where it is needed.
-        out = _Analytic.apply(torch.where(closed, t, -threshold), k, False)
-        tail = ~closed
         if bool(tail.any()):
             t_tail = t[tail]
             if t.dtype == torch.float32:
                 # The float32 switch points are close to 0 (k = 15: -0.4); the few elements beyond go
                 # through the float64 scheme, whose closed form reaches much further than the quadrature
                 # tail at a fraction of its cost.
-                out = out.masked_scatter(tail, _log_j_small(k, t_tail.double()).float())
+                tail_log_j, tail_grad = (x.float() for x in _log_j_small(k, t_tail.double()))
             else:
-                out = out.masked_scatter(tail, _log_j_tail(k, t_tail))
-        return out
+                tail_log_j, tail_grad = _log_j_tail(k, t_tail)
+            log_j = log_j.masked_scatter(tail, tail_log_j)
+            grad = grad.masked_scatter(tail, tail_grad)
+        return log_j, grad
     # Without host synchronisation (CUDA) or under a tracer (whose graph must not bake in a branch): both,
     # on sanitized copies, so that the unused one never produces nan values or gradients.
-    return torch.where(
-        closed,
-        _Analytic.apply(torch.where(closed, t, -threshold), k, False),
-        _log_j_tail(k, torch.where(closed, -threshold, t)),
-    )
+    tail_log_j, tail_grad = _log_j_tail(k, torch.where(tail, t, -threshold))
+    return torch.where(tail, tail_log_j, log_j), torch.where(tail, tail_grad, grad)
+
+
+class _SmallK(torch.autograd.Function):
+    """``log J_k`` for ``k < _K_SMALL`` with its analytic derivative: a backward through the recurrence would
+    cost as much as the forward again. Under ``create_graph`` the backward evaluates the derivative with
+    differentiable ops, so second derivatives are exact too."""
+
+    @staticmethod
+    def forward(ctx, t: Tensor, k: int) -> Tensor:
+        log_j, grad = _log_j_small(k, t)
+        ctx.k = k
+        ctx.save_for_backward(t, grad)
+        return log_j
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        t, grad = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            grad = _log_j_small(ctx.k, t)[1]
+        return grad_out * grad, None
+
+
+def log_radial_integral_and_derivative(k: int, t: Tensor) -> tuple[Tensor, Tensor]:
+    r"""Return :math:`\log J_k(t)` and :math:`\frac{d}{dt}\log J_k(t) = J_{k+1}(t)/J_k(t) - t` elementwise.
+
+    For callers that assemble their own backward pass (e.g. :class:`~distributions.ProjectedNormal`); the
+    two come from the same numbers, so this costs about as much as :func:`log_radial_integral`. The
+    results are differentiable by autograd.
+
+    :param int k: a non-negative integer.
+    :param torch.Tensor t: real tensor of any shape, float32 or float64.
+    :returns: two tensors of the shape and dtype of ``t``.
+    """
+    k = _check_k(k)
+    if t.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"log_radial_integral_and_derivative: t must be float32 or float64, got {t.dtype}")
+    if k < _K_SMALL:
+        return _log_j_small(k, t)
+    log_j, ratio = _log_j_quadrature(k, t, with_ratio=True)
+    return log_j, ratio - t
 
 
 def _check_k(k) -> int:
@@ -313,5 +338,5 @@ def log_radial_integral(k: int, t: Tensor) -> Tensor:
     if k >= _K_SMALL:
         out = _log_j_quadrature(k, t)[0]
     else:
-        out = _log_j_small(k, t)
+        out = _SmallK.apply(t, k)
     return out.to(in_dtype)

@@ -12,9 +12,8 @@ from pyro.distributions.torch_distribution import TorchDistribution
 from pyro.ops.tensor_utils import safe_normalize
 from torch import Tensor
 from torch.distributions import Distribution
-from torch.distributions.utils import lazy_property
 
-from distributions.log_radial_integral import log_radial_integral
+from distributions.log_radial_integral import log_radial_integral, log_radial_integral_and_derivative
 
 __all__ = ["ProjectedNormal"]
 
@@ -34,21 +33,175 @@ def _gauss_legendre(n: int) -> tuple[Tensor, Tensor]:
 _GAUSS_LEGENDRE_128 = _gauss_legendre(128)
 
 
-# Up to this event size log_prob works in the event-major layout (see there).
-_EVENT_MAJOR_MAX_D = 16
-
-
-def _align_event_major(x: Tensor, batch_dims: int) -> Tensor:
-    """View an event-major ``(d,) + batch_shape`` tensor as ``(d,) + (1,) * k + batch_shape`` so that it
-    broadcasts against an event-major value with ``batch_dims`` batch dimensions."""
-    extra = batch_dims - (x.dim() - 1)
-    return x.reshape(x.shape[:1] + (1,) * extra + x.shape[1:]) if extra > 0 else x
-
-
 def _rowsum(x: Tensor) -> Tensor:
     """``x.sum(-1)`` as a matrix-vector product: on the CPU a reduction over a short last dimension (d = 3)
     is up to 30x slower than gemv (and an ``einsum`` of two such tensors becomes a batched 1 x d matmul)."""
     return x @ x.new_ones(x.shape[-1])
+
+
+def _sum_log_scale(scale: Tensor) -> Tensor:
+    """``log(scale).sum(-1)`` in float64 for ``scale`` of shape ``(..., n)``; for float32 (or narrower)
+    scales as the logs of products of four, which can neither overflow nor underflow in float64."""
+    if scale.dtype == torch.float64:
+        return _rowsum(scale.log())
+    out = None
+    for i in range(0, scale.shape[-1], 4):
+        group = scale[..., i].to(torch.float64)
+        for j in range(i + 1, min(i + 4, scale.shape[-1])):
+            group = group * scale[..., j]
+        out = group.log_() if out is None else out.add_(group.log_())
+    return out
+
+
+def _log_prob_rows(value: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
+    """The projected normal log density (class docstring) with autograd, in the ``(..., d)`` layout.
+
+    ``value (..., d)``, ``loc (..., d)``, ``scale (..., 1 or d)`` broadcastable; float64 event sums (see
+    :meth:`ProjectedNormal.log_prob`), the result in the inputs' promoted dtype. Used for ``d`` above
+    ``_SMALL_D`` and for the second derivatives of :class:`_SmallDLogProb`.
+    """
+    out_dtype = torch.promote_types(value.dtype, loc.dtype)
+    d = int(value.shape[-1])  # not a traced 0-d tensor: 0.5 * d * ... would be float32
+    isotropic = scale.shape[-1] == 1
+    inv_scale = torch.reciprocal(scale).to(torch.float64)
+    v, m = value.to(torch.float64), loc.to(torch.float64)
+    if not isotropic:
+        v, m = v * inv_scale, m * inv_scale  # Sigma^{-1/2} u and Sigma^{-1/2} mu
+    a = _rowsum(v.square())
+    b = _rowsum(v * m)
+    # c - b^2/A as the squared norm of the component of m orthogonal to v: no cancellation near the mode.
+    perp_sq = _rowsum(torch.addcmul(m, (b / a).unsqueeze(-1), v, value=-1).square())
+    t = b * torch.rsqrt(a)
+    if isotropic:  # v and m were u and mu: whiten the sums; log A + 2 log scale is log |u|^2
+        inv = inv_scale[..., 0]
+        t, perp_sq, log_det = t * inv, perp_sq * inv.square(), 0.0
+    else:
+        log_det = _sum_log_scale(scale).to(out_dtype)
+    t, perp_sq, a = t.to(out_dtype), perp_sq.to(out_dtype), a.to(out_dtype)
+    log_p = log_radial_integral(d - 1, t) - 0.5 * perp_sq - 0.5 * d * torch.log(a) - log_det
+    return log_p - 0.5 * d * _LOG_2PI
+
+
+# Up to this event size log_prob goes through _SmallDLogProb.
+_SMALL_D = 16
+
+
+class _SmallDLogProb(torch.autograd.Function):
+    r""":func:`_log_prob_rows` for ``d <= _SMALL_D``, one event coordinate at a time, with its backward
+    pass written out.
+
+    Working on one coordinate at a time keeps every temporary at the size of the batch (on the CPU, whole
+    ``(..., d)`` float64 temporaries cost more in fresh pages than in arithmetic) and avoids the reductions
+    over a short last dimension. With :math:`\gamma = (\log J_{d-1})'(t)/\sqrt a` and the whitened ``v``,
+    ``m``, ``a = v.v``, ``c = v.m / a``, ``r = m - c v``, the gradients are :math:`\partial_v = (\gamma +
+    c)\,r - (d/a)\,v`, :math:`\partial_m = \gamma v - r` and, through the whitening,
+    :math:`\partial_\sigma = -(v\,\partial_v + m\,\partial_m + 1)/\sigma` (summed over the event for an
+    isotropic scale). Under ``create_graph`` the backward differentiates :func:`_log_prob_rows` instead, so
+    higher derivatives are exact as well.
+    """
+
+    @staticmethod
+    def forward(ctx, value: Tensor, loc: Tensor, scale: Tensor, compute_dtype: torch.dtype) -> Tensor:
+        batch = torch.broadcast_shapes(value.shape[:-1], loc.shape[:-1], scale.shape[:-1])
+        d = int(value.shape[-1])  # not a traced 0-d tensor: 0.5 * d * ... would be float32
+        coordinate = _Coordinates(value, loc, scale, batch)
+        v, m = coordinate.v, coordinate.m
+        a, b = _zeros64(value, batch), _zeros64(value, batch)
+        for i in range(d):
+            coordinate.load(i)
+            a.addcmul_(v, v)
+            b.addcmul_(v, m)
+        c = b / a
+        p2 = _zeros64(value, batch)
+        for i in range(d):
+            coordinate.load(i)
+            r = m.addcmul_(c, v, value=-1)  # the part of m orthogonal to v: no cancellation
+            p2.addcmul_(r, r)
+        t = b.mul_(torch.rsqrt(a, out=v))
+        if scale.shape[-1] == 1:  # whiten the sums; log A + 2 log scale is log |u|^2
+            inv = v.copy_(scale[..., 0]).reciprocal_()
+            t, p2 = t.mul_(inv), p2.mul_(inv).mul_(inv)
+        log_j, g = log_radial_integral_and_derivative(d - 1, t.to(compute_dtype))
+        log_p = log_j.add_(p2.to(compute_dtype), alpha=-0.5)
+        log_p = log_p.add_(torch.log(a.to(compute_dtype)), alpha=-0.5 * d)
+        if scale.shape[-1] > 1:
+            log_p = log_p.sub_(_sum_log_scale(scale).to(compute_dtype))
+        ctx.save_for_backward(value, loc, scale, a, c, p2, t, g)
+        return log_p.sub_(0.5 * d * _LOG_2PI)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        value, loc, scale, a, c, p2, t, g = ctx.saved_tensors
+        needs = ctx.needs_input_grad[:3]
+        if torch.is_grad_enabled():  # create_graph: differentiate the autograd form
+            inputs = [x for x, need in zip((value, loc, scale), needs, strict=True) if need]
+            with torch.enable_grad():
+                log_p = _log_prob_rows(value, loc, scale).to(grad_out.dtype)
+            grads = iter(torch.autograd.grad(log_p, inputs, grad_out, create_graph=True))
+            return (*(next(grads) if need else None for need in needs), None)
+        d = int(value.shape[-1])  # not a traced 0-d tensor: 0.5 * d * ... would be float32
+        go, g = grad_out.to(torch.float64), g.to(torch.float64)
+        isotropic = scale.shape[-1] == 1
+        gamma_go = g * torch.rsqrt(a) * go  # not in place: g and a are saved (retain_graph)
+        if isotropic:  # v, m, r are unwhitened here: gamma and c carry the scale
+            inv = torch.reciprocal(scale[..., 0].to(torch.float64))  # not in place: may be a view of scale
+            inv_sq_go = inv.square().mul_(go)
+            gamma_go = gamma_go.mul_(inv)
+            coef_r_v, coef_r_m = torch.addcmul(gamma_go, c, inv_sq_go), inv_sq_go
+        else:
+            coef_r_v, coef_r_m = torch.addcmul(gamma_go, c, go), go
+        coef_v = go.mul(d).div_(a)
+        grad_value, grad_loc, grad_scale = (
+            torch.empty_like(x) if need else None for x, need in zip((value, loc, scale), needs, strict=True)
+        )
+        coordinate = _Coordinates(value, loc, scale, a.shape)
+        v, m = coordinate.v, coordinate.m
+        r, grad_v, grad_m = torch.empty_like(a), torch.empty_like(a), torch.empty_like(a)
+        for i in range(d):
+            inv_i = coordinate.load(i)
+            torch.addcmul(m, c, v, value=-1, out=r)
+            torch.mul(r, coef_r_v, out=grad_v).addcmul_(v, coef_v, value=-1)
+            torch.mul(v, gamma_go, out=grad_m).addcmul_(r, coef_r_m, value=-1)
+            if inv_i is not None:  # diagonal: back through v = u / sigma, m = mu / sigma
+                if needs[2]:
+                    grad_sigma = (v * grad_v).addcmul_(m, grad_m).add_(go).mul_(inv_i)
+                    grad_scale[..., i] = grad_sigma.sum_to_size(scale.shape[:-1]).neg_()
+                grad_v.mul_(inv_i)
+                grad_m.mul_(inv_i)
+            if needs[0]:
+                grad_value[..., i] = grad_v.sum_to_size(value.shape[:-1])
+            if needs[1]:
+                grad_loc[..., i] = grad_m.sum_to_size(loc.shape[:-1])
+        if isotropic and needs[2]:
+            # d log p / d sigma = (|r_w|^2 - g t) / sigma, with the whitened |r_w|^2 = p2
+            grad_scale[..., 0] = (p2 - g * t).mul_(inv).mul_(go).sum_to_size(scale.shape[:-1])
+        return grad_value, grad_loc, grad_scale, None
+
+
+def _zeros64(like: Tensor, shape) -> Tensor:
+    return like.new_zeros(shape, dtype=torch.float64)
+
+
+class _Coordinates:
+    """Float64 buffers ``v``, ``m`` of the batch's shape that :meth:`load` fills with event coordinate
+    ``i`` of the value and the mean, whitened for a diagonal scale (returning ``1/sigma_i``; ``None`` for
+    an isotropic scale, whose whitening applies to the sums). Reusing the buffers keeps fresh memory, and
+    its page faults, out of the loops."""
+
+    def __init__(self, value: Tensor, loc: Tensor, scale: Tensor, batch) -> None:
+        self.value, self.loc, self.scale = value, loc, scale
+        self.v = value.new_empty(batch, dtype=torch.float64)
+        self.m = value.new_empty(batch, dtype=torch.float64)
+        self.inv = None if scale.shape[-1] == 1 else value.new_empty(batch, dtype=torch.float64)
+
+    def load(self, i: int) -> Tensor | None:
+        self.v.copy_(self.value[..., i])
+        self.m.copy_(self.loc[..., i])
+        if self.inv is not None:
+            self.inv.copy_(self.scale[..., i]).reciprocal_()
+            self.v.mul_(self.inv)
+            self.m.mul_(self.inv)
+        return self.inv
 
 
 class ProjectedNormal(_PyroProjectedNormal):
@@ -311,38 +464,6 @@ class ProjectedNormal(_PyroProjectedNormal):
         # x = 0 has probability zero; the clamp only keeps a degenerate case finite (no host sync here).
         return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp(min=torch.finfo(x.dtype).tiny)
 
-    @lazy_property
-    def _whitening(self) -> tuple[Tensor, Tensor, Tensor]:
-        """Value-independent parts of ``log_prob``: ``1/scale`` and ``loc/scale`` (or ``loc`` itself for an
-        isotropic scale) in float64, and ``sum log scale`` in the parameters' dtype.
-
-        In the row layout ``1/scale`` is rounded once in the parameters' dtype and then used for both
-        ``loc`` and ``value``, which amounts to an exact computation with ``scale`` perturbed by half an ulp
-        (harmless: log p is well conditioned in ``scale``); the event-major path converts first.
-        ``sum log scale`` enters ``log p`` additively, so its rounding is that of the result. For an
-        isotropic scale the whitening is applied to the per-event sums instead of the vectors: a broadcast
-        ``(B, d) * (B, 1)`` product costs ten times a plain one on the CPU. For ``d <= _EVENT_MAJOR_MAX_D``
-        the vectors are event-major, shape ``(d,) + batch_shape`` (see :meth:`log_prob`).
-        """
-        d = int(self.event_shape[0])
-        if d <= _EVENT_MAJOR_MAX_D:
-            # Event-major (d,) + batch_shape, built by one transposing conversion per parameter.
-            def event_major(x: Tensor, dtype: torch.dtype) -> Tensor:
-                return x.movedim(-1, 0).to(dtype, memory_format=torch.contiguous_format)
-
-            loc = event_major(self.loc, torch.float64)
-            if self.is_isotropic:
-                scale = self.scale[..., 0]
-                return torch.reciprocal(scale).to(torch.float64), loc, scale.log() * d
-            scale = event_major(self.scale, torch.float64)
-            inv_scale = torch.reciprocal(scale)
-            return inv_scale, loc * inv_scale, scale.log().sum(0).to(self.scale.dtype)
-        inv_scale = torch.reciprocal(self.scale).to(torch.float64)
-        log_scale = self.scale.log()
-        if self.is_isotropic:
-            return inv_scale[..., 0], self.loc.to(torch.float64), log_scale[..., 0] * d
-        return inv_scale, self.loc.to(torch.float64) * inv_scale, _rowsum(log_scale)
-
     def log_prob(self, value: Tensor) -> Tensor:
         """Log density w.r.t. the surface measure, shape ``broadcast(value.shape[:-1], batch_shape)``.
 
@@ -363,40 +484,7 @@ class ProjectedNormal(_PyroProjectedNormal):
         # int(): under torch.jit.trace the event size is a 0-d tensor, and 0.5 * d * log(2 pi) would be
         # evaluated in float32 (the event size is static, so the trace may bake it in).
         d = int(self.event_shape[0])
-        inv_scale, m, half_log_det = self._whitening
-        # Everything below is in float64 (an explicit conversion: a mixed-dtype product is much slower).
-        if d <= _EVENT_MAJOR_MAX_D:
-            # Event-major layout (d, ...): the per-event sums become d - 1 vectorized additions and the
-            # broadcast of b/A runs along the contiguous batch dimension. In the (..., d) layout each op
-            # works on rows of length 3 (at d = 3 a broadcast product costs 10x a plain one).
-            batch = torch.broadcast_shapes(value.shape[:-1], self.batch_shape)
-            v = value.expand(batch + (d,)).movedim(-1, 0)
-            v = v.to(torch.float64, memory_format=torch.contiguous_format)
-            m = _align_event_major(m, v.dim() - 1)
-            if not self.is_isotropic:
-                v = v * _align_event_major(inv_scale, v.dim() - 1)
-            a = v.square().sum(0)
-            b = (v * m).sum(0)
-            perp_sq = torch.addcmul(m, b / a, v, value=-1).square().sum(0)
-        else:
-            v = value.to(torch.float64)
-            if not self.is_isotropic:
-                v = v * inv_scale  # Sigma^{-1/2} u; m = Sigma^{-1/2} mu
-            a = _rowsum(v.square())
-            b = _rowsum(v * m)
-            # c - b^2/A as the squared norm of the component of m orthogonal to v: no cancellation near
-            # the mode.
-            perp_sq = _rowsum(torch.addcmul(m, (b / a).unsqueeze(-1), v, value=-1).square())
-        t = b * torch.rsqrt(a)
-        if self.is_isotropic:  # v and m were u and mu: whiten the sums (inv_scale has shape batch_shape)
-            inv_sq = inv_scale.square()
-            a, t, perp_sq = a * inv_sq, t * inv_scale, perp_sq * inv_sq
-        t, perp_sq, a = t.to(out_dtype), perp_sq.to(out_dtype), a.to(out_dtype)
-        log_p = (
-            log_radial_integral(d - 1, t)
-            - 0.5 * perp_sq
-            - 0.5 * d * torch.log(a)
-            - half_log_det
-            - 0.5 * d * _LOG_2PI
-        )
-        return log_p.to(out_dtype)
+        if d > _SMALL_D:
+            return _log_prob_rows(value, self.loc, self.scale).to(out_dtype)
+        compute_dtype = out_dtype if out_dtype in (torch.float32, torch.float64) else torch.float32
+        return _SmallDLogProb.apply(value, self.loc, self.scale, compute_dtype).to(out_dtype)
