@@ -597,7 +597,6 @@ def test_engine_contract_evaluates_stl10_on_labelled_images_only(stl10_dir):
         splits.test,
         normalize,
         knn_k=(3,),
-        seed=0,
         device=torch.device("cpu"),
         amp=False,
     )

@@ -442,3 +442,106 @@ def test_evaluate_backbone_keys_values_and_split_roles():
     assert encoder.autocast and all(encoder.autocast)
     expected = _direct_scores(encoder, train, test, [(10, False, "majority")], autocast_dtype=torch.bfloat16)
     assert got == pytest.approx(expected, abs=0)
+
+
+# ------------------------------------------------------------------------- solver settings and devices
+# The probe's L-BFGS settings decide its memory and when it stops; the device arguments decide where the work
+# runs. Both are invisible in an accuracy on the CPU, so they are observed directly: the optimizer's own
+# state, and tensors on the meta device (which stands in for a GPU here: a tensor left on the CPU shows).
+
+
+class _RecordingLBFGS(torch.optim.LBFGS):
+    """torch.optim.LBFGS that keeps its instances and the max |gradient| after every objective evaluation."""
+
+    made: list["_RecordingLBFGS"] = []
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.grad_max: list[float] = []
+        _RecordingLBFGS.made.append(self)
+
+    def step(self, closure):
+        def recorded():
+            loss = closure()
+            self.grad_max.append(max(p.grad.abs().max().item() for p in self.param_groups[0]["params"]))
+            return loss
+
+        return super().step(recorded)
+
+
+def test_linear_probe_lbfgs_memory_stopping_rule_and_iteration_cap(monkeypatch):
+    """On digits at weight decay 1e-4 the probe needs more than 20 iterations: it keeps exactly the last 20
+    curvature pairs (memory (F K) x 40 floats, not 200 at torch's default history of 100), stops at the first
+    accepted iterate with max |gradient| <= 1e-5 (torch's default 1e-7 would take ~90 iterations here, not
+    ~55), and caps the iterations at ``epochs`` = 100 by default."""
+    from vprob.data import load_digits
+
+    train, test = load_digits()
+    _RecordingLBFGS.made.clear()
+    monkeypatch.setattr(torch.optim, "LBFGS", _RecordingLBFGS)
+    linear_probe(train.images.flatten(1), train.labels, test.images.flatten(1), test.labels)
+    (opt,) = _RecordingLBFGS.made
+    state = opt.state[opt.param_groups[0]["params"][0]]
+    assert 20 < state["n_iter"] < 100
+    assert len(state["old_dirs"]) == len(state["old_stps"]) == 20
+    assert opt.grad_max[-1] <= 1e-5 < min(opt.grad_max[:-1])
+    assert opt.defaults["max_iter"] == 100
+
+
+def test_linear_probe_lbfgs_line_search_makes_lr_only_a_first_step():
+    """With the strong Wolfe line search, ``lr`` is only the first trial step: at lr = 5 the probe still
+    reaches sklearn's optimum (fixed steps of 5, without a line search, diverge to NaN on this problem)."""
+    pytest.importorskip("sklearn")
+    x, y, grid, grid_labels = _grid_problem()
+    assert linear_probe(x, y, grid, grid_labels, weight_decay=0.3, lr=5.0) >= 0.995
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_linear_probe_moves_all_four_inputs_to_device(monkeypatch):
+    """CPU inputs with ``device="meta"``: the fit sees features and labels on meta (float32 and int64), and a
+    plain ``device="cpu"`` gives the default's answer."""
+    import vprob.evaluate as evaluate
+
+    x, y = _clusters(n_per=10, dim=4, classes=3)
+    assert linear_probe(x, y, x, y, device="cpu") == linear_probe(x, y, x, y) == 1.0
+    seen = {}
+
+    def fit(x_train, y_train, num_classes, *rest):
+        seen.update(x=x_train, y=y_train, num_classes=num_classes)
+        raise _Stop
+
+    monkeypatch.setattr(evaluate, "_fit_logistic", fit)
+    with pytest.raises(_Stop):
+        linear_probe(x.double(), y.int(), x, y, device="meta", num_classes=3)
+    assert seen["x"].device.type == seen["y"].device.type == "meta"
+    assert seen["x"].dtype == torch.float32 and seen["y"].dtype == torch.int64 and seen["num_classes"] == 3
+
+
+def test_evaluate_backbone_extracts_both_sets_on_device(monkeypatch):
+    """A parameterless encoder has no device of its own, so ``device`` alone decides where features are
+    extracted: both sets' features reach the kNN and the probe on meta."""
+    import vprob.evaluate as evaluate
+    from vprob.data import load_digits
+
+    train, test = load_digits()
+    devices = []
+
+    def record(train_features, train_labels, test_features, test_labels, **kwargs):
+        devices.append((train_features.device.type, test_features.device.type))
+        return 0.0
+
+    monkeypatch.setattr(evaluate, "knn_accuracy", record)
+    monkeypatch.setattr(evaluate, "linear_probe", record)
+    got = evaluate.evaluate_backbone(nn.Flatten(), train, test, _digits_normalize, knn_k=(3,), device="meta")
+    assert got == {"knn_top1_k3_majority": 0.0, "linear_top1": 0.0}
+    assert devices == [("meta", "meta")] * 2
+
+
+def test_class_count_is_one_past_the_largest_label_of_any_nonempty_set():
+    from vprob.evaluate import _num_classes
+
+    assert _num_classes(torch.tensor([0, 3, 1])) == 4
+    assert _num_classes(torch.tensor([2]), torch.tensor([], dtype=torch.long), torch.tensor([5, 0])) == 6

@@ -100,13 +100,15 @@ def evaluate_backbone(
     test_set: Any,
     normalize_fn: Callable[[Tensor], Tensor],
     knn_k: Sequence[int] = (200, 10),
-    seed: int = 0,
     device: torch.device | None = None,
     amp: bool = False,
 ) -> dict[str, float]:
     """kNN accuracy for each k (weighted vote for k > 10, majority otherwise; keys
     ``knn_top1_k{k}_{weighted|majority}``) and linear-probe accuracy (``linear_top1``) of frozen ``encoder``
-    features, fitted on ``train_set`` and scored on ``test_set`` (ImageSets of uint8 images)."""
+    features, fitted on ``train_set`` and scored on ``test_set`` (ImageSets of uint8 images: ``images``
+    (N, C, H, W) and ``labels`` (N,)). Features are extracted on ``device`` (default: the encoder's) and
+    everything after runs there; ``amp`` extracts under bfloat16 autocast. The probe is the default
+    full-batch L-BFGS :func:`linear_probe`, which is deterministic (no seed)."""
     dtype = torch.bfloat16 if amp else None
     train = extract_features(encoder, train_set.images, normalize_fn, device=device, autocast_dtype=dtype)
     test = extract_features(encoder, test_set.images, normalize_fn, device=device, autocast_dtype=dtype)
@@ -121,11 +123,9 @@ def evaluate_backbone(
             test_set.labels,
             k=k,
             weighted=weighted,
-            num_classes=train_set.num_classes,
         )
-    results["linear_top1"] = linear_probe(
-        train, train_set.labels, test, test_set.labels, device=device, seed=seed
-    )
+    # The features are on ``device`` already, which is where the probe runs by default.
+    results["linear_top1"] = linear_probe(train, train_set.labels, test, test_set.labels)
     return results
 
 
@@ -214,16 +214,17 @@ def linear_probe(
     ``LogisticRegression(C=C)`` is the same problem with weight_decay = 1 / (C * N_train).
 
     ``batch_size=None`` (default) or >= N_train: full-batch L-BFGS with strong Wolfe line search, up to
-    ``epochs`` iterations from zero weights (``lr`` default 1.0): deterministic and ``seed`` is unused.
+    ``epochs`` iterations from zero weights (``lr`` default 1.0, the line search's first trial step), keeping
+    the last 20 curvature pairs and stopping once max |gradient| <= 1e-5: deterministic, ``seed`` is unused.
     Otherwise Adam on shuffled minibatches for ``epochs`` epochs, cosine-decayed from ``lr`` (default
     0.01), shuffled by a generator seeded with ``seed`` on ``device``.
     Runs on ``device`` (default: that of ``train_features``).
     """
     device = torch.device(device) if device is not None else train_features.device
-    x_train = train_features.to(device).float()
-    x_test = test_features.to(device).float()
-    y_train = train_labels.to(device).long()
-    y_test = test_labels.to(device).long()
+    x_train, x_test, y_train, y_test = (
+        t.to(device) for t in (train_features, test_features, train_labels, test_labels)
+    )
+    x_train, x_test, y_train, y_test = x_train.float(), x_test.float(), y_train.long(), y_test.long()
     if x_train.shape[0] != y_train.shape[0] or x_test.shape[0] != y_test.shape[0]:
         raise ValueError("features and labels must have the same number of rows")
     if num_classes is None:
@@ -253,8 +254,8 @@ def _fit_logistic(
     """(weight (F, K), bias (K,)) minimizing mean cross-entropy + weight_decay / 2 * ||W||^2 on (x, y):
     full-batch L-BFGS, or Adam on shuffled minibatches (see :func:`linear_probe`)."""
     n, dim = x.shape
-    weight = torch.zeros(dim, num_classes, device=x.device, requires_grad=True)
-    bias = torch.zeros(num_classes, device=x.device, requires_grad=True)
+    weight = x.new_zeros(dim, num_classes, requires_grad=True)
+    bias = x.new_zeros(num_classes, requires_grad=True)
 
     def objective(rows: Tensor | slice) -> Tensor:
         return F.cross_entropy(x[rows] @ weight + bias, y[rows]) + 0.5 * weight_decay * weight.square().sum()
@@ -267,7 +268,6 @@ def _fit_logistic(
                 max_iter=epochs,
                 history_size=20,
                 tolerance_grad=1e-5,  # max |gradient| of the mean loss: converged for argmax purposes
-                tolerance_change=1e-9,
                 line_search_fn="strong_wolfe",
             )
 

@@ -90,7 +90,6 @@ def evaluate_run(run_dir: str | Path, data_dir: str | None = None, device: str =
         run.test_set,
         run.augment.normalize,
         knn_k=run.config.knn_k,
-        seed=run.config.seed,
         device=run.device,
         amp=run.device.type == "cuda",
     )

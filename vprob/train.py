@@ -251,7 +251,6 @@ class Trainer:
             self.eval_sets.test,
             self.augment.normalize,
             knn_k=self.config.knn_k,
-            seed=self.config.seed,
             device=self.device,
             amp=self.amp,
         )
