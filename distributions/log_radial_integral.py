@@ -139,10 +139,14 @@ def _num_nodes(k: int, dtype: torch.dtype) -> int:
     raise AssertionError("unreachable")
 
 
-def _log_j_quadrature(k: int, t: Tensor, with_ratio: bool = False) -> tuple[Tensor, Tensor | None]:
+def _log_j_quadrature(
+    k: int, t: Tensor, with_ratio: bool = False
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Laplace-centred Gauss--Hermite estimate of ``log J_k(t)`` (item 2 of the module docstring).
 
-    With ``with_ratio`` also returns ``J_{k+1}(t) / J_k(t)`` from the same nodes.
+    With ``with_ratio`` also returns ``J_{k+1}(t) / J_k(t) = E[r]`` and ``d/dt log J_k = E[r] - t`` from
+    the same nodes, each formed without cancellation: ``E[r] = r_* + E[r - r_*]`` (small for ``t << 0``)
+    and ``E[r] - t = delta + E[r - r_*]`` (small for ``t >> 0``).
     """
     a = float(k + 1)
     x, offset = _hermite_rule(_num_nodes(k, t.dtype), t.dtype, t.device)
@@ -166,11 +170,11 @@ def _log_j_quadrature(k: int, t: Tensor, with_ratio: bool = False) -> tuple[Tens
     # safe for autograd: addcmul's backward needs h, not its output).
     g = torch.addcmul(offset, h, h, value=-0.5).add_(em1 - y, alpha=-a)
     log_j = a * torch.log(r) - 0.5 * delta.square() - 0.5 * torch.log(half_curvature) + torch.logsumexp(g, -1)
-    ratio = None
-    if with_ratio:
-        # J_{k+1}/J_k = E[r] under the normalized quadrature weights.
-        ratio = r * torch.einsum("...n,...n->...", torch.softmax(g, dim=-1), torch.exp(y))
-    return log_j, ratio
+    if not with_ratio:
+        return log_j, None, None
+    # E[r - r_*] under the normalized quadrature weights (r_i - r_* = h_i).
+    mean_h = torch.einsum("...n,...n->...", torch.softmax(g, dim=-1), h)
+    return log_j, r + mean_h, delta + mean_h
 
 
 # Closed form for small k (item 3 of the module docstring): for t >= -_T_CLOSED[dtype][k], the tail below.
@@ -183,6 +187,7 @@ _T_CLOSED = {
     torch.float32: (9.0, 2.8, 1.5, 1.1, 0.95, 0.8, 0.7, 0.65, 0.6, 0.55, 0.5, 0.5, 0.45, 0.45, 0.4, 0.4),
 }
 _SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
+_LOG_SQRT_2_OVER_PI = 0.5 * math.log(2 / math.pi)
 _LOG_SQRT_HALF_PI = 0.5 * math.log(0.5 * math.pi)
 _SQRT_HALF = math.sqrt(0.5)
 
@@ -199,24 +204,26 @@ def _closed_form(k: int, t: Tensor) -> tuple[Tensor, Tensor]:
     derivative (see :class:`_SmallK`).
     """
     e = torch.special.erfc(t * -_SQRT_HALF)  # 2 Phi(t)
-    h = torch.exp(t.square() * -0.5) * _SQRT_2_OVER_PI / e
+    h = torch.exp(t.square().mul_(-0.5).add_(_LOG_SQRT_2_OVER_PI)) / e  # exp saves its output: no mul_
     if k == 0:
-        return torch.log(e) + _LOG_SQRT_HALF_PI, h
-    s = t.abs().clamp(min=1.0)
+        return torch.log(e).add_(_LOG_SQRT_HALF_PI), h
+    s = t.abs().clamp_(min=1.0)
     eps = torch.reciprocal(s)
     tau = t * eps
-    eps2 = eps.square()
-    p_prev, p = torch.ones_like(t), tau
-    q_prev, q = torch.zeros_like(t), eps
-    for j in range(1, k):
-        p_prev, p = p, torch.addcmul(tau * p, eps2, p_prev, value=float(j))
-        q_prev, q = q, torch.addcmul(tau * q, eps2, q_prev, value=float(j))
+    # (p_prev, p) = (p_0, p_1) = (1, tau) and (q_prev, q) = (0, eps); scalars until the first step.
+    p_prev, p, q_prev, q = 1.0, tau, 0.0, eps
+    if k > 1:
+        eps2 = eps.square()
+        p_prev, p, q_prev, q = p, torch.addcmul(eps2, tau, tau), q, tau * eps
+        for j in range(2, k):
+            p_prev, p = p, torch.addcmul(tau * p, eps2, p_prev, value=float(j))
+            q_prev, q = q, torch.addcmul(tau * q, eps2, q_prev, value=float(j))
     ratio = torch.addcmul(p, q, h)  # J_k / (J_0 s^k) > 0
     # One log for J_0 and the ratio (their product stays within range: e <= 2, ratio = O(1)).
     log_j = torch.log(e * ratio).add_(torch.log(s), alpha=k).add_(_LOG_SQRT_HALF_PI)
     # k J_{k-1} / J_k = k (p_{k-1} + q_{k-1} h) / (s (p_k + q_k h))
-    grad = torch.addcmul(p_prev, q_prev, h) * k / (s * ratio)
-    return log_j, grad
+    k_j_prev = torch.addcmul(p_prev, q_prev, h).mul_(k) if k > 1 else float(k)  # (p_0, q_0) = (1, 0)
+    return log_j, k_j_prev / (s * ratio)
 
 
 def _log_j0_tail(t: Tensor) -> tuple[Tensor, Tensor]:
@@ -233,7 +240,7 @@ def _log_j_tail(k: int, t: Tensor) -> tuple[Tensor, Tensor]:
     last ratio gives the derivative, ``d/dt log J_k = J_{k+1}/J_k - t``."""
     if k == 0:
         return _log_j0_tail(t)
-    log_jm, rho = _log_j_quadrature(_K_SMALL, t, with_ratio=True)
+    log_jm, rho, _ = _log_j_quadrature(_K_SMALL, t, with_ratio=True)
     acc = torch.zeros_like(t)
     for j in range(_K_SMALL, k, -1):
         rho = j / (rho - t)  # rho_j = J_j / J_{j-1} from rho_{j+1}
@@ -251,11 +258,13 @@ def _log_j_small(k: int, t: Tensor) -> tuple[Tensor, Tensor]:
     threshold = _T_CLOSED[t.dtype][k]
     # clamp's gradient passes at t = -threshold itself, so both sides of the switch are differentiable.
     log_j, grad = _closed_form(k, t.clamp(min=-threshold))
-    tail = t < -threshold
     if t.device.type == "cpu" and not _is_traced():
-        # On the CPU a data-dependent branch costs nothing: evaluate the tail only where it is needed.
-        if bool(tail.any()):
-            t_tail = t[tail]
+        # On the CPU a data-dependent branch costs nothing: evaluate the tail only where it is needed (one
+        # reduction decides; indices rather than masks, since the tail is usually a handful of elements).
+        if t.numel() and bool(t.min() < -threshold):
+            flat = t.reshape(-1)
+            index = torch.nonzero(flat < -threshold).squeeze(1)
+            t_tail = flat.index_select(0, index)
             if t.dtype == torch.float32:
                 # The float32 switch points are close to 0 (k = 15: -0.4); the few elements beyond go
                 # through the float64 scheme, whose closed form reaches much further than the quadrature
@@ -263,11 +272,12 @@ def _log_j_small(k: int, t: Tensor) -> tuple[Tensor, Tensor]:
                 tail_log_j, tail_grad = (x.float() for x in _log_j_small(k, t_tail.double()))
             else:
                 tail_log_j, tail_grad = _log_j_tail(k, t_tail)
-            log_j = log_j.masked_scatter(tail, tail_log_j)
-            grad = grad.masked_scatter(tail, tail_grad)
+            log_j = log_j.reshape(-1).index_copy(0, index, tail_log_j).view_as(t)
+            grad = grad.reshape(-1).index_copy(0, index, tail_grad).view_as(t)
         return log_j, grad
     # Without host synchronisation (CUDA) or under a tracer (whose graph must not bake in a branch): both,
     # on sanitized copies, so that the unused one never produces nan values or gradients.
+    tail = t < -threshold
     tail_log_j, tail_grad = _log_j_tail(k, torch.where(tail, t, -threshold))
     return torch.where(tail, tail_log_j, log_j), torch.where(tail, tail_grad, grad)
 
@@ -308,8 +318,8 @@ def log_radial_integral_and_derivative(k: int, t: Tensor) -> tuple[Tensor, Tenso
         raise TypeError(f"log_radial_integral_and_derivative: t must be float32 or float64, got {t.dtype}")
     if k < _K_SMALL:
         return _log_j_small(k, t)
-    log_j, ratio = _log_j_quadrature(k, t, with_ratio=True)
-    return log_j, ratio - t
+    log_j, _, deriv = _log_j_quadrature(k, t, with_ratio=True)
+    return log_j, deriv
 
 
 def _check_k(k) -> int:

@@ -145,7 +145,7 @@ class _SmallDLogProb(torch.autograd.Function):
         gamma_go = g * torch.rsqrt(a) * go  # not in place: g and a are saved (retain_graph)
         if isotropic:  # v, m, r are unwhitened here: gamma and c carry the scale
             inv = torch.reciprocal(scale[..., 0].to(torch.float64))  # not in place: may be a view of scale
-            inv_sq_go = inv.square().mul_(go)
+            inv_sq_go = inv.square() * go
             gamma_go = gamma_go.mul_(inv)
             coef_r_v, coef_r_m = torch.addcmul(gamma_go, c, inv_sq_go), inv_sq_go
         else:

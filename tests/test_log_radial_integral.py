@@ -14,7 +14,7 @@ import scipy.special
 import torch
 from _distribution_helpers import mp_log_radial_integral, mp_log_radial_integral_pcfd, rel_err
 
-from distributions.log_radial_integral import log_radial_integral
+from distributions.log_radial_integral import log_radial_integral, log_radial_integral_and_derivative
 
 # Every regime of the scheme: k = 0 (log_ndtr), 1..15 (recurrences, both directions), 16 (the switch),
 # quadrature with every node count of the float64 table, and the largest k.
@@ -140,6 +140,42 @@ def test_gradient_against_mpmath(k):
 def test_gradcheck(k):
     t = torch.tensor([-60.0, -2.0, -0.3, 0.0, 0.4, 3.0, 80.0], dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x: log_radial_integral(k, x), (t,))
+
+
+@pytest.mark.parametrize("k", [0, 1, 2, 9, 15, 16, 40])
+def test_second_derivative_gradgradcheck(k):
+    # Both sides of every switch: closed form, the backward-recurrence tail, the quadrature.
+    t = torch.tensor([-30.0, -2.5, -0.3, 0.0, 0.4, 3.0, 40.0], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda x: log_radial_integral(k, x), (t,))
+
+
+@pytest.mark.parametrize("k", [0, 2, 15])
+def test_second_derivative_against_mpmath(k):
+    # (log J_k)'' = d/dt (J_{k+1}/J_k - t) = J_{k+2}/J_k - (J_{k+1}/J_k)^2 - 1 (J_k' = J_{k+1} - t J_k).
+    ts = [-40.0, -3.0, -0.5, 0.0, 1.5, 30.0]
+    t = torch.tensor(ts, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(log_radial_integral(k, t).sum(), t, create_graph=True)
+    (second,) = torch.autograd.grad(grad.sum(), t)
+    for value, got in zip(ts, second.tolist(), strict=True):
+        with mpmath.workdps(40):
+            lj = [mp_log_radial_integral(k + i, value) for i in range(3)]
+            ref = float(mpmath.exp(lj[2] - lj[0]) - mpmath.exp(2 * (lj[1] - lj[0])) - 1)
+        assert abs(got - ref) <= 1e-8 * max(1.0, abs(ref)), (value, got, ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("k", [0, 1, 3, 15, 16, 127])
+def test_log_radial_integral_and_derivative(k, dtype):
+    ts = [-1e4, -20.0, -3.0, -0.2, 0.0, 0.7, 5.0, 1e3]
+    log_j, deriv = log_radial_integral_and_derivative(k, torch.tensor(ts, dtype=dtype))
+    assert log_j.dtype == deriv.dtype == dtype
+    torch.testing.assert_close(log_j, log_radial_integral(k, torch.tensor(ts, dtype=dtype)), rtol=0, atol=0)
+    tol = 1e-10 if dtype == torch.float64 else 2e-5
+    for value, g in zip(ts, deriv.tolist(), strict=True):
+        ref = float(_mp_dlogj(k, value))
+        assert abs(g - ref) <= tol * abs(ref) + 1e-300, (value, g, ref)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        log_radial_integral_and_derivative(k, torch.zeros(2, dtype=torch.float16))
 
 
 def test_gradient_float32_far_tail():

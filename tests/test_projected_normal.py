@@ -240,6 +240,56 @@ def test_gradcheck_loc_scale_value(d, loc_norm, scale_kind, value_kind):
     assert torch.autograd.gradcheck(_log_prob_fn(), args)
 
 
+@pytest.mark.parametrize(
+    "d,scale_shape,value_shape,loc_shape",
+    [
+        (3, (1,), (2, 3, 3), (3, 3)),  # isotropic, samples broadcast over a batch of means
+        (3, (3, 3), (2, 1, 3), (3, 3)),  # diagonal, value broadcast over the batch
+        (2, (2, 1), (2, 2), (2,)),  # a scale per batch element, one mean
+        (5, (5,), (4, 5), (4, 5)),  # diagonal, two groups of four scales in the float32 log-sum
+    ],
+)
+def test_gradcheck_with_broadcasting(d, scale_shape, value_shape, loc_shape):
+    # The written-out backward of d <= 16 reduces gradients over broadcast dimensions itself.
+    gen = torch.Generator().manual_seed(d)
+    loc = (2 * torch.randn(loc_shape, generator=gen, dtype=torch.float64)).requires_grad_()
+    scale = (0.5 + torch.rand(scale_shape, generator=gen, dtype=torch.float64)).requires_grad_()
+    value = torch.randn(value_shape, generator=gen, dtype=torch.float64)
+    value = torch.nn.functional.normalize(value, dim=-1)
+    assert torch.autograd.gradcheck(_log_prob_fn(), (loc, scale, value.requires_grad_()))
+
+
+@pytest.mark.parametrize("d,scale_kind", [(2, "diag"), (3, "iso"), (3, "diag"), (16, "diag"), (20, "iso")])
+def test_second_derivatives_gradgradcheck(d, scale_kind):
+    # Hessians (Laplace approximations, HMC mass adaptation by curvature): the written-out backward of
+    # d <= 16 hands second derivatives to autograd; cases on both sides of the t switch points.
+    gen = torch.Generator().manual_seed(d)
+    loc = (2 * torch.randn(3, d, generator=gen, dtype=torch.float64)).requires_grad_()
+    scale = 0.5 + torch.rand(3, d if scale_kind == "diag" else 1, generator=gen, dtype=torch.float64)
+    value = torch.nn.functional.normalize(torch.randn(3, d, generator=gen, dtype=torch.float64), dim=-1)
+    value[0] = -torch.nn.functional.normalize(loc[0].detach(), dim=-1)  # the antipode: the tail branch
+    args = (loc, scale.requires_grad_(), value.requires_grad_())
+    assert torch.autograd.gradgradcheck(_log_prob_fn(), args)
+
+
+def test_float32_gradients_match_float64():
+    # The float32 path (float64 sums, float32 per-event rest) against float64 on random events, all three
+    # gradients, isotropic and diagonal.
+    gen = torch.Generator().manual_seed(0)
+    for d, k in ((3, 1), (3, 3), (7, 7)):
+        loc64 = 3 * torch.randn(512, d, generator=gen, dtype=torch.float64)
+        scale64 = 0.5 + torch.rand(512, k, generator=gen, dtype=torch.float64)
+        value64 = ProjectedNormal(loc64, scale64).sample()
+        grads = {}
+        for dtype in (torch.float32, torch.float64):
+            args = [x.to(dtype).requires_grad_() for x in (loc64, scale64, value64)]
+            out = _log_prob_fn()(*args)
+            grads[dtype] = torch.autograd.grad(out.sum(), args)
+        for g32, g64 in zip(grads[torch.float32], grads[torch.float64], strict=True):
+            assert g32.dtype == torch.float32
+            torch.testing.assert_close(g32.double(), g64, rtol=1e-4, atol=1e-4)
+
+
 def test_gradients_finite_in_float32_extremes():
     for d, loc_norm, scale_kind, value_kind in [
         (3, 1e4, "iso 1e-3", "antipode"),
