@@ -104,19 +104,26 @@ class _SmallDLogProb(torch.autograd.Function):
     def forward(ctx, value: Tensor, loc: Tensor, scale: Tensor, compute_dtype: torch.dtype) -> Tensor:
         batch = torch.broadcast_shapes(value.shape[:-1], loc.shape[:-1], scale.shape[:-1])
         d = int(value.shape[-1])  # not a traced 0-d tensor: 0.5 * d * ... would be float32
-        coordinate = _Coordinates(value, loc, scale, batch)
+        coordinate = _Coordinates(value, loc, scale, batch, n_scratch=4)
         v, m = coordinate.v, coordinate.m
-        a, b = _zeros64(value, batch), _zeros64(value, batch)
+        # a = v.v, b = v.m and, for now, p2 = m.m
+        a, b, p2, c = coordinate.scratch
+        for x in (a, b, p2):
+            x.zero_()
         for i in range(d):
             coordinate.load(i)
             a.addcmul_(v, v)
             b.addcmul_(v, m)
-        c = b / a
-        p2 = _zeros64(value, batch)
-        for i in range(d):
-            coordinate.load(i)
-            r = m.addcmul_(c, v, value=-1)  # the part of m orthogonal to v: no cancellation
-            p2.addcmul_(r, r)
+            p2.addcmul_(m, m)
+        c = torch.div(b, a, out=c)
+        if _subtraction_is_accurate(p2, scale, compute_dtype):
+            p2.addcmul_(b, c, value=-1).clamp_(min=0.0)  # |m|^2 - (v.m)^2 / a
+        else:
+            p2.zero_()
+            for i in range(d):
+                coordinate.load(i)
+                r = m.addcmul_(c, v, value=-1)  # the part of m orthogonal to v: no cancellation
+                p2.addcmul_(r, r)
         t = b.mul_(torch.rsqrt(a, out=v))
         if scale.shape[-1] == 1:  # whiten the sums; log A + 2 log scale is log |u|^2
             inv = v.copy_(scale[..., 0]).reciprocal_()
@@ -154,9 +161,9 @@ class _SmallDLogProb(torch.autograd.Function):
         grad_value, grad_loc, grad_scale = (
             torch.empty_like(x) if need else None for x, need in zip((value, loc, scale), needs, strict=True)
         )
-        coordinate = _Coordinates(value, loc, scale, a.shape)
+        coordinate = _Coordinates(value, loc, scale, a.shape, n_scratch=3)
         v, m = coordinate.v, coordinate.m
-        r, grad_v, grad_m = torch.empty_like(a), torch.empty_like(a), torch.empty_like(a)
+        r, grad_v, grad_m = coordinate.scratch
         for i in range(d):
             inv_i = coordinate.load(i)
             torch.addcmul(m, c, v, value=-1, out=r)
@@ -178,21 +185,41 @@ class _SmallDLogProb(torch.autograd.Function):
         return grad_value, grad_loc, grad_scale, None
 
 
-def _zeros64(like: Tensor, shape) -> Tensor:
-    return like.new_zeros(shape, dtype=torch.float64)
+def _subtraction_is_accurate(mm: Tensor, scale: Tensor, compute_dtype: torch.dtype) -> bool:
+    """Whether ``|m|^2 - (v.m)^2/a`` may be formed by subtraction in float64 for a float32 result.
+
+    ``mm`` is ``|m|^2`` (unwhitened for an isotropic ``scale``). The subtraction's absolute error is a few
+    ulps of the whitened ``|m|^2``, at most ``(2d + 2) 2^-53 |m|^2 <= 4e-9`` when ``|m|^2 <= 2^20``: below
+    float32's resolution of ``log p``, so the second pass over the coordinates is skipped. A host check,
+    so only on the CPU and outside tracing; float64 results always take the second pass.
+    """
+    if compute_dtype != torch.float32 or mm.device.type != "cpu" or mm.numel() == 0:
+        return False
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    bound = mm.max()
+    if scale.shape[-1] == 1:
+        bound = bound / scale.min().to(torch.float64).square()
+    return bool(bound <= 2.0**20)
 
 
 class _Coordinates:
     """Float64 buffers ``v``, ``m`` of the batch's shape that :meth:`load` fills with event coordinate
     ``i`` of the value and the mean, whitened for a diagonal scale (returning ``1/sigma_i``; ``None`` for
-    an isotropic scale, whose whitening applies to the sums). Reusing the buffers keeps fresh memory, and
-    its page faults, out of the loops."""
+    an isotropic scale, whose whitening applies to the sums), and ``scratch``, ``n_scratch`` more buffers.
 
-    def __init__(self, value: Tensor, loc: Tensor, scale: Tensor, batch) -> None:
+    All are views of one allocation, reused across the loops: on the CPU, fresh memory costs a page fault
+    per 4 KiB on first touch (more than the arithmetic here), and one large block is also what keeps the
+    allocator from handing the pages back between calls.
+    """
+
+    def __init__(self, value: Tensor, loc: Tensor, scale: Tensor, batch, n_scratch: int) -> None:
         self.value, self.loc, self.scale = value, loc, scale
-        self.v = value.new_empty(batch, dtype=torch.float64)
-        self.m = value.new_empty(batch, dtype=torch.float64)
-        self.inv = None if scale.shape[-1] == 1 else value.new_empty(batch, dtype=torch.float64)
+        block = value.new_empty((3 + n_scratch,) + tuple(batch), dtype=torch.float64)
+        work = [block[i] for i in range(3 + n_scratch)]  # not unbind: its views may not be modified in place
+        self.v, self.m = work[0], work[1]
+        self.inv = None if scale.shape[-1] == 1 else work[2]
+        self.scratch = work[3:]
 
     def load(self, i: int) -> Tensor | None:
         self.v.copy_(self.value[..., i])
