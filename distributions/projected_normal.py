@@ -39,20 +39,6 @@ def _rowsum(x: Tensor) -> Tensor:
     return x @ x.new_ones(x.shape[-1])
 
 
-def _sum_log_scale(scale: Tensor) -> Tensor:
-    """``log(scale).sum(-1)`` in float64 for ``scale`` of shape ``(..., n)``; for float32 (or narrower)
-    scales as the logs of products of four, which can neither overflow nor underflow in float64."""
-    if scale.dtype == torch.float64:
-        return _rowsum(scale.log())
-    out = None
-    for i in range(0, scale.shape[-1], 4):
-        group = scale[..., i].to(torch.float64)
-        for j in range(i + 1, min(i + 4, scale.shape[-1])):
-            group = group * scale[..., j]
-        out = group.log_() if out is None else out.add_(group.log_())
-    return out
-
-
 def _log_prob_rows(value: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
     """The projected normal log density (class docstring) with autograd, in the ``(..., d)`` layout.
 
@@ -76,7 +62,7 @@ def _log_prob_rows(value: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
         inv = inv_scale[..., 0]
         t, perp_sq, log_det = t * inv, perp_sq * inv.square(), 0.0
     else:
-        log_det = _sum_log_scale(scale).to(out_dtype)
+        log_det = _rowsum(scale.log()).to(out_dtype)
     t, perp_sq, a = t.to(out_dtype), perp_sq.to(out_dtype), a.to(out_dtype)
     log_p = log_radial_integral(d - 1, t) - 0.5 * perp_sq - 0.5 * d * torch.log(a) - log_det
     return log_p - 0.5 * d * _LOG_2PI
@@ -104,18 +90,18 @@ class _SmallDLogProb(torch.autograd.Function):
     def forward(ctx, value: Tensor, loc: Tensor, scale: Tensor, compute_dtype: torch.dtype) -> Tensor:
         batch = torch.broadcast_shapes(value.shape[:-1], loc.shape[:-1], scale.shape[:-1])
         d = int(value.shape[-1])  # not a traced 0-d tensor: 0.5 * d * ... would be float32
-        coordinate = _Coordinates(value, loc, scale, batch, n_scratch=4)
+        # a = v.v, b = v.m and, for now, p2 = m.m; c = b / a. Kept (for the backward pass) apart from the
+        # coordinate buffers, which are released before the per-event part: a smaller peak of fresh memory.
+        sums = value.new_zeros((4,) + tuple(batch), dtype=torch.float64)
+        a, b, p2, c = (sums[i] for i in range(4))
+        coordinate = _Coordinates(value, loc, scale, batch, n_scratch=0)
         v, m = coordinate.v, coordinate.m
-        # a = v.v, b = v.m and, for now, p2 = m.m
-        a, b, p2, c = coordinate.scratch
-        for x in (a, b, p2):
-            x.zero_()
         for i in range(d):
             coordinate.load(i)
             a.addcmul_(v, v)
             b.addcmul_(v, m)
             p2.addcmul_(m, m)
-        c = torch.div(b, a, out=c)
+        torch.div(b, a, out=c)
         if _subtraction_is_accurate(p2, scale, compute_dtype):
             p2.addcmul_(b, c, value=-1).clamp_(min=0.0)  # |m|^2 - (v.m)^2 / a
         else:
@@ -128,11 +114,12 @@ class _SmallDLogProb(torch.autograd.Function):
         if scale.shape[-1] == 1:  # whiten the sums; log A + 2 log scale is log |u|^2
             inv = v.copy_(scale[..., 0]).reciprocal_()
             t, p2 = t.mul_(inv), p2.mul_(inv).mul_(inv)
+        del coordinate, v, m
         log_j, g = log_radial_integral_and_derivative(d - 1, t.to(compute_dtype))
         log_p = log_j.add_(p2.to(compute_dtype), alpha=-0.5)
         log_p = log_p.add_(torch.log(a.to(compute_dtype)), alpha=-0.5 * d)
         if scale.shape[-1] > 1:
-            log_p = log_p.sub_(_sum_log_scale(scale).to(compute_dtype))
+            log_p = log_p.sub_(_rowsum(scale.log()).to(compute_dtype))  # rounded as the result is
         ctx.save_for_backward(value, loc, scale, a, c, p2, t, g)
         return log_p.sub_(0.5 * d * _LOG_2PI)
 
@@ -215,17 +202,24 @@ class _Coordinates:
 
     def __init__(self, value: Tensor, loc: Tensor, scale: Tensor, batch, n_scratch: int) -> None:
         self.value, self.loc, self.scale = value, loc, scale
-        block = value.new_empty((3 + n_scratch,) + tuple(batch), dtype=torch.float64)
-        work = [block[i] for i in range(3 + n_scratch)]  # not unbind: its views may not be modified in place
+        n_loaded = 2 if scale.shape[-1] == 1 else 3  # v, m and, for a diagonal scale, 1/sigma
+        block = value.new_empty((n_loaded + n_scratch,) + tuple(batch), dtype=torch.float64)
+        work = [block[i] for i in range(n_loaded + n_scratch)]  # not unbind: its views can't change in place
         self.v, self.m = work[0], work[1]
-        self.inv = None if scale.shape[-1] == 1 else work[2]
-        self.scratch = work[3:]
+        self.inv = work[2] if n_loaded == 3 else None
+        self.scratch = work[n_loaded:]
 
     def load(self, i: int) -> Tensor | None:
         self.v.copy_(self.value[..., i])
         self.m.copy_(self.loc[..., i])
         if self.inv is not None:
-            self.inv.copy_(self.scale[..., i]).reciprocal_()
+            sigma = self.scale[..., i]
+            if sigma.shape == self.inv.shape:
+                # 1/sigma rounded once in the scale's dtype and used for both v and m: an exact whitening
+                # with sigma perturbed by half an ulp (log p is well conditioned in sigma).
+                torch.reciprocal(sigma, out=self.inv)
+            else:
+                self.inv.copy_(sigma).reciprocal_()
             self.v.mul_(self.inv)
             self.m.mul_(self.inv)
         return self.inv
