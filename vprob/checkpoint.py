@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import operator
 import os
 import pickle
 import re
@@ -69,9 +70,13 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
 
     ``state`` may hold tensors, dicts (str/number keys), lists, tuples, sets, strings, bytes, numbers, None,
     ``torch.Size``, dtypes and devices; numpy scalars are stored as Python numbers and numpy arrays as
-    tensors. Anything else raises a TypeError naming where it sits (it could not be loaded safely).
+    tensors. Anything else raises a TypeError naming where it sits (it could not be loaded safely). The keys
+    ``"format"`` and ``"version"`` are the file's own markers: a ``state`` holding them raises a ValueError.
     """
     path = Path(path)
+    reserved = sorted(key for key in ("format", "version") if key in state)
+    if reserved:
+        raise ValueError(f"state must not hold the keys {reserved}: they are the checkpoint's own markers")
     payload = {"format": FORMAT, "version": VERSION, **_plain(state, "state")}
     _atomic_torch_save(path, payload)
 
@@ -173,7 +178,7 @@ def load_weights_file(path: str | os.PathLike, map_location: str | torch.device 
         raise CheckpointError(f"{path} is a vprob training checkpoint, not a weights file")
     if payload.get("format") != WEIGHTS_FORMAT:
         # A plain state_dict (torchvision's published weights): no metadata.
-        return WeightsFile(_check_flat(path, payload), {})
+        return WeightsFile(_check_flat(path, payload))
     if payload.get("version") != WEIGHTS_VERSION:
         raise CheckpointError(
             f"{path} has weights file version {payload.get('version')}, expected {WEIGHTS_VERSION}"
@@ -232,6 +237,7 @@ def _compact_cpu(tensor: Tensor) -> Tensor:
 # subclass (a namedtuple, a defaultdict) is pickled by its class name and would be refused at load time.
 _SCALARS = (type(None), bool, int, float, complex, str, bytes, bytearray, torch.dtype, torch.device)
 _TENSORS = (Tensor, torch.nn.Parameter)
+_NUMERIC_KINDS = frozenset("biufc")  # numpy dtype kinds: bool, signed, unsigned, float, complex
 
 
 def _plain(obj: Any, where: str) -> Any:
@@ -239,10 +245,10 @@ def _plain(obj: Any, where: str) -> Any:
     kind = type(obj)
     if kind in _SCALARS or kind in _TENSORS or kind is torch.Size:
         return obj
-    if isinstance(obj, np.generic) and obj.dtype.kind in "biufc":
+    if isinstance(obj, np.generic) and obj.dtype.kind in _NUMERIC_KINDS:
         return obj.item()
     if isinstance(obj, np.ndarray):
-        if obj.dtype.kind not in "biufc":
+        if obj.dtype.kind not in _NUMERIC_KINDS:
             raise TypeError(f"{where} is a numpy array of dtype {obj.dtype}, which a checkpoint cannot hold")
         return torch.from_numpy(np.ascontiguousarray(obj).copy())
     if kind in (dict, OrderedDict):
@@ -266,7 +272,7 @@ def _plain(obj: Any, where: str) -> Any:
         return result
     if kind in (list, tuple, set):
         values = [_plain(value, f"{where}[{i}]") for i, value in enumerate(obj)]
-        if all(new is old for new, old in zip(values, obj, strict=True)):
+        if all(map(operator.is_, values, obj)):  # one value per element, in order
             return obj
         return kind(values)
     raise TypeError(
