@@ -192,38 +192,64 @@ _LOG_SQRT_HALF_PI = 0.5 * math.log(0.5 * math.pi)
 _SQRT_HALF = math.sqrt(0.5)
 
 
+# |t|^k below this keeps P_k(t) and J_k(t) / J_0(t) = P_k + Q_k h finite (P_k(t) <= (|t| + sqrt(k))^k, at
+# most twice |t|^k at the cap, and e * ratio <= 2 of that): the unscaled closed form is safe.
+_POWER_CAP = {torch.float32: 1e32, torch.float64: 1e300}
+
+
 def _closed_form(k: int, t: Tensor) -> tuple[Tensor, Tensor]:
     """``log J_k(t)`` and ``d/dt log J_k(t)`` from :math:`J_k = J_0 (P_k + Q_k h)` for ``t >= -_T_CLOSED``.
 
     ``J_0 = sqrt(pi/2) erfc(-t/sqrt 2)`` and ``h = exp(-t^2/2) / J_0 = phi(t) / Phi(t)`` with the plain
     ``erfc`` (a tenth of the cost of ``log_ndtr`` or ``erfcx``, and accurate to a few ulps where it does not
-    underflow, which ``t >= -9`` guarantees). The polynomials are carried scaled, ``p_j = P_j(t) / s^j`` and
-    ``q_j = Q_j(t) / s^j`` with ``s = max(|t|, 1)``, whose recurrence ``p_{j+1} = (t/s) p_j + j s^{-2}
-    p_{j-1}`` cannot overflow (``t^15`` would in float32); ``d/dt log J_k = k J_{k-1} / J_k`` (integration
-    by parts) comes from the same numbers. Plain differentiable ops: autograd through them gives the second
-    derivative (see :class:`_SmallK`).
+    underflow, which ``t >= -9`` guarantees); ``d/dt log J_k = k J_{k-1} / J_k`` (integration by parts)
+    comes from the same numbers. Where ``|t|^k`` cannot overflow (a host check, so on the CPU outside
+    tracing) the polynomials are used as they are and ``log J_k`` costs one ``log``; otherwise they are
+    carried scaled, ``p_j = P_j(t) / s^j`` and ``q_j = Q_j(t) / s^j`` with ``s = max(|t|, 1)``, whose
+    recurrence ``p_{j+1} = (t/s) p_j + j s^{-2} p_{j-1}`` cannot overflow (``t^15`` would in float32). The
+    two agree to rounding. Plain differentiable ops: autograd through them gives the second derivative
+    (see :class:`_SmallK`).
     """
     e = torch.special.erfc(t * -_SQRT_HALF)  # 2 Phi(t)
     h = torch.exp(t.square().mul_(-0.5).add_(_LOG_SQRT_2_OVER_PI)) / e  # exp saves its output: no mul_
     if k == 0:
         return torch.log(e).add_(_LOG_SQRT_HALF_PI), h
-    s = t.abs().clamp_(min=1.0)
-    eps = torch.reciprocal(s)
-    tau = t * eps
-    # (p_prev, p) = (p_0, p_1) = (1, tau) and (q_prev, q) = (0, eps); scalars until the first step.
-    p_prev, p, q_prev, q = 1.0, tau, 0.0, eps
+    cap = _POWER_CAP[t.dtype] ** (1 / k)
+    if t.device.type == "cpu" and not _is_traced() and t.numel() and bool(t.abs().max() <= cap):
+        x, eps2, scale = t, 1.0, None
+    else:
+        scale = t.abs().clamp_(min=1.0)
+        eps = torch.reciprocal(scale)
+        x, eps2 = t * eps, eps.square()
+    # (P_0, P_1) = (1, x) and (Q_0, Q_1) = (0, 1/s), with x = t/s and 1/s = 1 when unscaled; the step is
+    # P_{j+1} = x P_j + j s^-2 P_{j-1}. Python scalars until the first step.
+    p_prev, p, q_prev, q = 1.0, x, 0.0, (1.0 if scale is None else eps)
     if k > 1:
-        eps2 = eps.square()
-        p_prev, p, q_prev, q = p, torch.addcmul(eps2, tau, tau), q, tau * eps
+        p_prev, p, q_prev, q = p, x.square().add_(eps2), q, x * q  # P_2 = x^2 + s^-2, Q_2 = x Q_1
         for j in range(2, k):
-            p_prev, p = p, torch.addcmul(tau * p, eps2, p_prev, value=float(j))
-            q_prev, q = q, torch.addcmul(tau * q, eps2, q_prev, value=float(j))
-    ratio = torch.addcmul(p, q, h)  # J_k / (J_0 s^k) > 0
-    # One log for J_0 and the ratio (their product stays within range: e <= 2, ratio = O(1)).
-    log_j = torch.log(e * ratio).add_(torch.log(s), alpha=k).add_(_LOG_SQRT_HALF_PI)
-    # k J_{k-1} / J_k = k (p_{k-1} + q_{k-1} h) / (s (p_k + q_k h))
-    k_j_prev = torch.addcmul(p_prev, q_prev, h).mul_(k) if k > 1 else float(k)  # (p_0, q_0) = (1, 0)
-    return log_j, k_j_prev / (s * ratio)
+            p_prev, p = p, _recurrence_step(x, p, p_prev, eps2, j)
+            q_prev, q = q, _recurrence_step(x, q, q_prev, eps2, j)
+    ratio = _plus_times(p, q, h)  # J_k / (J_0 s^k) > 0
+    # One log for J_0 and the ratio (their product is J_k / (sqrt(pi/2) s^k), within range).
+    log_j = torch.log(e * ratio)
+    if scale is not None:
+        log_j = log_j.add_(torch.log(scale), alpha=k)
+    log_j = log_j.add_(_LOG_SQRT_HALF_PI)
+    # k J_{k-1} / J_k = k (P_{k-1} + Q_{k-1} h) / (P_k + Q_k h), and the same over s for the scaled form
+    k_j_prev = _plus_times(p_prev, q_prev, h).mul_(k) if k > 1 else float(k)  # (P_0, Q_0) = (1, 0)
+    return log_j, k_j_prev / (ratio if scale is None else scale * ratio)
+
+
+def _plus_times(p: Tensor, q: Tensor | float, h: Tensor) -> Tensor:
+    """``p + q h`` where ``q`` may be the Python number 1 (unscaled ``Q_1``)."""
+    return torch.addcmul(p, q, h) if torch.is_tensor(q) else p + q * h
+
+
+def _recurrence_step(x: Tensor, p: Tensor, p_prev: Tensor, eps2: Tensor | float, j: int) -> Tensor:
+    """``x p + j eps2 p_prev``: one step of the (scaled) three-term recurrence."""
+    if isinstance(eps2, float):  # unscaled (eps2 = 1): x p + j p_prev, p_prev maybe the number Q_1 = 1
+        return torch.addcmul(p_prev * float(j), x, p) if torch.is_tensor(p_prev) else (x * p).add_(j * p_prev)
+    return torch.addcmul(x * p, eps2, p_prev, value=float(j))
 
 
 def _log_j0_tail(t: Tensor) -> tuple[Tensor, Tensor]:

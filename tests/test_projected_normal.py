@@ -7,6 +7,7 @@ deterministic quadrature over the circle and the 2-sphere, Monte Carlo integrati
 goodness-of-fit test of samples against densities. Numerics are tested in float64 as Pyro does.
 """
 
+import contextlib
 import itertools
 import math
 
@@ -21,6 +22,7 @@ from pyro.distributions import constraints
 from pyro.distributions.testing.gof import auto_goodness_of_fit
 from pyro.infer import SVI, Trace_ELBO
 
+from distributions import projected_normal
 from distributions.hyperspherical_uniform import HypersphericalUniform
 from distributions.projected_normal import ProjectedNormal
 
@@ -69,6 +71,22 @@ def slow_cases():
     yield from itertools.product(DIMS, LOC_NORMS, SCALE_KINDS)
 
 
+# ProjectedNormal.log_prob has two implementations for d <= 16 (the (..., d) layout with autograd for small
+# batches, the coordinate loop with its written-out backward for large ones): every accuracy and gradient
+# test below runs both, whatever its batch size.
+PATHS = ["rows", "coordinates"]
+
+
+@contextlib.contextmanager
+def small_d_path(path):
+    saved = projected_normal._ROWS_MAX_NUMEL
+    projected_normal._ROWS_MAX_NUMEL = 1 << 62 if path == "rows" else -1
+    try:
+        yield
+    finally:
+        projected_normal._ROWS_MAX_NUMEL = saved
+
+
 def ours(loc, scale, value, dtype=torch.float64):
     loc, scale, value = (torch.tensor(x, dtype=dtype) for x in (loc, scale, value))
     return ProjectedNormal(loc, scale, validate_args=False).log_prob(value)
@@ -78,17 +96,21 @@ def check_float64(d, loc_norm, scale_kind):
     for value_kind in VALUE_KINDS:
         loc, scale, value = make_case(d, loc_norm, scale_kind, value_kind)
         expected = float(mp_projected_normal_log_prob(loc, scale, value))
-        assert rel_err(ours(loc, scale, value).item(), expected) <= 1e-9, value_kind
+        for path in PATHS:
+            with small_d_path(path):
+                assert rel_err(ours(loc, scale, value).item(), expected) <= 1e-9, (value_kind, path)
 
 
 def check_float32(d, loc_norm, scale_kind):
     for value_kind in VALUE_KINDS:
         loc, scale, value = (x.astype(np.float32) for x in make_case(d, loc_norm, scale_kind, value_kind))
         expected = float(mp_projected_normal_log_prob(loc, scale, value))  # at the exact float32 inputs
-        actual = ours(loc, scale, value, torch.float32)
-        assert actual.dtype == torch.float32
-        assert torch.isfinite(actual).all()
-        assert rel_err(actual.item(), expected) <= 1e-4, value_kind
+        for path in PATHS:
+            with small_d_path(path):
+                actual = ours(loc, scale, value, torch.float32)
+            assert actual.dtype == torch.float32
+            assert torch.isfinite(actual).all()
+            assert rel_err(actual.item(), expected) <= 1e-4, (value_kind, path)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -228,7 +250,8 @@ def _log_prob_fn(value_is_free=True):
         (300, 2.0, "iso", "random"),
     ],
 )
-def test_gradcheck_loc_scale_value(d, loc_norm, scale_kind, value_kind):
+@pytest.mark.parametrize("path", PATHS)
+def test_gradcheck_loc_scale_value(d, loc_norm, scale_kind, value_kind, path):
     loc, _, value = make_case(d, loc_norm, "iso 1", value_kind)
     rng = np.random.default_rng(d)
     scale = np.exp(rng.uniform(-0.5, 0.5, d if scale_kind == "diag" else 1))
@@ -237,7 +260,8 @@ def test_gradcheck_loc_scale_value(d, loc_norm, scale_kind, value_kind):
         value = value - (value @ w) / (w @ w) * w
         value /= np.linalg.norm(value)
     args = tuple(torch.tensor(x, dtype=torch.float64, requires_grad=True) for x in (loc, scale, value))
-    assert torch.autograd.gradcheck(_log_prob_fn(), args)
+    with small_d_path(path):
+        assert torch.autograd.gradcheck(_log_prob_fn(), args)
 
 
 @pytest.mark.parametrize(
@@ -249,18 +273,21 @@ def test_gradcheck_loc_scale_value(d, loc_norm, scale_kind, value_kind):
         (5, (5,), (4, 5), (4, 5)),  # diagonal, two groups of four scales in the float32 log-sum
     ],
 )
-def test_gradcheck_with_broadcasting(d, scale_shape, value_shape, loc_shape):
+@pytest.mark.parametrize("path", PATHS)
+def test_gradcheck_with_broadcasting(d, scale_shape, value_shape, loc_shape, path):
     # The written-out backward of d <= 16 reduces gradients over broadcast dimensions itself.
     gen = torch.Generator().manual_seed(d)
     loc = (2 * torch.randn(loc_shape, generator=gen, dtype=torch.float64)).requires_grad_()
     scale = (0.5 + torch.rand(scale_shape, generator=gen, dtype=torch.float64)).requires_grad_()
     value = torch.randn(value_shape, generator=gen, dtype=torch.float64)
     value = torch.nn.functional.normalize(value, dim=-1)
-    assert torch.autograd.gradcheck(_log_prob_fn(), (loc, scale, value.requires_grad_()))
+    with small_d_path(path):
+        assert torch.autograd.gradcheck(_log_prob_fn(), (loc, scale, value.requires_grad_()))
 
 
 @pytest.mark.parametrize("d,scale_kind", [(2, "diag"), (3, "iso"), (3, "diag"), (16, "diag"), (20, "iso")])
-def test_second_derivatives_gradgradcheck(d, scale_kind):
+@pytest.mark.parametrize("path", PATHS)
+def test_second_derivatives_gradgradcheck(d, scale_kind, path):
     # Hessians (Laplace approximations, HMC mass adaptation by curvature): the written-out backward of
     # d <= 16 hands second derivatives to autograd; cases on both sides of the t switch points.
     gen = torch.Generator().manual_seed(d)
@@ -269,10 +296,12 @@ def test_second_derivatives_gradgradcheck(d, scale_kind):
     value = torch.nn.functional.normalize(torch.randn(3, d, generator=gen, dtype=torch.float64), dim=-1)
     value[0] = -torch.nn.functional.normalize(loc[0].detach(), dim=-1)  # the antipode: the tail branch
     args = (loc, scale.requires_grad_(), value.requires_grad_())
-    assert torch.autograd.gradgradcheck(_log_prob_fn(), args)
+    with small_d_path(path):
+        assert torch.autograd.gradgradcheck(_log_prob_fn(), args)
 
 
-def test_float32_gradients_match_float64():
+@pytest.mark.parametrize("path", PATHS)
+def test_float32_gradients_match_float64(path):
     # The float32 path (float64 sums, float32 per-event rest) against float64 on random events, all three
     # gradients, isotropic and diagonal.
     gen = torch.Generator().manual_seed(0)
@@ -283,7 +312,8 @@ def test_float32_gradients_match_float64():
         grads = {}
         for dtype in (torch.float32, torch.float64):
             args = [x.to(dtype).requires_grad_() for x in (loc64, scale64, value64)]
-            out = _log_prob_fn()(*args)
+            with small_d_path(path):
+                out = _log_prob_fn()(*args)
             grads[dtype] = torch.autograd.grad(out.sum(), args)
         for g32, g64 in zip(grads[torch.float32], grads[torch.float64], strict=True):
             assert g32.dtype == torch.float32
