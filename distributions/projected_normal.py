@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 import torch
@@ -330,35 +331,45 @@ class ProjectedNormal(_PyroProjectedNormal):
             raise ValueError(
                 f"ProjectedNormal: {name} must have event size d >= 2, got {name}.shape = {tuple(loc.shape)}"
             )
-        if torch.is_tensor(scale):
+        validate = Distribution._validate_args if validate_args is None else validate_args
+        if not torch.is_tensor(scale) and not isinstance(scale, numbers.Real):
+            scale = torch.as_tensor(scale, dtype=loc.dtype, device=loc.device)  # a list or an array
+        scale_is_number = not torch.is_tensor(scale)
+        if scale_is_number:
+            # The common case (NUTS builds the distribution at every step): checked as a number and
+            # broadcast without shape arithmetic.
+            if validate and not (math.isfinite(scale) and scale > 0):
+                raise ValueError(f"ProjectedNormal: scale must be positive and finite, got {scale!r}")
+            scale = loc.new_full((1,), scale)
+        else:
             dtype = torch.promote_types(loc.dtype, scale.dtype)
             loc, scale = loc.to(dtype), scale.to(dtype)
-        else:
-            scale = torch.as_tensor(scale, dtype=loc.dtype, device=loc.device)
-        if scale.dim() == 0:
-            scale = scale.reshape(1)
+            if scale.dim() == 0:
+                scale = scale.reshape(1)
         if scale.shape[-1] not in (1, d):
             raise ValueError(
                 f"ProjectedNormal: scale must have last dimension 1 (isotropic) or d = {d} "
                 f"(diagonal), got scale.shape = {tuple(scale.shape)}"
             )
-        try:
-            batch_shape = torch.broadcast_shapes(loc.shape[:-1], scale.shape[:-1])
-        except RuntimeError as e:
-            raise ValueError(
-                f"ProjectedNormal: scale.shape = {tuple(scale.shape)} does not broadcast "
-                f"with {name}.shape = {tuple(loc.shape)}"
-            ) from e
-        self.loc = loc.expand(batch_shape + (d,))
+        if scale.shape[:-1] == loc.shape[:-1] or scale_is_number:
+            batch_shape = loc.shape[:-1]
+        else:
+            try:
+                batch_shape = torch.broadcast_shapes(loc.shape[:-1], scale.shape[:-1])
+            except RuntimeError as e:
+                raise ValueError(
+                    f"ProjectedNormal: scale.shape = {tuple(scale.shape)} does not broadcast "
+                    f"with {name}.shape = {tuple(loc.shape)}"
+                ) from e
+        self.loc = loc if loc.shape[:-1] == batch_shape else loc.expand(batch_shape + (d,))
         self.scale = scale.expand(batch_shape + scale.shape[-1:])
 
-        validate = Distribution._validate_args if validate_args is None else validate_args
         if validate:
             # One check per parameter, with messages naming it (the base class would check only NaN for
             # loc and would let an infinite scale through).
             if not bool(torch.isfinite(loc).all()):
                 raise ValueError(f"ProjectedNormal: {name} must be finite, found NaN or infinite values")
-            if not bool(((scale > 0) & torch.isfinite(scale)).all()):
+            if not scale_is_number and not bool(((scale > 0) & torch.isfinite(scale)).all()):
                 raise ValueError(
                     "ProjectedNormal: scale must be positive and finite, found values <= 0, NaN or infinite"
                 )
