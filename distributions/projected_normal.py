@@ -76,8 +76,11 @@ _SMALL_D = 16
 _ROWS_MAX_NUMEL = 32768
 
 
-def _numel(*shapes: torch.Size) -> int:
-    return math.prod(torch.broadcast_shapes(*shapes))
+def _numel(a: torch.Size, b: torch.Size) -> int:
+    """The number of elements of the broadcast of shapes ``a`` and ``b`` (already known to broadcast)."""
+    n = max(len(a), len(b))
+    a, b = (1,) * (n - len(a)) + tuple(a), (1,) * (n - len(b)) + tuple(b)
+    return math.prod(max(x, y) for x, y in zip(a, b, strict=True))
 
 
 class _SmallDLogProb(torch.autograd.Function):
