@@ -197,7 +197,7 @@ _SQRT_HALF = math.sqrt(0.5)
 _POWER_CAP = {torch.float32: 1e32, torch.float64: 1e300}
 
 
-def _closed_form(k: int, t: Tensor) -> tuple[Tensor, Tensor]:
+def _closed_form(k: int, t: Tensor, abs_max: float | None = None) -> tuple[Tensor, Tensor]:
     """``log J_k(t)`` and ``d/dt log J_k(t)`` from :math:`J_k = J_0 (P_k + Q_k h)` for ``t >= -_T_CLOSED``.
 
     ``J_0 = sqrt(pi/2) erfc(-t/sqrt 2)`` and ``h = exp(-t^2/2) / J_0 = phi(t) / Phi(t)`` with the plain
@@ -207,15 +207,15 @@ def _closed_form(k: int, t: Tensor) -> tuple[Tensor, Tensor]:
     tracing) the polynomials are used as they are and ``log J_k`` costs one ``log``; otherwise they are
     carried scaled, ``p_j = P_j(t) / s^j`` and ``q_j = Q_j(t) / s^j`` with ``s = max(|t|, 1)``, whose
     recurrence ``p_{j+1} = (t/s) p_j + j s^{-2} p_{j-1}`` cannot overflow (``t^15`` would in float32). The
-    two agree to rounding. Plain differentiable ops: autograd through them gives the second derivative
+    two agree to rounding; ``abs_max``, the largest ``|t|`` when the caller knows it, selects the first.
+    Plain differentiable ops: autograd through them gives the second derivative
     (see :class:`_SmallK`).
     """
     e = torch.special.erfc(t * -_SQRT_HALF)  # 2 Phi(t)
     h = torch.exp(t.square().mul_(-0.5).add_(_LOG_SQRT_2_OVER_PI)) / e  # exp saves its output: no mul_
     if k == 0:
         return torch.log(e).add_(_LOG_SQRT_HALF_PI), h
-    cap = _POWER_CAP[t.dtype] ** (1 / k)
-    if t.device.type == "cpu" and not _is_traced() and t.numel() and bool(t.abs().max() <= cap):
+    if abs_max is not None and abs_max <= _POWER_CAP[t.dtype] ** (1 / k):
         x, eps2, scale = t, 1.0, None
     else:
         scale = t.abs().clamp_(min=1.0)
@@ -282,12 +282,15 @@ def _log_j_small(k: int, t: Tensor) -> tuple[Tensor, Tensor]:
     """``log J_k`` and its derivative for ``0 <= k < _K_SMALL``: the closed form, :func:`_log_j_tail` below
     ``-_T_CLOSED``. Plain differentiable ops (the branches see sanitized copies of ``t``)."""
     threshold = _T_CLOSED[t.dtype][k]
-    # clamp's gradient passes at t = -threshold itself, so both sides of the switch are differentiable.
-    log_j, grad = _closed_form(k, t.clamp(min=-threshold))
-    if t.device.type == "cpu" and not _is_traced():
-        # On the CPU a data-dependent branch costs nothing: evaluate the tail only where it is needed (one
-        # reduction decides; indices rather than masks, since the tail is usually a handful of elements).
-        if t.numel() and bool(t.min() < -threshold):
+    if t.device.type == "cpu" and not _is_traced() and t.numel():
+        # On the CPU a data-dependent branch costs nothing: one reduction decides whether there is a tail
+        # to evaluate (only where it is needed, by indices: usually a handful of elements) and whether the
+        # closed form may go unscaled.
+        t_min, t_max = (float(x) for x in torch.aminmax(t.detach()))
+        has_tail = t_min < -threshold
+        # clamp's gradient passes at t = -threshold itself, so both sides of the switch are differentiable.
+        log_j, grad = _closed_form(k, t.clamp(min=-threshold) if has_tail else t, max(-t_min, t_max))
+        if has_tail:
             flat = t.reshape(-1)
             index = torch.nonzero(flat < -threshold).squeeze(1)
             t_tail = flat.index_select(0, index)
@@ -301,6 +304,7 @@ def _log_j_small(k: int, t: Tensor) -> tuple[Tensor, Tensor]:
             log_j = log_j.reshape(-1).index_copy(0, index, tail_log_j).view_as(t)
             grad = grad.reshape(-1).index_copy(0, index, tail_grad).view_as(t)
         return log_j, grad
+    log_j, grad = _closed_form(k, t.clamp(min=-threshold))
     # Without host synchronisation (CUDA) or under a tracer (whose graph must not bake in a branch): both,
     # on sanitized copies, so that the unused one never produces nan values or gradients.
     tail = t < -threshold
