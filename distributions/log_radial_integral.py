@@ -242,7 +242,9 @@ def _closed_form(k: int, t: Tensor, abs_max: float | None = None) -> tuple[Tenso
 
 def _plus_times(p: Tensor, q: Tensor | float, h: Tensor) -> Tensor:
     """``p + q h`` where ``q`` may be the Python number 1 (unscaled ``Q_1``)."""
-    return torch.addcmul(p, q, h) if torch.is_tensor(q) else p + q * h
+    if torch.is_tensor(q):
+        return torch.addcmul(p, q, h)
+    return p + h if q == 1.0 else p + q * h
 
 
 def _recurrence_step(x: Tensor, p: Tensor, p_prev: Tensor, eps2: Tensor | float, j: int) -> Tensor:
