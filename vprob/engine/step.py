@@ -9,6 +9,7 @@ name the step, so the step runs without it, as Pyro recommends once a model is d
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import pyro
@@ -60,7 +61,7 @@ class TrainStep:
         stats = self._mean_over_processes({"loss": loss.detach(), **stats})
         stats["grad_norm"] = grad_norm.detach()
         if self.skip_nonfinite and not bool(torch.isfinite(stats["loss"]) & torch.isfinite(grad_norm)):
-            stats["skipped"] = torch.ones((), device=loss.device)
+            stats["skipped"] = grad_norm.new_ones(())  # float32, on the device
         else:
             self.optimizer.step()
         self.scheduler.step()
@@ -87,7 +88,7 @@ class NonFiniteTracker:
         flags = torch.stack([~torch.isfinite(stats[name]).all() for name in names])
         if self._flags is None:
             self._names, self._flags = names, torch.zeros_like(flags)
-            self._step = torch.zeros((), dtype=torch.long, device=flags.device)
+            self._step = flags.new_zeros((), dtype=torch.long)
         first = ~self._flags.any() & flags.any()
         self._flags = torch.where(first, flags, self._flags)
         self._step = torch.where(first, torch.full_like(self._step, step), self._step)
@@ -95,7 +96,7 @@ class NonFiniteTracker:
     def raise_if_any(self, checkpoint_path: object) -> None:
         if self._flags is None or not bool(self._flags.any()):
             return
-        bad = [name for name, flag in zip(self._names, self._flags.tolist(), strict=True) if flag]
+        bad = list(itertools.compress(self._names, self._flags.tolist()))
         raise NonFiniteLossError(
             f"non-finite value at step {int(self._step)} in {', '.join(bad)}; the last good checkpoint "
             f"({checkpoint_path}) is left untouched. Lower the learning rate, or pass --skip-nonfinite to "
