@@ -40,33 +40,122 @@ def _rowsum(x: Tensor) -> Tensor:
     return x @ x.new_ones(x.shape[-1])
 
 
-def _log_prob_rows(value: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
-    """The projected normal log density (class docstring) with autograd, in the ``(..., d)`` layout.
+def _rows_parts(value: Tensor, loc: Tensor, scale: Tensor, compute_dtype: torch.dtype) -> tuple[Tensor, ...]:
+    """The projected normal log density (class docstring) in the ``(..., d)`` layout, with the per-event
+    numbers its gradient needs: ``(log_p, a, c, p2, t, g)``.
 
-    ``value (..., d)``, ``loc (..., d)``, ``scale (..., 1 or d)`` broadcastable; float64 event sums (see
-    :meth:`ProjectedNormal.log_prob`), the result in the inputs' promoted dtype. Used for ``d`` above
-    ``_SMALL_D`` and for the second derivatives of :class:`_SmallDLogProb`.
+    ``value (..., d)``, ``loc (..., d)``, ``scale (..., 1 or d)`` broadcastable. Event sums in float64 (see
+    :meth:`ProjectedNormal.log_prob`), ``log_p`` and ``g = (log J_{d-1})'(t)`` in ``compute_dtype``. ``a``,
+    ``c``, ``r``, ``p2`` and ``t`` are as in :class:`_SmallDLogProb` (``a`` unwhitened for an isotropic
+    scale). Plain operations: differentiable by autograd, which is how both written-out backward passes
+    provide second derivatives.
     """
-    out_dtype = torch.promote_types(value.dtype, loc.dtype)
     d = int(value.shape[-1])  # not a traced 0-d tensor: 0.5 * d * ... would be float32
-    isotropic = scale.shape[-1] == 1
-    inv_scale = torch.reciprocal(scale).to(torch.float64)
-    v, m = value.to(torch.float64), loc.to(torch.float64)
-    if not isotropic:
-        v, m = v * inv_scale, m * inv_scale  # Sigma^{-1/2} u and Sigma^{-1/2} mu
+    inv, v, m = _whitened_rows(value, loc, scale)
     a = _rowsum(v.square())
     b = _rowsum(v * m)
-    # c - b^2/A as the squared norm of the component of m orthogonal to v: no cancellation near the mode.
-    perp_sq = _rowsum(torch.addcmul(m, (b / a).unsqueeze(-1), v, value=-1).square())
+    c = b / a
+    # |m|^2 - b^2/a as the squared norm of the part of m orthogonal to v: no cancellation near the mode.
+    p2 = _rowsum(torch.addcmul(m, c.unsqueeze(-1), v, value=-1).square())
     t = b * torch.rsqrt(a)
-    if isotropic:  # v and m were u and mu: whiten the sums; log A + 2 log scale is log |u|^2
-        inv = inv_scale[..., 0]
-        t, perp_sq, log_det = t * inv, perp_sq * inv.square(), 0.0
+    if inv.shape[-1] == 1:  # v and m were u and mu: whiten the sums; log A + 2 log scale is log |u|^2
+        t, p2, log_det = t * inv[..., 0], p2 * inv[..., 0].square(), 0.0
     else:
-        log_det = _rowsum(scale.log()).to(out_dtype)
-    t, perp_sq, a = t.to(out_dtype), perp_sq.to(out_dtype), a.to(out_dtype)
-    log_p = log_radial_integral(d - 1, t) - 0.5 * perp_sq - 0.5 * d * torch.log(a) - log_det
-    return log_p - 0.5 * d * _LOG_2PI
+        log_det = _rowsum(scale.log()).to(compute_dtype)
+    log_j, g = log_radial_integral_and_derivative(d - 1, t.to(compute_dtype))
+    log_p = log_j - 0.5 * p2.to(compute_dtype) - 0.5 * d * torch.log(a.to(compute_dtype)) - log_det
+    return log_p - 0.5 * d * _LOG_2PI, a, c, p2, t, g
+
+
+def _whitened_rows(value: Tensor, loc: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(1/sigma, v, m)`` in float64, ``v = u / sigma`` and ``m = mu / sigma`` for a diagonal scale (for an
+    isotropic one ``u`` and ``mu`` themselves). ``1/sigma`` is rounded once in the scale's dtype and used
+    for both: an exact whitening with ``sigma`` perturbed by half an ulp (log p is well conditioned in it)."""
+    inv = torch.reciprocal(scale).to(torch.float64)
+    v, m = value.to(torch.float64), loc.to(torch.float64)
+    if inv.shape[-1] > 1:
+        v, m = v * inv, m * inv
+    return inv, v, m
+
+
+def _gradient_coefficients(grad_out, a, c, p2, t, g, scale, d: int) -> tuple:
+    r"""Per-event factors of the gradient (float64, shape of the batch), with ``go`` the incoming
+    gradient: ``(go, gamma_go, coef_r_v, coef_r_m, coef_v, grad_sigma_iso)``, so that
+    :math:`\partial_v = r\,c_{rv} - v\,c_v` and :math:`\partial_m = v\,\gamma_{go} - r\,c_{rm}` (see
+    :class:`_SmallDLogProb`). For an isotropic scale ``v``, ``m`` and ``r`` are unwhitened, the factors
+    carry the scale, and ``grad_sigma_iso`` is :math:`\partial_\sigma = (|r_w|^2 - g t)/\sigma` (``None``
+    for a diagonal scale)."""
+    go, g = grad_out.to(torch.float64), g.to(torch.float64)
+    gamma_go = g * torch.rsqrt(a) * go  # not in place: g and a are saved (retain_graph)
+    coef_v = go * d / a
+    if scale.shape[-1] > 1:
+        return go, gamma_go, torch.addcmul(gamma_go, c, go), go, coef_v, None
+    inv = torch.reciprocal(scale[..., 0].to(torch.float64))  # not in place: may be a view of scale
+    inv_sq_go = inv.square() * go
+    gamma_go = gamma_go * inv
+    grad_sigma_iso = (p2 - g * t).mul_(inv).mul_(go)
+    return go, gamma_go, torch.addcmul(gamma_go, c, inv_sq_go), inv_sq_go, coef_v, grad_sigma_iso
+
+
+def _vector_gradients(v, m, r, inv, go, gamma_go, coef_r_v, coef_r_m, coef_v, need_sigma, out=None):
+    """``(d/du, d/dmu, d/dsigma)`` of ``log p`` times the incoming gradient, for one coordinate (per-event
+    factors of the batch's shape) or for whole rows (factors unsqueezed). ``inv`` is ``1/sigma`` for a
+    diagonal scale, ``None`` for an isotropic one (whose scale gradient is per event). ``out``: optional
+    buffers for the two vector gradients."""
+    grad_v = torch.mul(r, coef_r_v, out=None if out is None else out[0]).addcmul_(v, coef_v, value=-1)
+    grad_m = torch.mul(v, gamma_go, out=None if out is None else out[1]).addcmul_(r, coef_r_m, value=-1)
+    grad_sigma = None
+    if inv is not None:  # diagonal: back through v = u / sigma, m = mu / sigma
+        if need_sigma:
+            grad_sigma = (v * grad_v).addcmul_(m, grad_m).add_(go).mul_(inv).neg_()
+        grad_v.mul_(inv)
+        grad_m.mul_(inv)
+    return grad_v, grad_m, grad_sigma
+
+
+def _second_order(value, loc, scale, grad_out, needs) -> tuple:
+    """The backward pass under ``create_graph``: autograd through :func:`_rows_parts`."""
+    inputs = [x for x, need in zip((value, loc, scale), needs, strict=True) if need]
+    with torch.enable_grad():
+        log_p = _rows_parts(value, loc, scale, grad_out.dtype)[0]
+    grads = iter(torch.autograd.grad(log_p, inputs, grad_out, create_graph=True))
+    return (*(next(grads) if need else None for need in needs), None)
+
+
+class _RowsLogProb(torch.autograd.Function):
+    """:func:`_rows_parts` with the backward pass written out (as :class:`_SmallDLogProb`'s, whole rows at
+    a time): a tenth of the graph autograd would record, and no ``(..., d)`` float64 tensor kept between
+    the passes (``v``, ``m`` and ``r`` are recomputed)."""
+
+    @staticmethod
+    def forward(ctx, value: Tensor, loc: Tensor, scale: Tensor, compute_dtype: torch.dtype) -> Tensor:
+        log_p, *saved = _rows_parts(value, loc, scale, compute_dtype)
+        ctx.save_for_backward(value, loc, scale, *saved)
+        return log_p
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        value, loc, scale, a, c, p2, t, g = ctx.saved_tensors
+        needs = ctx.needs_input_grad[:3]
+        if torch.is_grad_enabled():
+            return _second_order(value, loc, scale, grad_out, needs)
+        d = int(value.shape[-1])  # not a traced 0-d tensor
+        *per_event, grad_sigma_iso = _gradient_coefficients(grad_out, a, c, p2, t, g, scale, d)
+        inv, v, m = _whitened_rows(value, loc, scale)
+        r = torch.addcmul(m, c.unsqueeze(-1), v, value=-1)
+        grad_v, grad_m, grad_sigma = _vector_gradients(
+            v, m, r, inv if inv.shape[-1] > 1 else None, *(x.unsqueeze(-1) for x in per_event), needs[2]
+        )
+        if grad_sigma_iso is not None:
+            grad_sigma = grad_sigma_iso.unsqueeze(-1)
+        grads = (grad_v, grad_m, grad_sigma)
+        return (
+            *(
+                grad.sum_to_size(x.shape).to(x.dtype) if need else None
+                for grad, x, need in zip(grads, (value, loc, scale), needs, strict=True)
+            ),
+            None,
+        )
 
 
 # Up to this event size log_prob goes through _SmallDLogProb, unless the whole batch has at most
@@ -84,7 +173,7 @@ def _numel(a: torch.Size, b: torch.Size) -> int:
 
 
 class _SmallDLogProb(torch.autograd.Function):
-    r""":func:`_log_prob_rows` for ``d <= _SMALL_D``, one event coordinate at a time, with its backward
+    r""":func:`_rows_parts` for ``d <= _SMALL_D``, one event coordinate at a time, with its backward
     pass written out.
 
     Working on one coordinate at a time keeps every temporary at the size of the batch (on the CPU, whole
@@ -93,7 +182,7 @@ class _SmallDLogProb(torch.autograd.Function):
     ``m``, ``a = v.v``, ``c = v.m / a``, ``r = m - c v``, the gradients are :math:`\partial_v = (\gamma +
     c)\,r - (d/a)\,v`, :math:`\partial_m = \gamma v - r` and, through the whitening,
     :math:`\partial_\sigma = -(v\,\partial_v + m\,\partial_m + 1)/\sigma` (summed over the event for an
-    isotropic scale). Under ``create_graph`` the backward differentiates :func:`_log_prob_rows` instead, so
+    isotropic scale). Under ``create_graph`` the backward differentiates :func:`_rows_parts` instead, so
     higher derivatives are exact as well.
     """
 
@@ -138,48 +227,28 @@ class _SmallDLogProb(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):
         value, loc, scale, a, c, p2, t, g = ctx.saved_tensors
         needs = ctx.needs_input_grad[:3]
-        if torch.is_grad_enabled():  # create_graph: differentiate the autograd form
-            inputs = [x for x, need in zip((value, loc, scale), needs, strict=True) if need]
-            with torch.enable_grad():
-                log_p = _log_prob_rows(value, loc, scale).to(grad_out.dtype)
-            grads = iter(torch.autograd.grad(log_p, inputs, grad_out, create_graph=True))
-            return (*(next(grads) if need else None for need in needs), None)
-        d = int(value.shape[-1])  # not a traced 0-d tensor: 0.5 * d * ... would be float32
-        go, g = grad_out.to(torch.float64), g.to(torch.float64)
-        isotropic = scale.shape[-1] == 1
-        gamma_go = g * torch.rsqrt(a) * go  # not in place: g and a are saved (retain_graph)
-        if isotropic:  # v, m, r are unwhitened here: gamma and c carry the scale
-            inv = torch.reciprocal(scale[..., 0].to(torch.float64))  # not in place: may be a view of scale
-            inv_sq_go = inv.square() * go
-            gamma_go = gamma_go.mul_(inv)
-            coef_r_v, coef_r_m = torch.addcmul(gamma_go, c, inv_sq_go), inv_sq_go
-        else:
-            coef_r_v, coef_r_m = torch.addcmul(gamma_go, c, go), go
-        coef_v = go.mul(d).div_(a)
+        if torch.is_grad_enabled():
+            return _second_order(value, loc, scale, grad_out, needs)
+        d = int(value.shape[-1])
+        *per_event, grad_sigma_iso = _gradient_coefficients(grad_out, a, c, p2, t, g, scale, d)
         grad_value, grad_loc, grad_scale = (
             torch.empty_like(x) if need else None for x, need in zip((value, loc, scale), needs, strict=True)
         )
         coordinate = _Coordinates(value, loc, scale, a.shape, n_scratch=3)
         v, m = coordinate.v, coordinate.m
-        r, grad_v, grad_m = coordinate.scratch
+        r, *buffers = coordinate.scratch
         for i in range(d):
             inv_i = coordinate.load(i)
             torch.addcmul(m, c, v, value=-1, out=r)
-            torch.mul(r, coef_r_v, out=grad_v).addcmul_(v, coef_v, value=-1)
-            torch.mul(v, gamma_go, out=grad_m).addcmul_(r, coef_r_m, value=-1)
-            if inv_i is not None:  # diagonal: back through v = u / sigma, m = mu / sigma
-                if needs[2]:
-                    grad_sigma = (v * grad_v).addcmul_(m, grad_m).add_(go).mul_(inv_i)
-                    grad_scale[..., i] = grad_sigma.sum_to_size(scale.shape[:-1]).neg_()
-                grad_v.mul_(inv_i)
-                grad_m.mul_(inv_i)
+            grad_v, grad_m, grad_sigma = _vector_gradients(v, m, r, inv_i, *per_event, needs[2], out=buffers)
             if needs[0]:
                 grad_value[..., i] = grad_v.sum_to_size(value.shape[:-1])
             if needs[1]:
                 grad_loc[..., i] = grad_m.sum_to_size(loc.shape[:-1])
-        if isotropic and needs[2]:
-            # d log p / d sigma = (|r_w|^2 - g t) / sigma, with the whitened |r_w|^2 = p2
-            grad_scale[..., 0] = (p2 - g * t).mul_(inv).mul_(go).sum_to_size(scale.shape[:-1])
+            if grad_sigma is not None:
+                grad_scale[..., i] = grad_sigma.sum_to_size(scale.shape[:-1])
+        if grad_sigma_iso is not None and needs[2]:
+            grad_scale[..., 0] = grad_sigma_iso.sum_to_size(scale.shape[:-1])
         return grad_value, grad_loc, grad_scale, None
 
 
@@ -526,7 +595,7 @@ class ProjectedNormal(_PyroProjectedNormal):
         # int(): under torch.jit.trace the event size is a 0-d tensor, and 0.5 * d * log(2 pi) would be
         # evaluated in float32 (the event size is static, so the trace may bake it in).
         d = int(self.event_shape[0])
-        if d > _SMALL_D or _numel(value.shape[:-1], self.batch_shape) * d <= _ROWS_MAX_NUMEL:
-            return _log_prob_rows(value, self.loc, self.scale).to(out_dtype)
         compute_dtype = out_dtype if out_dtype in (torch.float32, torch.float64) else torch.float32
-        return _SmallDLogProb.apply(value, self.loc, self.scale, compute_dtype).to(out_dtype)
+        small = d <= _SMALL_D and _numel(value.shape[:-1], self.batch_shape) * d > _ROWS_MAX_NUMEL
+        log_prob = _SmallDLogProb if small else _RowsLogProb
+        return log_prob.apply(value, self.loc, self.scale, compute_dtype).to(out_dtype)
