@@ -119,7 +119,7 @@ def _second_order(value, loc, scale, grad_out, needs) -> tuple:
     with torch.enable_grad():
         log_p = _rows_parts(value, loc, scale, grad_out.dtype)[0]
     grads = iter(torch.autograd.grad(log_p, inputs, grad_out, create_graph=True))
-    return (*(next(grads) if need else None for need in needs), None)
+    return (*[next(grads) if need else None for need in needs], None)
 
 
 class _RowsLogProb(torch.autograd.Function):
@@ -144,16 +144,16 @@ class _RowsLogProb(torch.autograd.Function):
         inv, v, m = _whitened_rows(value, loc, scale)
         r = torch.addcmul(m, c.unsqueeze(-1), v, value=-1)
         grad_v, grad_m, grad_sigma = _vector_gradients(
-            v, m, r, inv if inv.shape[-1] > 1 else None, *(x.unsqueeze(-1) for x in per_event), needs[2]
+            v, m, r, inv if inv.shape[-1] > 1 else None, *[x.unsqueeze(-1) for x in per_event], needs[2]
         )
         if grad_sigma_iso is not None:
             grad_sigma = grad_sigma_iso.unsqueeze(-1)
         grads = (grad_v, grad_m, grad_sigma)
         return (
-            *(
+            *[
                 grad.sum_to_size(x.shape).to(x.dtype) if need else None
                 for grad, x, need in zip(grads, (value, loc, scale), needs, strict=True)
-            ),
+            ],
             None,
         )
 
@@ -169,7 +169,7 @@ def _numel(a: torch.Size, b: torch.Size) -> int:
     """The number of elements of the broadcast of shapes ``a`` and ``b`` (already known to broadcast)."""
     n = max(len(a), len(b))
     a, b = (1,) * (n - len(a)) + tuple(a), (1,) * (n - len(b)) + tuple(b)
-    return math.prod(max(x, y) for x, y in zip(a, b, strict=True))
+    return math.prod([max(x, y) for x, y in zip(a, b, strict=True)])  # a list: torch.compile takes it
 
 
 class _SmallDLogProb(torch.autograd.Function):
@@ -193,7 +193,7 @@ class _SmallDLogProb(torch.autograd.Function):
         # a = v.v, b = v.m and, for now, p2 = m.m; c = b / a. Kept (for the backward pass) apart from the
         # coordinate buffers, which are released before the per-event part: a smaller peak of fresh memory.
         sums = value.new_zeros((4,) + tuple(batch), dtype=torch.float64)
-        a, b, p2, c = (sums[i] for i in range(4))
+        a, b, p2, c = [sums[i] for i in range(4)]
         coordinate = _Coordinates(value, loc, scale, batch, n_scratch=0)
         v, m = coordinate.v, coordinate.m
         for i in range(d):
@@ -231,9 +231,9 @@ class _SmallDLogProb(torch.autograd.Function):
             return _second_order(value, loc, scale, grad_out, needs)
         d = int(value.shape[-1])
         *per_event, grad_sigma_iso = _gradient_coefficients(grad_out, a, c, p2, t, g, scale, d)
-        grad_value, grad_loc, grad_scale = (
+        grad_value, grad_loc, grad_scale = [
             torch.empty_like(x) if need else None for x, need in zip((value, loc, scale), needs, strict=True)
-        )
+        ]
         coordinate = _Coordinates(value, loc, scale, a.shape, n_scratch=3)
         v, m = coordinate.v, coordinate.m
         r, *buffers = coordinate.scratch
