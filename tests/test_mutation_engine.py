@@ -309,6 +309,11 @@ def test_device_loader_batches_shares_and_resume():
             DeviceLoader(image_set, size, gen, world_size=world)
         assert str(info.value) == message
     DeviceLoader(image_set, 23, gen)  # the whole set is one batch
+    # Defaults: rank 0, and an epoch from its first step.
+    shares = list(DeviceLoader(image_set, 6, torch.Generator().manual_seed(0), world_size=2).epoch())
+    assert len(shares) == 3
+    for (x, _), (whole, _) in zip(shares, single, strict=True):
+        assert torch.equal(x[:, 0, 0, 0].long(), whole[:3])
 
 
 def test_view_maker_shares_are_the_single_process_views():
@@ -335,9 +340,41 @@ def test_view_maker_shares_are_the_single_process_views():
         torch.testing.assert_close(share, whole[:, 3 * rank : 3 * rank + 3], rtol=0, atol=0)
     _, last = views(3, 2, images[4:])
     torch.testing.assert_close(last, whole[:, 4:], rtol=0, atol=0)
-    _, channels_last = views(channels_last=True)
-    assert channels_last[0].is_contiguous(memory_format=torch.channels_last)
-    assert whole[0].is_contiguous()
+    _, default = views(world_size=1, rank=0)
+    maker = ViewMaker(augment, 3, torch.Generator().manual_seed(5))  # world_size 1, rank 0 by default
+    torch.testing.assert_close(maker(images), default, rtol=0, atol=0)
+    maker = ViewMaker(augment, 3, torch.Generator().manual_seed(5), world_size=2)  # rank 0 by default
+    torch.testing.assert_close(maker(images[:3]), whole[:, :3], rtol=0, atol=0)
+    assert maker._own_rows(3, torch.device("meta")).device.type == "meta"
+    assert ViewMaker(augment, 2, None, world_size=3, rank=1)._own_rows(4, torch.device("cpu")).tolist() == [
+        *range(4, 8),
+        *range(16, 20),
+    ]
+
+
+def test_view_maker_copies_each_image_per_view_in_the_chosen_memory_format(monkeypatch):
+    """With an augmentation that changes nothing (whole-image crops, no flip, jitter, grayscale or blur),
+    every view is the normalized image itself; the views come contiguous by default and channels-last when
+    asked; ``compile`` compiles the augmentation's apply, and only then."""
+    from vprob.data import SimCLRAugment
+    from vprob.engine.loader import ViewMaker
+
+    identity = SimCLRAugment(
+        4, 3, (0.5,) * 3, (0.25,) * 3, (1.0, 1.0), (1.0, 1.0), flip_p=0.0, jitter_p=0.0, grayscale_p=0.0
+    )
+    images = torch.randint(
+        0, 256, (5, 3, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(2)
+    )
+    views = ViewMaker(identity, 3, torch.Generator().manual_seed(0))(images)
+    assert views.shape == (3, 5, 3, 4, 4)
+    for view in views:
+        torch.testing.assert_close(view, identity.normalize(images), rtol=0, atol=1e-5)
+        assert view.is_contiguous()
+    last = ViewMaker(identity, 2, torch.Generator().manual_seed(0), channels_last=True)(images)
+    assert last[0].is_contiguous(memory_format=torch.channels_last) and not last[0].is_contiguous()
+    monkeypatch.setattr(torch, "compile", lambda fn: ("compiled", fn))
+    assert ViewMaker(identity, 2, None, compile=True)._apply == ("compiled", identity.apply)
+    assert ViewMaker(identity, 2, None)._apply == identity.apply
 
 
 # ------------------------------------------------------------------------------------------------ state
@@ -406,8 +443,32 @@ def test_capture_and_restore_put_back_every_stream_and_refuse_other_settings():
             "resume with the same settings"
         )
     restore({**state, "config": {**state["config"], "seed": 123, "log_every": 1}}, *_state_parts())
+    with pytest.raises(CheckpointErrorType) as info:  # no saved config: the defaults, which differ here
+        restore({key: value for key, value in state.items() if key != "config"}, *_state_parts())
+    assert str(info.value).startswith(
+        "checkpoint was written with method='vsimclr', this run has method='simclr'"
+    )
     wrong = {**state, "model": {"weight": torch.zeros(5, 5)}}
     with pytest.raises(CheckpointErrorType, match="^checkpoint does not match this model: "):
         restore(wrong, *_state_parts())
     with pytest.raises(CheckpointErrorType, match="^checkpoint does not match this model: 'optimizer'"):
         restore({key: value for key, value in state.items() if key != "optimizer"}, *_state_parts())
+
+
+def test_cuda_streams_are_saved_and_put_back_only_where_there_is_cuda(monkeypatch):
+    """torch.cuda's state functions replaced by recorders: capture asks for the CUDA streams only when CUDA is
+    available; restore puts saved ones back (on the CPU) only when there are some and CUDA is available."""
+    from vprob.engine.state import capture, restore
+
+    put_back = []
+    saved_streams = [torch.arange(3, dtype=torch.uint8), torch.arange(4, dtype=torch.uint8)]
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: saved_streams)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", put_back.append)
+    for available in (False, True):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda available=available: available)
+        state = capture(*_state_parts(), 1)
+        assert state["rng"]["cuda"] == (saved_streams if available else [])
+        restore({**state, "rng": {**state["rng"], "cuda": saved_streams}}, *_state_parts())
+        restore({**state, "rng": {**state["rng"], "cuda": []}}, *_state_parts())
+    (streams,) = put_back
+    assert len(streams) == 2 and all(torch.equal(a, b) for a, b in zip(streams, saved_streams, strict=True))
