@@ -225,7 +225,8 @@ def _closed_form(k: int, t: Tensor, abs_max: float | None = None) -> tuple[Tenso
     # P_{j+1} = x P_j + j s^-2 P_{j-1}. Python scalars until the first step.
     p_prev, p, q_prev, q = 1.0, x, 0.0, (1.0 if scale is None else eps)
     if k > 1:
-        p_prev, p, q_prev, q = p, x.square().add_(eps2), q, x * q  # P_2 = x^2 + s^-2, Q_2 = x Q_1
+        # P_2 = x^2 + s^-2, Q_2 = x Q_1 (= x unscaled)
+        p_prev, p, q_prev, q = p, x.square().add_(eps2), q, x * q if torch.is_tensor(q) else x
         for j in range(2, k):
             p_prev, p = p, _recurrence_step(x, p, p_prev, eps2, j)
             q_prev, q = q, _recurrence_step(x, q, q_prev, eps2, j)

@@ -59,12 +59,13 @@ def _rows_parts(value: Tensor, loc: Tensor, scale: Tensor, compute_dtype: torch.
     p2 = _rowsum(torch.addcmul(m, c.unsqueeze(-1), v, value=-1).square())
     t = b * torch.rsqrt(a)
     if inv.shape[-1] == 1:  # v and m were u and mu: whiten the sums; log A + 2 log scale is log |u|^2
-        t, p2, log_det = t * inv[..., 0], p2 * inv[..., 0].square(), 0.0
-    else:
-        log_det = _rowsum(scale.log()).to(compute_dtype)
+        inv = inv[..., 0]
+        t, p2 = t * inv, p2 * inv.square()
     log_j, g = log_radial_integral_and_derivative(d - 1, t.to(compute_dtype))
-    log_p = log_j - 0.5 * p2.to(compute_dtype) - 0.5 * d * torch.log(a.to(compute_dtype)) - log_det
-    return log_p - 0.5 * d * _LOG_2PI, a, c, p2, t, g
+    log_p = log_j.add(p2.to(compute_dtype), alpha=-0.5).add_(torch.log(a.to(compute_dtype)), alpha=-0.5 * d)
+    if scale.shape[-1] > 1:
+        log_p = log_p.sub_(_rowsum(scale.log()).to(compute_dtype))
+    return log_p.sub_(0.5 * d * _LOG_2PI), a, c, p2, t, g
 
 
 def _whitened_rows(value: Tensor, loc: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, Tensor]:
