@@ -8,7 +8,7 @@ without the rest of vprob::
 
 from distributions.hyperspherical_uniform import HypersphericalUniform
 from distributions.kl import gaussian_kl_bound
-from distributions.log_radial_integral import log_radial_integral
+from distributions.log_radial_integral import log_radial_integral, log_radial_integral_and_derivative
 from distributions.polar_student_t import PolarStudentT
 from distributions.power_spherical import PowerSpherical
 from distributions.projected_normal import ProjectedNormal
@@ -24,4 +24,5 @@ __all__ = [
     "VonMisesFisher",
     "gaussian_kl_bound",
     "log_radial_integral",
+    "log_radial_integral_and_derivative",
 ]
