@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -98,11 +99,12 @@ def _gradient_coefficients(grad_out, a, c, p2, t, g, scale, d: int) -> tuple:
     return go, gamma_go, torch.addcmul(gamma_go, c, inv_sq_go), inv_sq_go, coef_v, grad_sigma_iso
 
 
-def _vector_gradients(v, m, r, inv, go, gamma_go, coef_r_v, coef_r_m, coef_v, need_sigma, out=None):
+def _vector_gradients(v, m, r, inv, coefs: Sequence[Tensor], need_sigma: bool, out=None) -> tuple:
     """``(d/du, d/dmu, d/dsigma)`` of ``log p`` times the incoming gradient, for one coordinate (per-event
     factors of the batch's shape) or for whole rows (factors unsqueezed). ``inv`` is ``1/sigma`` for a
     diagonal scale, ``None`` for an isotropic one (whose scale gradient is per event). ``out``: optional
-    buffers for the two vector gradients."""
+    buffers for the two vector gradients. ``coefs``: the first five of :func:`_gradient_coefficients`."""
+    go, gamma_go, coef_r_v, coef_r_m, coef_v = coefs
     grad_v = torch.mul(r, coef_r_v, out=None if out is None else out[0]).addcmul_(v, coef_v, value=-1)
     grad_m = torch.mul(v, gamma_go, out=None if out is None else out[1]).addcmul_(r, coef_r_m, value=-1)
     grad_sigma = None
@@ -144,8 +146,9 @@ class _RowsLogProb(torch.autograd.Function):
         *per_event, grad_sigma_iso = _gradient_coefficients(grad_out, a, c, p2, t, g, scale, d)
         inv, v, m = _whitened_rows(value, loc, scale)
         r = torch.addcmul(m, c.unsqueeze(-1), v, value=-1)
+        coefs = [x.unsqueeze(-1) for x in per_event]
         grad_v, grad_m, grad_sigma = _vector_gradients(
-            v, m, r, inv if inv.shape[-1] > 1 else None, *[x.unsqueeze(-1) for x in per_event], needs[2]
+            v, m, r, inv if inv.shape[-1] > 1 else None, coefs, needs[2]
         )
         if grad_sigma_iso is not None:
             grad_sigma = grad_sigma_iso.unsqueeze(-1)
@@ -169,8 +172,10 @@ _ROWS_MAX_NUMEL = 32768
 def _numel(a: torch.Size, b: torch.Size) -> int:
     """The number of elements of the broadcast of shapes ``a`` and ``b`` (already known to broadcast)."""
     n = max(len(a), len(b))
-    a, b = (1,) * (n - len(a)) + tuple(a), (1,) * (n - len(b)) + tuple(b)
-    return math.prod([max(x, y) for x, y in zip(a, b, strict=True)])  # a list: torch.compile takes it
+    padded_a, padded_b = (1,) * (n - len(a)) + tuple(a), (1,) * (n - len(b)) + tuple(b)
+    return math.prod(
+        [max(x, y) for x, y in zip(padded_a, padded_b, strict=True)]
+    )  # a list: for torch.compile
 
 
 class _SmallDLogProb(torch.autograd.Function):
@@ -232,16 +237,15 @@ class _SmallDLogProb(torch.autograd.Function):
             return _second_order(value, loc, scale, grad_out, needs)
         d = int(value.shape[-1])
         *per_event, grad_sigma_iso = _gradient_coefficients(grad_out, a, c, p2, t, g, scale, d)
-        grad_value, grad_loc, grad_scale = [
-            torch.empty_like(x) if need else None for x, need in zip((value, loc, scale), needs, strict=True)
-        ]
+        # Allocated whether needed or not: untouched memory costs nothing.
+        grad_value, grad_loc, grad_scale = [torch.empty_like(x) for x in (value, loc, scale)]
         coordinate = _Coordinates(value, loc, scale, a.shape, n_scratch=3)
         v, m = coordinate.v, coordinate.m
         r, *buffers = coordinate.scratch
         for i in range(d):
             inv_i = coordinate.load(i)
             torch.addcmul(m, c, v, value=-1, out=r)
-            grad_v, grad_m, grad_sigma = _vector_gradients(v, m, r, inv_i, *per_event, needs[2], out=buffers)
+            grad_v, grad_m, grad_sigma = _vector_gradients(v, m, r, inv_i, per_event, needs[2], out=buffers)
             if needs[0]:
                 grad_value[..., i] = grad_v.sum_to_size(value.shape[:-1])
             if needs[1]:
@@ -250,7 +254,8 @@ class _SmallDLogProb(torch.autograd.Function):
                 grad_scale[..., i] = grad_sigma.sum_to_size(scale.shape[:-1])
         if grad_sigma_iso is not None and needs[2]:
             grad_scale[..., 0] = grad_sigma_iso.sum_to_size(scale.shape[:-1])
-        return grad_value, grad_loc, grad_scale, None
+        grads = (grad_value, grad_loc, grad_scale)
+        return (*[grad if need else None for grad, need in zip(grads, needs, strict=True)], None)
 
 
 def _subtraction_is_accurate(mm: Tensor, scale: Tensor, compute_dtype: torch.dtype) -> bool:
@@ -413,7 +418,7 @@ class ProjectedNormal(_PyroProjectedNormal):
             # broadcast without shape arithmetic.
             if validate and not (math.isfinite(scale) and scale > 0):
                 raise ValueError(f"ProjectedNormal: scale must be positive and finite, got {scale!r}")
-            scale = loc.new_full((1,), scale)
+            scale = loc.new_full((1,), float(scale))
         else:
             dtype = torch.promote_types(loc.dtype, scale.dtype)
             loc, scale = loc.to(dtype), scale.to(dtype)
