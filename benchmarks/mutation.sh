@@ -55,6 +55,8 @@ text = open(path).read()
 cfg = tomllib.loads(text)["tool"]["mutmut"]
 cfg["only_mutate"] = [module]
 cfg["pytest_add_cli_args_test_selection"] = tests
+# Some tests read recorded results under benchmarks/; mutmut runs the tests in its mutants/ copy.
+cfg["also_copy"] = [*cfg.get("also_copy", []), "benchmarks/"]
 section = "[tool.mutmut]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in cfg.items())
 text = re.sub(r"(?ms)^\[tool\.mutmut\]\n.*?(?=^\[|\Z)", lambda _: section + "\n", text)
 open(path, "w").write(text)
