@@ -164,7 +164,7 @@ class _RowsLogProb(torch.autograd.Function):
 
 # Up to this event size log_prob goes through _SmallDLogProb, unless the whole batch has at most
 # _ROWS_MAX_NUMEL coordinates: there the per-operation overhead outweighs memory traffic, and the (..., d)
-# layout with autograd needs fewer operations (measured on the CPU: NUTS-sized batches of a few hundred).
+# layout needs fewer operations (measured on the CPU: NUTS-sized batches of a few hundred events).
 _SMALL_D = 16
 _ROWS_MAX_NUMEL = 32768
 
@@ -173,9 +173,8 @@ def _numel(a: torch.Size, b: torch.Size) -> int:
     """The number of elements of the broadcast of shapes ``a`` and ``b`` (already known to broadcast)."""
     n = max(len(a), len(b))
     padded_a, padded_b = (1,) * (n - len(a)) + tuple(a), (1,) * (n - len(b)) + tuple(b)
-    return math.prod(
-        [max(x, y) for x, y in zip(padded_a, padded_b, strict=True)]
-    )  # a list: for torch.compile
+    # A list, not a generator: torch.compile traces this.
+    return math.prod([max(x, y) for x, y in zip(padded_a, padded_b, strict=True)])
 
 
 class _SmallDLogProb(torch.autograd.Function):
@@ -282,8 +281,7 @@ class _Coordinates:
     an isotropic scale, whose whitening applies to the sums), and ``scratch``, ``n_scratch`` more buffers.
 
     All are views of one allocation, reused across the loops: on the CPU, fresh memory costs a page fault
-    per 4 KiB on first touch (more than the arithmetic here), and one large block is also what keeps the
-    allocator from handing the pages back between calls.
+    per 4 KiB on first touch, more than the arithmetic done here on it.
     """
 
     def __init__(self, value: Tensor, loc: Tensor, scale: Tensor, batch, n_scratch: int) -> None:
