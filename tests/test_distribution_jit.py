@@ -25,11 +25,11 @@ warnings.simplefilter("ignore")  # TracerWarnings about the static event size
 torch.set_num_threads(1)
 out = {}
 def cases():
-    # log_prob has two implementations for d <= 16 (rows for small batches, a loop over coordinates for
-    # large ones): both are traced and compiled, the second by lowering the switch for d = 3.
+    # log_prob takes one of two routes by batch size (for d <= 16: the (..., d) layout in float64 for small
+    # batches, a loop over the coordinates for large ones): both are traced and compiled.
     from distributions import projected_normal
     gen = torch.Generator().manual_seed(0)
-    for path, limit, dims in (("rows", 1 << 62, (3, 20)), ("coordinates", -1, (3,))):
+    for path, limit, dims in (("small batch", 1 << 62, (3, 20)), ("large batch", -1, (3,))):
         projected_normal._ROWS_MAX_NUMEL = limit
         for d in dims:  # the closed form (k < 16) and the quadrature (k >= 16)
             for scale_shape in ((1,), (d,)):

@@ -71,16 +71,17 @@ def slow_cases():
     yield from itertools.product(DIMS, LOC_NORMS, SCALE_KINDS)
 
 
-# ProjectedNormal.log_prob has two implementations for d <= 16 (the (..., d) layout with autograd for small
-# batches, the coordinate loop with its written-out backward for large ones): every accuracy and gradient
-# test below runs both, whatever its batch size.
-PATHS = ["rows", "coordinates"]
+# ProjectedNormal.log_prob takes one of two routes by batch size: small batches in the (..., d) layout in
+# float64 throughout; large ones a loop over the coordinates (d <= 16) or the (..., d) layout (d > 16), with
+# the per-event part in the result's dtype. Every accuracy and gradient test below runs both routes, whatever
+# its own batch size.
+PATHS = ["small batch", "large batch"]
 
 
 @contextlib.contextmanager
-def small_d_path(path):
+def batch_route(path):
     saved = projected_normal._ROWS_MAX_NUMEL
-    projected_normal._ROWS_MAX_NUMEL = 1 << 62 if path == "rows" else -1
+    projected_normal._ROWS_MAX_NUMEL = 1 << 62 if path == "small batch" else -1
     try:
         yield
     finally:
@@ -97,7 +98,7 @@ def check_float64(d, loc_norm, scale_kind):
         loc, scale, value = make_case(d, loc_norm, scale_kind, value_kind)
         expected = float(mp_projected_normal_log_prob(loc, scale, value))
         for path in PATHS:
-            with small_d_path(path):
+            with batch_route(path):
                 assert rel_err(ours(loc, scale, value).item(), expected) <= 1e-9, (value_kind, path)
 
 
@@ -106,7 +107,7 @@ def check_float32(d, loc_norm, scale_kind):
         loc, scale, value = (x.astype(np.float32) for x in make_case(d, loc_norm, scale_kind, value_kind))
         expected = float(mp_projected_normal_log_prob(loc, scale, value))  # at the exact float32 inputs
         for path in PATHS:
-            with small_d_path(path):
+            with batch_route(path):
                 actual = ours(loc, scale, value, torch.float32)
             assert actual.dtype == torch.float32
             assert torch.isfinite(actual).all()
@@ -260,7 +261,7 @@ def test_gradcheck_loc_scale_value(d, loc_norm, scale_kind, value_kind, path):
         value = value - (value @ w) / (w @ w) * w
         value /= np.linalg.norm(value)
     args = tuple(torch.tensor(x, dtype=torch.float64, requires_grad=True) for x in (loc, scale, value))
-    with small_d_path(path):
+    with batch_route(path):
         assert torch.autograd.gradcheck(_log_prob_fn(), args)
 
 
@@ -281,7 +282,7 @@ def test_gradcheck_with_broadcasting(d, scale_shape, value_shape, loc_shape, pat
     scale = (0.5 + torch.rand(scale_shape, generator=gen, dtype=torch.float64)).requires_grad_()
     value = torch.randn(value_shape, generator=gen, dtype=torch.float64)
     value = torch.nn.functional.normalize(value, dim=-1)
-    with small_d_path(path):
+    with batch_route(path):
         assert torch.autograd.gradcheck(_log_prob_fn(), (loc, scale, value.requires_grad_()))
 
 
@@ -296,7 +297,7 @@ def test_second_derivatives_gradgradcheck(d, scale_kind, path):
     value = torch.nn.functional.normalize(torch.randn(3, d, generator=gen, dtype=torch.float64), dim=-1)
     value[0] = -torch.nn.functional.normalize(loc[0].detach(), dim=-1)  # the antipode: the tail branch
     args = (loc, scale.requires_grad_(), value.requires_grad_())
-    with small_d_path(path):
+    with batch_route(path):
         assert torch.autograd.gradgradcheck(_log_prob_fn(), args)
 
 
@@ -312,7 +313,7 @@ def test_float32_gradients_match_float64(path):
         grads = {}
         for dtype in (torch.float32, torch.float64):
             args = [x.to(dtype).requires_grad_() for x in (loc64, scale64, value64)]
-            with small_d_path(path):
+            with batch_route(path):
                 out = _log_prob_fn()(*args)
             grads[dtype] = torch.autograd.grad(out.sum(), args)
         for g32, g64 in zip(grads[torch.float32], grads[torch.float64], strict=True):
