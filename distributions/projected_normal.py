@@ -53,11 +53,11 @@ def _rows_parts(value: Tensor, loc: Tensor, scale: Tensor, compute_dtype: torch.
     """
     d = int(value.shape[-1])  # not a traced 0-d tensor: 0.5 * d * ... would be float32
     inv, v, m = _whitened_rows(value, loc, scale)
-    a = _rowsum(v.square())
-    b = _rowsum(v * m)
+    a = v.square().sum(-1)
+    b = (v * m).sum(-1)
     c = b / a
     # |m|^2 - b^2/a as the squared norm of the part of m orthogonal to v: no cancellation near the mode.
-    p2 = _rowsum(torch.addcmul(m, c.unsqueeze(-1), v, value=-1).square())
+    p2 = torch.addcmul(m, c.unsqueeze(-1), v, value=-1).square().sum(-1)
     t = b * torch.rsqrt(a)
     if inv.shape[-1] == 1:  # v and m were u and mu: whiten the sums; log A + 2 log scale is log |u|^2
         inv = inv[..., 0]
@@ -65,7 +65,7 @@ def _rows_parts(value: Tensor, loc: Tensor, scale: Tensor, compute_dtype: torch.
     log_j, g = log_radial_integral_and_derivative(d - 1, t.to(compute_dtype))
     log_p = log_j.add(p2.to(compute_dtype), alpha=-0.5).add_(torch.log(a.to(compute_dtype)), alpha=-0.5 * d)
     if scale.shape[-1] > 1:
-        log_p = log_p.sub_(_rowsum(scale.log()).to(compute_dtype))
+        log_p = log_p.sub_(scale.log().sum(-1).to(compute_dtype))
     return log_p.sub_(0.5 * d * _LOG_2PI), a, c, p2, t, g
 
 
