@@ -17,9 +17,9 @@ The obvious closed forms (:math:`J_0 = \sqrt{2\pi}\,\Phi(t)`, :math:`J_1 = t J_0
 ``t < 0`` (the wanted solution of the recurrence is the *minimal* one there). So we work in log space with
 three pieces, each used only where it is accurate to a few ulps:
 
-1. ``k = 0``: :math:`\log J_0 = \tfrac12\log 2\pi + \log\Phi(t)` with ``torch.special.log_ndtr``, which is
-   accurate in both tails. Its autograd derivative is not (``exp(log phi - log Phi)`` cancels: 1% off at
-   ``t = -1e7``), so :class:`_LogNdtr` supplies :math:`\varphi/\Phi` in Mills-ratio form for ``t < 0``.
+1. ``k = 0``: :math:`\log J_0 = \tfrac12\log(\pi/2) + \log\operatorname{erfc}(-t/\sqrt2)` and, in the far
+   left tail, the Mills-ratio form of item 3, whose derivative :math:`\varphi/\Phi` does not cancel
+   (``torch.special.log_ndtr``'s autograd derivative, ``exp(log phi - log Phi)``, is 1% off at ``t = -1e7``).
 
 2. ``k >= 16``: Gauss--Hermite quadrature centred on the Laplace point, in the variable :math:`s = \log r`.
    The integrand :math:`\exp g(s)`, :math:`g(s) = (k+1)s - (e^s - t)^2/2`, is log-concave with its mode at
@@ -47,7 +47,8 @@ three pieces, each used only where it is accurate to a few ulps:
    being only exponential): the closed form :math:`J_k = J_0 (P_k(t) + Q_k(t)\,h)` with
    :math:`J_0 = \sqrt{\pi/2}\,\operatorname{erfc}(-t/\sqrt2)`, :math:`h = e^{-t^2/2}/J_0 = \varphi/\Phi`
    and the polynomials of the recurrence :math:`J_{k+1} = t J_k + k J_{k-1}` (:math:`P_0 = 1, P_1 = t`,
-   :math:`Q_0 = 0, Q_1 = 1`), carried scaled by :math:`\max(|t|, 1)^j` so that nothing overflows. For
+   :math:`Q_0 = 0, Q_1 = 1`), as they are where :math:`|t|^k` cannot overflow (one ``log``; a host check,
+   on the CPU outside tracing) and otherwise carried scaled by :math:`\max(|t|, 1)^j`. For
    ``t >= 0`` every term is positive (no cancellation); for ``t < 0`` the terms alternate and the form
    loses :math:`C_k(-t)` ulps, so it is used only for ``t >= -_T_CLOSED[dtype][k]``, where
    :math:`C_k \le 200` (float64) or ``20`` (float32). Below that (the far side of the sphere) the tail is
@@ -55,15 +56,18 @@ three pieces, each used only where it is accurate to a few ulps:
    :math:`\rho_{M+1} = J_{M+1}/J_M` (the quadrature mean of ``r``): :math:`\rho_j = j / (\rho_{j+1} - t)`
    (a sum of positive terms; errors are damped), :math:`\log J_k = \log J_M - \sum_{j=k+1}^{M}\log\rho_j`;
    for ``k = 0`` the Mills-ratio form :math:`J_0 = e^{-t^2/2}\sqrt{\pi/2}\operatorname{erfcx}(-t/\sqrt2)`.
-   The closed form's derivative is analytic, :math:`\frac{d}{dt}\log J_k = k J_{k-1}/J_k` (integration by
-   parts; :math:`h` for ``k = 0``), from the same numbers (:class:`_SmallK`), so the backward pass costs
-   one multiplication. On the CPU the tail is evaluated only on the elements that need it (a host check
+   The derivative is analytic, :math:`\frac{d}{dt}\log J_k = k J_{k-1}/J_k = J_{k+1}/J_k - t`
+   (integration by parts; :math:`h` for ``k = 0``; :math:`\rho_{k+1} - t` in the tail), from the same
+   numbers (:class:`_SmallK`, :func:`log_radial_integral_and_derivative`), so the backward pass costs one
+   multiplication; under ``create_graph`` it is recomputed with differentiable operations, so second
+   derivatives are exact too. On the CPU the tail is evaluated only on the elements that need it (a host check
    costs nothing there); on CUDA and under ``torch.jit.trace``/``torch.compile`` both branches run on
    sanitized copies of ``t`` and are merged with ``torch.where`` (no host synchronisation, no branch baked
    into a trace, and the unused branch never sees values that would give ``nan`` gradients).
 
-Gradients of the quadrature and the tail come from autograd (the formulas are smooth in ``t``; the
-branches agree to rounding where they meet). Measured against ``mpmath``
+Gradients of the quadrature (``k >= 16``) come from autograd (the formulas are smooth in ``t``; the
+branches agree to rounding where they meet); :func:`log_radial_integral_and_derivative` forms them from
+the quadrature's mean of ``r`` without cancellation. Measured against ``mpmath``
 (``tests/test_log_radial_integral.py``, ``k`` in ``0..4095``, ``|t| <= 1e7``, and both sides of every
 switch point): ``|error| <= 1.5e-13 * max(1, |log J|)`` in float64, and ``<= 5e-6 * max(1, |log J|)``
 in float32; the derivative agrees to ``1e-10`` relative in float64.
