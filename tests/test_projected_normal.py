@@ -515,26 +515,32 @@ def test_cuda_matches_cpu_without_host_synchronization():
     from distributions.log_radial_integral import log_radial_integral
 
     device = torch.device("cuda")
-    for d in (3, 128):
-        loc = 3 * torch.randn(256, d)
-        scale = 0.5 + torch.rand(256, d)
+    # Both routes of log_prob: small batches, and (d = 3, 16,384 events) the loop over coordinates.
+    for d, n in ((3, 256), (3, 16384), (128, 256)):
+        loc = 3 * torch.randn(n, d)
+        scale = 0.5 + torch.rand(n, d)
         value = ProjectedNormal(loc, scale).sample()
-        expected = ProjectedNormal(loc, scale).log_prob(value)
+        loc_cpu = loc.clone().requires_grad_()
+        expected = ProjectedNormal(loc_cpu, scale).log_prob(value)
+        (expected_grad,) = torch.autograd.grad(expected.sum(), loc_cpu)
         args = [x.to(device) for x in (loc, scale, value)]
         # First calls copy the quadrature nodes to the device (cached afterwards).
         ProjectedNormal(*args[:2], validate_args=False).log_prob(args[2])
         log_radial_integral(d - 1, args[2][:, 0])
+        loc_cuda = args[0].clone().requires_grad_()
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
-            pn = ProjectedNormal(*args[:2], validate_args=False)
+            pn = ProjectedNormal(loc_cuda, args[1], validate_args=False)
             actual = pn.log_prob(args[2])
+            (grad,) = torch.autograd.grad(actual.sum(), loc_cuda)
             sample = pn.rsample((2,))
             log_radial_integral(d - 1, args[2][:, 0] * 100)
         finally:
             torch.cuda.set_sync_debug_mode("default")
-        torch.testing.assert_close(actual.cpu(), expected, rtol=1e-5, atol=1e-4)
-        assert sample.shape == (2, 256, d)
+        torch.testing.assert_close(actual.detach().cpu(), expected.detach(), rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(grad.cpu(), expected_grad, rtol=1e-4, atol=1e-4)
+        assert sample.shape == (2, n, d)
 
 
 # --------------------------------------------------------------------------------------------------
