@@ -138,3 +138,112 @@ def test_loop_cadences_of_metric_lines_and_checkpoints(tmp_path):
     assert results["steps"] == results["steps_this_session"] == 2 * spe
     assert records[0]["epoch"] == pytest.approx(3 / spe)
     assert records[-1]["lr"] == pytest.approx(trainer.scheduler.get_last_lr()[0])
+
+
+def test_model_building_gather_image_shape_sync_bn_and_channels_last(tmp_path):
+    """What ``_build_model`` passes on: gather exactly when several processes train, the data's image shape
+    (the backbone's input channels follow it), SyncBatchNorm only for sync_bn with several processes, and
+    channels-last parameters when asked."""
+    trainer = Trainer(_config(tmp_path, "a", sync_bn=True), progress=False)
+    assert trainer.model.gather is False
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in trainer.model.modules())
+    trainer.world_size = 2
+    several = trainer._build_model()
+    assert several.gather is True and any(isinstance(m, torch.nn.SyncBatchNorm) for m in several.modules())
+    trainer.world_size = 1
+    trainer.image_shape = (3, 8, 8)
+    first_conv = next(m for m in trainer._build_model().modules() if isinstance(m, torch.nn.Conv2d))
+    assert first_conv.in_channels == 3
+    last = Trainer(_config(tmp_path, "b", channels_last=True), progress=False).model
+    conv = next(m for m in last.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+
+
+def test_init_from_loads_the_encoder_and_prints_its_notes(tmp_path, capsys):
+    from vprob.checkpoint import save_state_dict_file
+    from vprob.config import build_model
+    from vprob.export import load_backbone_weights
+
+    torch.manual_seed(7)
+    donor = build_model(_config(tmp_path).resolved(), image_shape=(1, 8, 8)).encoder
+    weights = {**donor.state_dict(), "fc.weight": torch.zeros(10, 3)}
+    save_state_dict_file(tmp_path / "w.pt", weights)
+    trainer = Trainer(_config(tmp_path, init_from=str(tmp_path / "w.pt")), progress=False)
+    for key, value in donor.state_dict().items():
+        assert torch.equal(trainer.model.encoder.state_dict()[key], value), key
+    notes = load_backbone_weights(donor, str(tmp_path / "w.pt"))
+    assert notes and capsys.readouterr().err == "".join(f"note: {note}\n" for note in notes)
+    trainer.rank = 1
+    trainer._build_model(init_from=str(tmp_path / "w.pt"))
+    assert capsys.readouterr().err == ""  # only rank 0 prints
+
+
+def test_progress_gets_the_run_length_description_and_switches(monkeypatch, tmp_path):
+    recorded = []
+
+    class Recording(train_module.Progress):
+        def __init__(self, *args):
+            recorded.append(args)
+            super().__init__(*args)
+
+    monkeypatch.setattr(train_module, "Progress", Recording)
+    trainer = Trainer(_config(tmp_path, "a", max_steps=2, tensorboard=True), progress=False)
+    trainer.fit(stop_after_s=1e6)
+    ((run, total, step, batch, description, show, budget, tensorboard),) = recorded
+    assert (run, total, step, batch) == (trainer.run, 2, 0, 128)
+    assert (description, show, budget, tensorboard) == ("simclr digits", False, 1e6, True)
+    recorded.clear()
+    Trainer(_config(tmp_path, "b", max_steps=1), progress=True).fit()
+    assert recorded[0][5] is True and recorded[0][7] is False
+    recorded.clear()
+    trainer = Trainer(_config(tmp_path, "c", max_steps=1, tensorboard=True), progress=False)
+    trainer.rank = 1  # only rank 0 writes TensorBoard events
+    trainer.fit()
+    assert recorded[0][7] is False
+
+
+def test_non_finite_steps_stop_the_cpu_loop_at_once_and_budgets_are_checked(tmp_path):
+    """On the CPU the finiteness check runs after every step: a NaN at step 3 stops the loop there, not at
+    the next metric line (log_every 5)."""
+    from vprob.train import NonFiniteLossError
+
+    trainer = Trainer(_config(tmp_path, "a", log_every=5), progress=False)
+    real, calls = trainer.train_step, []
+
+    def step(views, labels):
+        stats = real(views, labels)
+        calls.append(1)
+        if len(calls) == 3:
+            stats["loss"] = torch.tensor(float("nan"))
+        return stats
+
+    trainer.train_step = step
+    with pytest.raises(NonFiniteLossError, match="^non-finite value at step 3 in loss;"):
+        trainer.fit()
+    assert len(calls) == 3
+    for bad in (0, -1.0, float("nan")):
+        with pytest.raises(ValueError) as info:
+            trainer.fit(stop_after_s=bad)
+        assert str(info.value) == f"stop_after_s must be a positive number of seconds or None, got {bad!r}"
+
+
+def test_train_passes_progress_and_resume(monkeypatch, tmp_path):
+    seen = []
+
+    class Recording(Trainer):
+        def __init__(self, config, resume=False, progress=None, elbo=None):
+            seen.append((resume, progress))
+            super().__init__(config, resume=resume, progress=progress, elbo=elbo)
+
+    monkeypatch.setattr(train_module, "Trainer", Recording)
+    results = train_module.train(_config(tmp_path, max_steps=1), progress=False)
+    assert results["steps"] == 1 and seen == [(False, False)]
+    train_module.train(_config(tmp_path, max_steps=2), resume=True, progress=False)
+    assert seen[-1] == (True, False)
+    assert load_image_shape(tmp_path / "run") == [1, 8, 8]
+
+
+def load_image_shape(run_dir):
+    from vprob.checkpoint import load_checkpoint
+
+    return load_checkpoint(run_dir / "checkpoint.pt")["image_shape"]
