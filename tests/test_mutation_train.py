@@ -55,6 +55,9 @@ def test_join_process_group_puts_each_torchrun_rank_on_its_own_gpu(monkeypatch, 
     device, world, rank = join_process_group(_config(tmp_path), torch.device("cuda"))
     assert (device, world, rank) == (torch.device("cuda", 3), 4, 3) and chosen == [device]
     assert calls == ["cuda"]
+    assert (
+        join_process_group(_config(tmp_path, sync_bn=True), torch.device("cuda"))[1] == 4
+    )  # sync-bn on CUDA
     # Launched by torchrun on the CPU: no GPU to choose.
     assert join_process_group(_config(tmp_path), torch.device("cpu"))[0] == torch.device("cpu")
     assert chosen == [device]
