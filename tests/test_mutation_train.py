@@ -60,7 +60,7 @@ def test_join_process_group_puts_each_torchrun_rank_on_its_own_gpu(monkeypatch, 
     )  # sync-bn on CUDA
     # Launched by torchrun on the CPU: no GPU to choose.
     assert join_process_group(_config(tmp_path), torch.device("cpu"))[0] == torch.device("cpu")
-    assert chosen == [device]
+    assert chosen == [device, device]
     # A cuda device outside torchrun is kept as given.
     _fake_world(monkeypatch, 1, torchrun=False, local_rank=3)
     assert join_process_group(_config(tmp_path), torch.device("cuda"))[0] == torch.device("cuda")
