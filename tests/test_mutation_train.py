@@ -6,6 +6,7 @@ lines, online evaluation, checkpoints, the non-finite check). Each Trainer here 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -221,8 +222,11 @@ def test_non_finite_steps_stop_the_cpu_loop_at_once_and_budgets_are_checked(tmp_
         return stats
 
     trainer.train_step = step
-    with pytest.raises(NonFiniteLossError, match="^non-finite value at step 3 in loss;"):
+    with pytest.raises(NonFiniteLossError) as info:
         trainer.fit()
+    assert str(info.value).startswith(
+        f"non-finite value at step 3 in loss; the last good checkpoint ({trainer.checkpoint_path}) is left"
+    )
     assert len(calls) == 3
     for bad in (0, -1.0, float("nan")):
         with pytest.raises(ValueError) as info:
@@ -250,3 +254,57 @@ def load_image_shape(run_dir):
     from vprob.checkpoint import load_checkpoint
 
     return load_checkpoint(run_dir / "checkpoint.pt")["image_shape"]
+
+
+def _records(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_online_evaluation_every_eval_every_th_epoch(tmp_path):
+    """eval_every 1: an online kNN record at the end of each epoch; eval_every 2: only after the second (the
+    metric lines are otherwise too rare to appear: log_every 1000)."""
+    for every, epochs in ((1, 2), (2, 3)):
+        trainer = Trainer(_config(tmp_path, f"e{every}", epochs=epochs, eval_every=every, log_every=1000))
+        trainer.fit()
+        spe = trainer.loader.steps_per_epoch
+        key = trainer.online_eval.key
+        with_knn = [r["step"] for r in _records(tmp_path / f"e{every}") if key in r]
+        assert with_knn == [spe * e for e in range(1, epochs + 1) if e % every == 0], every
+        assert all(0.0 <= r[key] <= 1.0 for r in _records(tmp_path / f"e{every}") if key in r)
+
+
+def test_checkpoints_pauses_and_results_of_the_loop(monkeypatch, tmp_path):
+    """A checkpoint after every checkpoint_every-th epoch and always at the end (3 epochs every 2: after 2
+    and 3); no pause without a budget, none at the very end even when the budget is spent, and a pause
+    message that says where; the results and results.json name the steps of the run and of this call."""
+    from vprob.train import TrainingPaused
+
+    finals = []
+
+    class Recording(train_module.Progress):
+        def final(self, step, results):
+            finals.append((step, dict(results)))
+            super().final(step, results)
+
+    monkeypatch.setattr(train_module, "Progress", Recording)
+    trainer = Trainer(_config(tmp_path, "a", epochs=3, checkpoint_every=2), progress=False)
+    saved, original = [], trainer.save
+    trainer.save = lambda: (saved.append(trainer.step), original())
+    results = trainer.fit()
+    spe = trainer.loader.steps_per_epoch
+    assert saved == [2 * spe, 3 * spe] and finals == [(3 * spe, results)]
+    assert results["run_dir"] == str(tmp_path / "a") and results["steps"] == 3 * spe
+    stored = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert stored["steps"] == 3 * spe and stored["steps_this_session"] == 3 * spe
+    assert Trainer(_config(tmp_path, "b", epochs=2, checkpoint_every=1)).fit()["steps"] == 2 * spe
+    # The budget is spent at once, but the only checkpoint is the last one: the run finishes.
+    assert Trainer(_config(tmp_path, "c", max_steps=1)).fit(stop_after_s=1e-9)["steps"] == 1
+    with pytest.raises(TrainingPaused) as info:
+        Trainer(_config(tmp_path, "d", epochs=2)).fit(stop_after_s=1e-9)
+    assert re.fullmatch(
+        rf"paused at step {spe} of {2 * spe} after \d+ s \(budget 0 s\); checkpoint saved to "
+        rf"{re.escape(str(tmp_path / 'd' / 'checkpoint.pt'))}: resume the run to continue",
+        str(info.value),
+    )
+    resumed = Trainer(_config(tmp_path, "d", epochs=2), resume=True).fit()
+    assert (resumed["steps"], resumed["steps_this_session"]) == (2 * spe, spe)
