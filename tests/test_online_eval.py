@@ -145,3 +145,31 @@ def test_tensorboard_missing_says_what_to_install(tmp_path, monkeypatch):
     with pytest.raises(MissingExtraError, match=r"pip install 'vprob\[tensorboard\]'"):
         Trainer(tiny(tmp_path, "none", tensorboard=True), progress=False)
     assert not (tmp_path / "none").exists()  # refused before anything was written
+
+
+def test_online_knn_fits_on_labelled_images_only_and_checks_its_sets():
+    train_set, test_set = load_digits()
+
+    def normalize(x):
+        return x.float() / 16
+
+    # Every other training image without a class: the sample holds exactly the labelled ones, the same
+    # images as a set built from them directly.
+    labels = train_set.labels.clone()
+    labels[1::2] = -1
+    mixed = ImageSet(
+        train_set.images, labels, train_set.classes, train_set.mean, train_set.std, unlabelled=True
+    )
+    knn = OnlineKNN(mixed, test_set, normalize, max_train=10_000, max_test=200)
+    direct = train_set.subset(slice(0, None, 2))
+    assert torch.equal(knn.train_images, direct.images) and torch.equal(knn.train_labels, direct.labels)
+    assert knn.num_classes == train_set.num_classes == 10
+    assert knn.amp is False and knn.k == 20 and knn.key == "online_knn_top1_k20"
+    # Empty sets are refused with the remedy; one image on each side is enough.
+    message = r"^online kNN evaluation needs labelled training and test images: set eval_every=0$"
+    empty = train_set.subset(slice(0, 0))
+    for args in ((empty, test_set), (train_set, empty)):
+        with pytest.raises(ValueError, match=message):
+            OnlineKNN(*args, normalize)
+    one = OnlineKNN(train_set.subset(slice(0, 1)), test_set.subset(slice(0, 1)), normalize)
+    assert len(one.train_labels) == len(one.test_labels) == 1

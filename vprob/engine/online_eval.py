@@ -38,11 +38,6 @@ def evenly_spaced(count: int, limit: int) -> Tensor:
     return torch.arange(keep) * count // keep
 
 
-def _labelled(image_set: ImageSet) -> ImageSet:
-    labelled = getattr(image_set, "labelled", None)
-    return labelled() if callable(labelled) else image_set
-
-
 class OnlineKNN:
     """``OnlineKNN(train_set, test_set, normalize)(encoder) -> {"online_knn_top1_k20": accuracy}``.
 
@@ -61,13 +56,14 @@ class OnlineKNN:
         amp: bool = False,
     ) -> None:
         # kNN fits on images with a class only (a data set may hold unlabelled ones for training).
-        train_set, test_set = _labelled(train_set), _labelled(test_set)
+        train_set, test_set = train_set.labelled(), test_set.labelled()
         if len(train_set) == 0 or len(test_set) == 0:
             raise ValueError(
                 "online kNN evaluation needs labelled training and test images: set eval_every=0"
             )
-        train_index = evenly_spaced(len(train_set), max_train).to(train_set.images.device)
-        test_index = evenly_spaced(len(test_set), max_test).to(test_set.images.device)
+        # CPU indices select from images on any device (copied there once, here).
+        train_index = evenly_spaced(len(train_set), max_train)
+        test_index = evenly_spaced(len(test_set), max_test)
         self.train_images, self.train_labels = train_set.images[train_index], train_set.labels[train_index]
         self.test_images, self.test_labels = test_set.images[test_index], test_set.labels[test_index]
         self.num_classes = train_set.num_classes
