@@ -182,7 +182,7 @@ def test_init_from_loads_the_encoder_and_prints_its_notes(tmp_path, capsys):
     assert capsys.readouterr().err == ""  # only rank 0 prints
 
 
-def test_progress_gets_the_run_length_description_and_switches(monkeypatch, tmp_path):
+def _recorded_progress(monkeypatch) -> list:
     recorded = []
 
     class Recording(train_module.Progress):
@@ -191,17 +191,29 @@ def test_progress_gets_the_run_length_description_and_switches(monkeypatch, tmp_
             super().__init__(*args)
 
     monkeypatch.setattr(train_module, "Progress", Recording)
-    trainer = Trainer(_config(tmp_path, "a", max_steps=2, tensorboard=True), progress=False)
+    return recorded
+
+
+def test_progress_gets_the_run_length_description_and_switches(monkeypatch, tmp_path):
+    recorded = _recorded_progress(monkeypatch)
+    trainer = Trainer(_config(tmp_path, "a", max_steps=2), progress=False)
     trainer.fit(stop_after_s=1e6)
     ((run, total, step, batch, description, show, budget, tensorboard),) = recorded
     assert (run, total, step, batch) == (trainer.run, 2, 0, 128)
-    assert (description, show, budget, tensorboard) == ("simclr digits", False, 1e6, True)
+    assert (description, show, budget, tensorboard) == ("simclr digits", False, 1e6, False)
     recorded.clear()
     Trainer(_config(tmp_path, "b", max_steps=1), progress=True).fit()
     assert recorded[0][5] is True and recorded[0][7] is False
+
+
+def test_progress_writes_tensorboard_events_on_rank_0_only(monkeypatch, tmp_path):
+    pytest.importorskip("tensorboard")  # an optional extra: the trainer refuses the option without it
+    recorded = _recorded_progress(monkeypatch)
+    Trainer(_config(tmp_path, "a", max_steps=1, tensorboard=True), progress=False).fit()
+    assert recorded[0][7] is True
     recorded.clear()
     trainer = Trainer(_config(tmp_path, "c", max_steps=1, tensorboard=True), progress=False)
-    trainer.rank = 1  # only rank 0 writes TensorBoard events
+    trainer.rank = 1
     trainer.fit()
     assert recorded[0][7] is False
 
