@@ -63,10 +63,18 @@ def _rows_parts(value: Tensor, loc: Tensor, scale: Tensor, compute_dtype: torch.
         inv = inv[..., 0]
         t, p2 = t * inv, p2 * inv.square()
     log_j, g = log_radial_integral_and_derivative(d - 1, t.to(compute_dtype))
-    log_p = log_j.add(p2.to(compute_dtype), alpha=-0.5).add_(torch.log(a.to(compute_dtype)), alpha=-0.5 * d)
+    return _log_density(log_j, p2, a, scale, d), a, c, p2, t, g
+
+
+def _log_density(log_j: Tensor, p2: Tensor, a: Tensor, scale: Tensor, d: int) -> Tensor:
+    """``log p = log J - p2/2 - (d/2) log a - sum log sigma - (d/2) log 2 pi`` in ``log_j``'s dtype, from the
+    per-event numbers of either layout (``a`` unwhitened for an isotropic scale, whose log-determinant then
+    cancels against the whitening of ``a``). Built in place on ``log_j``."""
+    dtype = log_j.dtype
+    log_p = log_j.add_(p2.to(dtype), alpha=-0.5).add_(torch.log(a.to(dtype)), alpha=-0.5 * d)
     if scale.shape[-1] > 1:
-        log_p = log_p.sub_(scale.log().sum(-1).to(compute_dtype))
-    return log_p.sub_(0.5 * d * _LOG_2PI), a, c, p2, t, g
+        log_p = log_p.sub_(_rowsum(scale.log()).to(dtype))  # rounded as the result is
+    return log_p.sub_(0.5 * d * _LOG_2PI)
 
 
 def _whitened_rows(value: Tensor, loc: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -221,12 +229,8 @@ class _SmallDLogProb(torch.autograd.Function):
             t, p2 = t.mul_(inv), p2.mul_(inv).mul_(inv)
         del coordinate, v, m
         log_j, g = log_radial_integral_and_derivative(d - 1, t.to(compute_dtype))
-        log_p = log_j.add_(p2.to(compute_dtype), alpha=-0.5)
-        log_p = log_p.add_(torch.log(a.to(compute_dtype)), alpha=-0.5 * d)
-        if scale.shape[-1] > 1:
-            log_p = log_p.sub_(_rowsum(scale.log()).to(compute_dtype))  # rounded as the result is
         ctx.save_for_backward(value, loc, scale, a, c, p2, t, g)
-        return log_p.sub_(0.5 * d * _LOG_2PI)
+        return _log_density(log_j, p2, a, scale, d)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
