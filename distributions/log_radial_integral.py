@@ -216,7 +216,7 @@ def _closed_form(k: int, t: Tensor, abs_max: float | None = None) -> tuple[Tenso
     (see :class:`_SmallK`).
     """
     e = torch.special.erfc(t * -_SQRT_HALF)  # 2 Phi(t)
-    h = torch.exp(t.square().mul_(-0.5).add_(_LOG_SQRT_2_OVER_PI)) / e  # exp saves its output: no mul_
+    h = torch.exp((t * t).mul_(-0.5).add_(_LOG_SQRT_2_OVER_PI)) / e  # exp saves its output: no mul_
     if k == 0:
         return torch.log(e).add_(_LOG_SQRT_HALF_PI), h
     if abs_max is not None and abs_max <= _POWER_CAP[t.dtype] ** (1 / k):
@@ -224,13 +224,13 @@ def _closed_form(k: int, t: Tensor, abs_max: float | None = None) -> tuple[Tenso
     else:
         scale = t.abs().clamp_(min=1.0)
         eps = torch.reciprocal(scale)
-        x, eps2 = t * eps, eps.square()
+        x, eps2 = t * eps, eps * eps
     # (P_0, P_1) = (1, x) and (Q_0, Q_1) = (0, 1/s), with x = t/s and 1/s = 1 when unscaled; the step is
     # P_{j+1} = x P_j + j s^-2 P_{j-1}. Python scalars until the first step.
     p_prev, p, q_prev, q = 1.0, x, 0.0, (1.0 if scale is None else eps)
     if k > 1:
         # P_2 = x^2 + s^-2, Q_2 = x Q_1 (= x unscaled)
-        p_prev, p, q_prev, q = p, x.square().add_(eps2), q, x * q if torch.is_tensor(q) else x
+        p_prev, p, q_prev, q = p, (x * x).add_(eps2), q, x * q if torch.is_tensor(q) else x
         for j in range(2, k):
             p_prev, p = p, _recurrence_step(x, p, p_prev, eps2, j)
             q_prev, q = q, _recurrence_step(x, q, q_prev, eps2, j)

@@ -41,11 +41,20 @@ def _rowsum(x: Tensor) -> Tensor:
     return x @ x.new_ones(x.shape[-1])
 
 
-def _rows_parts(value: Tensor, loc: Tensor, scale: Tensor, compute_dtype: torch.dtype) -> tuple[Tensor, ...]:
-    """The projected normal log density (class docstring) in the ``(..., d)`` layout, with the per-event
-    numbers its gradient needs: ``(log_p, a, c, p2, t, g)``.
+def _as_dtype(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """``x.to(dtype)`` without the call where ``x`` has that dtype already: at NUTS-sized batches a no-op
+    ``.to`` costs as much as the arithmetic, and the rows route would make a dozen."""
+    return x if x.dtype == dtype else x.to(dtype)
 
-    ``value (..., d)``, ``loc (..., d)``, ``scale (..., 1 or d)`` broadcastable. Event sums in float64 (see
+
+def _rows_parts(
+    value: Tensor, loc: Tensor, scale: Tensor | None, compute_dtype: torch.dtype
+) -> tuple[Tensor, tuple[Tensor, ...], tuple[Tensor | None, ...]]:
+    """The projected normal log density (class docstring) in the ``(..., d)`` layout, with the per-event
+    numbers its gradient needs, ``(a, c, p2, t, g)``, and the float64 rows ``(1/sigma, v, m, r)``.
+
+    ``value (..., d)``, ``loc (..., d)``, ``scale (..., 1 or d)`` broadcastable, or ``scale=None`` for a
+    unit scale (Pyro's parameterisation; ``1/sigma`` is then ``None``). Event sums in float64 (see
     :meth:`ProjectedNormal.log_prob`), ``log_p`` and ``g = (log J_{d-1})'(t)`` in ``compute_dtype``. ``a``,
     ``c``, ``r``, ``p2`` and ``t`` are as in :class:`_SmallDLogProb` (``a`` unwhitened for an isotropic
     scale). Plain operations: differentiable by autograd, which is how both written-out backward passes
@@ -53,57 +62,65 @@ def _rows_parts(value: Tensor, loc: Tensor, scale: Tensor, compute_dtype: torch.
     """
     d = int(value.shape[-1])  # not a traced 0-d tensor: 0.5 * d * ... would be float32
     inv, v, m = _whitened_rows(value, loc, scale)
-    a = v.square().sum(-1)
-    b = (v * m).sum(-1)
+    # Event sums as matrix-vector products and squares as products: on the CPU, at the few hundred events
+    # of NUTS, sum(-1) and pow cost several times a multiplication (_rowsum).
+    ones = v.new_ones(d)
+    a = (v * v) @ ones
+    b = (v * m) @ ones
     c = b / a
     # |m|^2 - b^2/a as the squared norm of the part of m orthogonal to v: no cancellation near the mode.
-    p2 = torch.addcmul(m, c.unsqueeze(-1), v, value=-1).square().sum(-1)
+    r = torch.addcmul(m, c.unsqueeze(-1), v, value=-1)
+    p2 = (r * r) @ ones
     t = b * torch.rsqrt(a)
-    if inv.shape[-1] == 1:  # v and m were u and mu: whiten the sums; log A + 2 log scale is log |u|^2
-        inv = inv[..., 0]
-        t, p2 = t * inv, p2 * inv.square()
-    log_j, g = log_radial_integral_and_derivative(d - 1, t.to(compute_dtype))
-    return _log_density(log_j, p2, a, scale, d), a, c, p2, t, g
+    if inv is not None and inv.shape[-1] == 1:
+        # v and m were u and mu: whiten the sums; log A + 2 log scale is log |u|^2
+        inv_event = inv[..., 0]
+        t, p2 = t * inv_event, p2 * (inv_event * inv_event)
+    log_j, g = log_radial_integral_and_derivative(d - 1, _as_dtype(t, compute_dtype))
+    return _log_density(log_j, p2, a, scale, d), (a, c, p2, t, g), (inv, v, m, r)
 
 
-def _log_density(log_j: Tensor, p2: Tensor, a: Tensor, scale: Tensor, d: int) -> Tensor:
+def _log_density(log_j: Tensor, p2: Tensor, a: Tensor, scale: Tensor | None, d: int) -> Tensor:
     """``log p = log J - p2/2 - (d/2) log a - sum log sigma - (d/2) log 2 pi`` in ``log_j``'s dtype, from the
     per-event numbers of either layout (``a`` unwhitened for an isotropic scale, whose log-determinant then
     cancels against the whitening of ``a``). Built in place on ``log_j``."""
     dtype = log_j.dtype
-    log_p = log_j.add_(p2.to(dtype), alpha=-0.5).add_(torch.log(a.to(dtype)), alpha=-0.5 * d)
-    if scale.shape[-1] > 1:
-        log_p = log_p.sub_(_rowsum(scale.log()).to(dtype))  # rounded as the result is
+    log_p = log_j.add_(_as_dtype(p2, dtype), alpha=-0.5).add_(torch.log(_as_dtype(a, dtype)), alpha=-0.5 * d)
+    if scale is not None and scale.shape[-1] > 1:
+        log_p = log_p.sub_(_as_dtype(_rowsum(scale.log()), dtype))  # rounded as the result is
     return log_p.sub_(0.5 * d * _LOG_2PI)
 
 
-def _whitened_rows(value: Tensor, loc: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _whitened_rows(value: Tensor, loc: Tensor, scale: Tensor | None) -> tuple[Tensor | None, Tensor, Tensor]:
     """``(1/sigma, v, m)`` in float64, ``v = u / sigma`` and ``m = mu / sigma`` for a diagonal scale (for an
     isotropic one ``u`` and ``mu`` themselves). ``1/sigma`` is rounded once in the scale's dtype and used
-    for both: an exact whitening with ``sigma`` perturbed by half an ulp (log p is well conditioned in it)."""
-    inv = torch.reciprocal(scale).to(torch.float64)
-    v, m = value.to(torch.float64), loc.to(torch.float64)
+    for both: an exact whitening with ``sigma`` perturbed by half an ulp (log p is well conditioned in it).
+    ``1/sigma`` is ``None`` for a unit scale (``scale=None``)."""
+    v, m = _as_dtype(value, torch.float64), _as_dtype(loc, torch.float64)
+    if scale is None:
+        return None, v, m
+    inv = _as_dtype(torch.reciprocal(scale), torch.float64)
     if inv.shape[-1] > 1:
         v, m = v * inv, m * inv
     return inv, v, m
 
 
-def _gradient_coefficients(grad_out, a, c, p2, t, g, scale, d: int) -> tuple:
+def _gradient_coefficients(grad_out, a, c, p2, t, g, scale, d: int, need_sigma: bool = True) -> tuple:
     r"""Per-event factors of the gradient (float64, shape of the batch), with ``go`` the incoming
     gradient: ``(go, gamma_go, coef_r_v, coef_r_m, coef_v, grad_sigma_iso)``, so that
     :math:`\partial_v = r\,c_{rv} - v\,c_v` and :math:`\partial_m = v\,\gamma_{go} - r\,c_{rm}` (see
     :class:`_SmallDLogProb`). For an isotropic scale ``v``, ``m`` and ``r`` are unwhitened, the factors
     carry the scale, and ``grad_sigma_iso`` is :math:`\partial_\sigma = (|r_w|^2 - g t)/\sigma` (``None``
-    for a diagonal scale)."""
-    go, g = grad_out.to(torch.float64), g.to(torch.float64)
+    for a diagonal or unit (``None``) scale or where ``need_sigma`` is false)."""
+    go, g = _as_dtype(grad_out, torch.float64), _as_dtype(g, torch.float64)
     gamma_go = g * torch.rsqrt(a) * go  # not in place: g and a are saved (retain_graph)
     coef_v = go * d / a
-    if scale.shape[-1] > 1:
+    if scale is None or scale.shape[-1] > 1:  # whitened rows, or a unit scale (the same formulas)
         return go, gamma_go, torch.addcmul(gamma_go, c, go), go, coef_v, None
-    inv = torch.reciprocal(scale[..., 0].to(torch.float64))  # not in place: may be a view of scale
-    inv_sq_go = inv.square() * go
+    inv = torch.reciprocal(_as_dtype(scale[..., 0], torch.float64))  # not in place: may be a view of scale
+    inv_sq_go = inv * inv * go
     gamma_go = gamma_go * inv
-    grad_sigma_iso = (p2 - g * t).mul_(inv).mul_(go)
+    grad_sigma_iso = (p2 - g * t).mul_(inv).mul_(go) if need_sigma else None
     return go, gamma_go, torch.addcmul(gamma_go, c, inv_sq_go), inv_sq_go, coef_v, grad_sigma_iso
 
 
@@ -135,37 +152,44 @@ def _second_order(value, loc, scale, grad_out, needs) -> tuple:
 
 class _RowsLogProb(torch.autograd.Function):
     """:func:`_rows_parts` with the backward pass written out (as :class:`_SmallDLogProb`'s, whole rows at
-    a time): a tenth of the graph autograd would record, and no ``(..., d)`` float64 tensor kept between
-    the passes (``v``, ``m`` and ``r`` are recomputed)."""
+    a time): a tenth of the graph autograd would record. The float64 rows ``v``, ``m`` and ``r`` are kept
+    for the backward pass when ``keep_rows`` (small batches, where each operation saved counts) and
+    otherwise recomputed (large ones, where three ``(..., d)`` float64 tensors would be the peak memory)."""
 
     @staticmethod
-    def forward(ctx, value: Tensor, loc: Tensor, scale: Tensor, compute_dtype: torch.dtype) -> Tensor:
-        log_p, *saved = _rows_parts(value, loc, scale, compute_dtype)
-        ctx.save_for_backward(value, loc, scale, *saved)
+    def forward(
+        ctx, value: Tensor, loc: Tensor, scale: Tensor | None, compute_dtype: torch.dtype, keep_rows: bool
+    ) -> Tensor:
+        log_p, per_event, rows = _rows_parts(value, loc, scale, compute_dtype)
+        ctx.save_for_backward(value, loc, scale, *per_event, *(rows if keep_rows else ()))
         return log_p
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        value, loc, scale, a, c, p2, t, g = ctx.saved_tensors
+        value, loc, scale, a, c, p2, t, g, *rows = ctx.saved_tensors
         needs = ctx.needs_input_grad[:3]
         if torch.is_grad_enabled():
-            return _second_order(value, loc, scale, grad_out, needs)
+            return (*_second_order(value, loc, scale, grad_out, needs), None)
         d = int(value.shape[-1])  # not a traced 0-d tensor
-        *per_event, grad_sigma_iso = _gradient_coefficients(grad_out, a, c, p2, t, g, scale, d)
-        inv, v, m = _whitened_rows(value, loc, scale)
-        r = torch.addcmul(m, c.unsqueeze(-1), v, value=-1)
+        *per_event, grad_sigma_iso = _gradient_coefficients(grad_out, a, c, p2, t, g, scale, d, needs[2])
+        if rows:
+            inv, v, m, r = rows
+        else:
+            inv, v, m = _whitened_rows(value, loc, scale)
+            r = torch.addcmul(m, c.unsqueeze(-1), v, value=-1)
         coefs = [x.unsqueeze(-1) for x in per_event]
         grad_v, grad_m, grad_sigma = _vector_gradients(
-            v, m, r, inv if inv.shape[-1] > 1 else None, coefs, needs[2]
+            v, m, r, inv if inv is not None and inv.shape[-1] > 1 else None, coefs, needs[2]
         )
         if grad_sigma_iso is not None:
             grad_sigma = grad_sigma_iso.unsqueeze(-1)
         grads = (grad_v, grad_m, grad_sigma)
         return (
             *[
-                grad.sum_to_size(x.shape).to(x.dtype) if need else None
+                _as_dtype(grad.sum_to_size(x.shape), x.dtype) if need else None
                 for grad, x, need in zip(grads, (value, loc, scale), needs, strict=True)
             ],
+            None,
             None,
         )
 
@@ -277,6 +301,20 @@ def _subtraction_is_accurate(mm: Tensor, scale: Tensor, compute_dtype: torch.dty
     if scale.shape[-1] == 1:
         bound = bound / scale.min().to(torch.float64).square()
     return bool(bound <= 2.0**20)
+
+
+def _all_finite(x: Tensor) -> bool:
+    """Whether every element of ``x`` is finite: the largest magnitude decides (NaN propagates through
+    ``max``), in a third of the time of ``isfinite(x).all()`` (NUTS builds the distribution at every step)."""
+    return x.numel() == 0 or math.isfinite(x.detach().abs().max())
+
+
+def _all_positive_finite(x: Tensor) -> bool:
+    """Whether every element of ``x`` is positive and finite (NaN propagates through ``aminmax``)."""
+    if x.numel() == 0:
+        return True
+    low, high = torch.aminmax(x.detach())
+    return bool(low > 0) and math.isfinite(high)
 
 
 class _Coordinates:
@@ -415,12 +453,15 @@ class ProjectedNormal(_PyroProjectedNormal):
         if not torch.is_tensor(scale) and not isinstance(scale, numbers.Real):
             scale = torch.as_tensor(scale, dtype=loc.dtype, device=loc.device)  # a list or an array
         scale_is_number = not torch.is_tensor(scale)
+        self._unit_scale = False  # a Python number 1: log_prob skips the whitening
         if scale_is_number:
             # The common case (NUTS builds the distribution at every step): checked as a number and
             # broadcast without shape arithmetic.
             if validate and not (math.isfinite(scale) and scale > 0):
                 raise ValueError(f"ProjectedNormal: scale must be positive and finite, got {scale!r}")
-            scale = loc.new_full((1,), float(scale))
+            scale = float(scale)
+            self._unit_scale = scale == 1.0
+            scale = loc.new_full((1,), scale)
         else:
             dtype = torch.promote_types(loc.dtype, scale.dtype)
             loc, scale = loc.to(dtype), scale.to(dtype)
@@ -447,9 +488,9 @@ class ProjectedNormal(_PyroProjectedNormal):
         if validate:
             # One check per parameter, with messages naming it (the base class would check only NaN for
             # loc and would let an infinite scale through).
-            if not bool(torch.isfinite(loc).all()):
+            if not _all_finite(loc):
                 raise ValueError(f"ProjectedNormal: {name} must be finite, found NaN or infinite values")
-            if not scale_is_number and not bool(((scale > 0) & torch.isfinite(scale)).all()):
+            if not scale_is_number and not _all_positive_finite(scale):
                 raise ValueError(
                     "ProjectedNormal: scale must be positive and finite, found values <= 0, NaN or infinite"
                 )
@@ -469,6 +510,7 @@ class ProjectedNormal(_PyroProjectedNormal):
         new = self._get_checked_instance(ProjectedNormal, _instance)
         new.loc = self.loc.expand(batch_shape + self.event_shape)
         new.scale = self.scale.expand(batch_shape + self.scale.shape[-1:])
+        new._unit_scale = self._unit_scale
         TorchDistribution.__init__(new, batch_shape, self.event_shape, validate_args=False)
         new._validate_args = self.__dict__.get("_validate_args")
         return new
@@ -613,7 +655,12 @@ class ProjectedNormal(_PyroProjectedNormal):
         numel = _numel(value.shape[:-1], self.batch_shape) * d
         if numel <= _ROWS_MAX_NUMEL:
             # A small batch: float64 throughout costs nothing measurable and saves the conversions.
-            return _RowsLogProb.apply(value, self.loc, self.scale, torch.float64).to(out_dtype)
+            # A unit scale (Pyro's parameterisation, the default) skips the whitening.
+            scale = None if self._unit_scale else self.scale
+            return _as_dtype(_RowsLogProb.apply(value, self.loc, scale, torch.float64, True), out_dtype)
         compute_dtype = out_dtype if out_dtype in (torch.float32, torch.float64) else torch.float32
-        log_prob = _SmallDLogProb if d <= _SMALL_D else _RowsLogProb
-        return log_prob.apply(value, self.loc, self.scale, compute_dtype).to(out_dtype)
+        if d <= _SMALL_D:
+            log_p = _SmallDLogProb.apply(value, self.loc, self.scale, compute_dtype)
+        else:
+            log_p = _RowsLogProb.apply(value, self.loc, self.scale, compute_dtype, False)
+        return _as_dtype(log_p, out_dtype)

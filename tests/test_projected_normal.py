@@ -89,29 +89,38 @@ def batch_route(path):
 
 
 def ours(loc, scale, value, dtype=torch.float64):
-    loc, scale, value = (torch.tensor(x, dtype=dtype) for x in (loc, scale, value))
+    """Our log density; a Python number ``scale`` is passed as such (1.0 takes the unit-scale shortcut)."""
+    loc, value = (torch.tensor(x, dtype=dtype) for x in (loc, value))
+    scale = scale if isinstance(scale, float) else torch.tensor(scale, dtype=dtype)
     return ProjectedNormal(loc, scale, validate_args=False).log_prob(value)
+
+
+def scales_of(scale_kind, scale):
+    """The scale as a tensor and, for a unit scale, also as the number 1.0 (Pyro's parameterisation, which
+    skips the whitening in the small-batch route)."""
+    return [scale, 1.0] if scale_kind == "iso 1" else [scale]
 
 
 def check_float64(d, loc_norm, scale_kind):
     for value_kind in VALUE_KINDS:
         loc, scale, value = make_case(d, loc_norm, scale_kind, value_kind)
         expected = float(mp_projected_normal_log_prob(loc, scale, value))
-        for path in PATHS:
+        for path, given_scale in itertools.product(PATHS, scales_of(scale_kind, scale)):
             with batch_route(path):
-                assert rel_err(ours(loc, scale, value).item(), expected) <= 1e-9, (value_kind, path)
+                actual = ours(loc, given_scale, value).item()
+            assert rel_err(actual, expected) <= 1e-9, (value_kind, path, given_scale)
 
 
 def check_float32(d, loc_norm, scale_kind):
     for value_kind in VALUE_KINDS:
         loc, scale, value = (x.astype(np.float32) for x in make_case(d, loc_norm, scale_kind, value_kind))
         expected = float(mp_projected_normal_log_prob(loc, scale, value))  # at the exact float32 inputs
-        for path in PATHS:
+        for path, given_scale in itertools.product(PATHS, scales_of(scale_kind, scale)):
             with batch_route(path):
-                actual = ours(loc, scale, value, torch.float32)
+                actual = ours(loc, given_scale, value, torch.float32)
             assert actual.dtype == torch.float32
             assert torch.isfinite(actual).all()
-            assert rel_err(actual.item(), expected) <= 1e-4, (value_kind, path)
+            assert rel_err(actual.item(), expected) <= 1e-4, (value_kind, path, given_scale)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -299,6 +308,37 @@ def test_second_derivatives_gradgradcheck(d, scale_kind, path):
     args = (loc, scale.requires_grad_(), value.requires_grad_())
     with batch_route(path):
         assert torch.autograd.gradgradcheck(_log_prob_fn(), args)
+
+
+@pytest.mark.parametrize("d", [2, 3, 20])
+@pytest.mark.parametrize("path", PATHS)
+def test_unit_scale_shortcut_matches_a_tensor_scale(d, path):
+    # A Python 1.0 (the default, Pyro's parameterisation) skips the whitening in the small-batch route: the
+    # same values and gradients as a tensor scale of ones, first and second order, also after expand (Pyro's
+    # plates call it); any other number takes the general route.
+    gen = torch.Generator().manual_seed(d)
+    loc = 2 * torch.randn(4, d, generator=gen, dtype=torch.float64)
+    value = torch.nn.functional.normalize(torch.randn(4, d, generator=gen, dtype=torch.float64), dim=-1)
+    value[0] = -torch.nn.functional.normalize(loc[0], dim=-1)  # the antipode: the tail branch
+
+    def fn(scale):
+        return lambda loc, value: ProjectedNormal(loc, scale, validate_args=False).log_prob(value)
+
+    args = (loc.requires_grad_(), value.requires_grad_())
+    with batch_route(path):
+        for number in (1.0, 2.5):
+            given, reference = fn(number)(*args), fn(torch.full((1,), number, dtype=torch.float64))(*args)
+            torch.testing.assert_close(given, reference, rtol=1e-14, atol=1e-14)
+            grads = [torch.autograd.grad(out.sum(), args) for out in (given, reference)]
+            for g, ref in zip(*grads, strict=True):
+                torch.testing.assert_close(g, ref, rtol=1e-13, atol=1e-13)
+        assert torch.autograd.gradcheck(fn(1.0), args)
+        assert torch.autograd.gradgradcheck(fn(1.0), args)
+        expanded = ProjectedNormal(loc[0].detach()).expand((4,))
+        assert expanded._unit_scale and not ProjectedNormal(loc, 2.5)._unit_scale
+        torch.testing.assert_close(
+            expanded.log_prob(value.detach()), ProjectedNormal(loc[0].detach(), torch.ones(1)).log_prob(value)
+        )
 
 
 @pytest.mark.parametrize("path", PATHS)
