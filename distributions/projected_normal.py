@@ -224,8 +224,9 @@ class _SmallDLogProb(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, value: Tensor, loc: Tensor, scale: Tensor, compute_dtype: torch.dtype) -> Tensor:
-        batch = torch.broadcast_shapes(value.shape[:-1], loc.shape[:-1], scale.shape[:-1])
+    def forward(ctx, value: Tensor, loc: Tensor, scale: Tensor | None, compute_dtype: torch.dtype) -> Tensor:
+        scale_batch = () if scale is None else scale.shape[:-1]  # None: a unit scale, as in _rows_parts
+        batch = torch.broadcast_shapes(value.shape[:-1], loc.shape[:-1], scale_batch)
         d = int(value.shape[-1])  # not a traced 0-d tensor: 0.5 * d * ... would be float32
         # a = v.v, b = v.m and, for now, p2 = m.m; c = b / a. Kept (for the backward pass) apart from the
         # coordinate buffers, which are released before the per-event part: a smaller peak of fresh memory.
@@ -248,7 +249,7 @@ class _SmallDLogProb(torch.autograd.Function):
                 r = m.addcmul_(c, v, value=-1)  # the part of m orthogonal to v: no cancellation
                 p2.addcmul_(r, r)
         t = b.mul_(torch.rsqrt(a, out=v))
-        if scale.shape[-1] == 1:  # whiten the sums; log A + 2 log scale is log |u|^2
+        if scale is not None and scale.shape[-1] == 1:  # whiten the sums; log A + 2 log scale is log |u|^2
             inv = v.copy_(scale[..., 0]).reciprocal_()
             t, p2 = t.mul_(inv), p2.mul_(inv).mul_(inv)
         del coordinate, v, m
@@ -263,9 +264,10 @@ class _SmallDLogProb(torch.autograd.Function):
         if torch.is_grad_enabled():
             return _second_order(value, loc, scale, grad_out, needs)
         d = int(value.shape[-1])
-        *per_event, grad_sigma_iso = _gradient_coefficients(grad_out, a, c, p2, t, g, scale, d)
+        *per_event, grad_sigma_iso = _gradient_coefficients(grad_out, a, c, p2, t, g, scale, d, needs[2])
         # Allocated whether needed or not: untouched memory costs nothing.
-        grad_value, grad_loc, grad_scale = [torch.empty_like(x) for x in (value, loc, scale)]
+        grad_value, grad_loc = torch.empty_like(value), torch.empty_like(loc)
+        grad_scale = None if scale is None else torch.empty_like(scale)
         coordinate = _Coordinates(value, loc, scale, a.shape, n_scratch=3)
         v, m = coordinate.v, coordinate.m
         r, *buffers = coordinate.scratch
@@ -277,15 +279,15 @@ class _SmallDLogProb(torch.autograd.Function):
                 grad_value[..., i] = grad_v.sum_to_size(value.shape[:-1])
             if needs[1]:
                 grad_loc[..., i] = grad_m.sum_to_size(loc.shape[:-1])
-            if grad_sigma is not None:
-                grad_scale[..., i] = grad_sigma.sum_to_size(scale.shape[:-1])
-        if grad_sigma_iso is not None and needs[2]:
-            grad_scale[..., 0] = grad_sigma_iso.sum_to_size(scale.shape[:-1])
+            if grad_sigma is not None and grad_scale is not None:
+                grad_scale[..., i] = grad_sigma.sum_to_size(grad_scale.shape[:-1])
+        if grad_sigma_iso is not None and grad_scale is not None:
+            grad_scale[..., 0] = grad_sigma_iso.sum_to_size(grad_scale.shape[:-1])
         grads = (grad_value, grad_loc, grad_scale)
         return (*[grad if need else None for grad, need in zip(grads, needs, strict=True)], None)
 
 
-def _subtraction_is_accurate(mm: Tensor, scale: Tensor, compute_dtype: torch.dtype) -> bool:
+def _subtraction_is_accurate(mm: Tensor, scale: Tensor | None, compute_dtype: torch.dtype) -> bool:
     """Whether ``|m|^2 - (v.m)^2/a`` may be formed by subtraction in float64 for a float32 result.
 
     ``mm`` is ``|m|^2`` (unwhitened for an isotropic ``scale``). The subtraction's absolute error is a few
@@ -298,7 +300,7 @@ def _subtraction_is_accurate(mm: Tensor, scale: Tensor, compute_dtype: torch.dty
     if torch.jit.is_tracing() or torch.compiler.is_compiling():
         return False
     bound = mm.max()
-    if scale.shape[-1] == 1:
+    if scale is not None and scale.shape[-1] == 1:
         bound = bound / scale.min().to(torch.float64).square()
     return bool(bound <= 2.0**20)
 
@@ -326,9 +328,9 @@ class _Coordinates:
     per 4 KiB on first touch, more than the arithmetic done here on it.
     """
 
-    def __init__(self, value: Tensor, loc: Tensor, scale: Tensor, batch, n_scratch: int) -> None:
+    def __init__(self, value: Tensor, loc: Tensor, scale: Tensor | None, batch, n_scratch: int) -> None:
         self.value, self.loc, self.scale = value, loc, scale
-        n_loaded = 2 if scale.shape[-1] == 1 else 3  # v, m and, for a diagonal scale, 1/sigma
+        n_loaded = 3 if scale is not None and scale.shape[-1] > 1 else 2  # v, m and, if diagonal, 1/sigma
         block = value.new_empty((n_loaded + n_scratch,) + tuple(batch), dtype=torch.float64)
         work = [block[i] for i in range(n_loaded + n_scratch)]  # not unbind: its views can't change in place
         self.v, self.m = work[0], work[1]
@@ -338,7 +340,7 @@ class _Coordinates:
     def load(self, i: int) -> Tensor | None:
         self.v.copy_(self.value[..., i])
         self.m.copy_(self.loc[..., i])
-        if self.inv is not None:
+        if self.inv is not None and self.scale is not None:
             sigma = self.scale[..., i]
             if sigma.shape == self.inv.shape:
                 # 1/sigma rounded once in the scale's dtype and used for both v and m: an exact whitening
@@ -653,14 +655,15 @@ class ProjectedNormal(_PyroProjectedNormal):
         # evaluated in float32 (the event size is static, so the trace may bake it in).
         d = int(self.event_shape[0])
         numel = _numel(value.shape[:-1], self.batch_shape) * d
+        # A unit scale (a Python 1.0: Pyro's parameterisation, the default) skips the whitening.
+        scale = None if self._unit_scale else self.scale
         if numel <= _ROWS_MAX_NUMEL:
             # A small batch: float64 throughout costs nothing measurable and saves the conversions.
-            # A unit scale (Pyro's parameterisation, the default) skips the whitening.
-            scale = None if self._unit_scale else self.scale
-            return _as_dtype(_RowsLogProb.apply(value, self.loc, scale, torch.float64, True), out_dtype)
-        compute_dtype = out_dtype if out_dtype in (torch.float32, torch.float64) else torch.float32
-        if d <= _SMALL_D:
-            log_p = _SmallDLogProb.apply(value, self.loc, self.scale, compute_dtype)
+            log_p = _RowsLogProb.apply(value, self.loc, scale, torch.float64, True)
         else:
-            log_p = _RowsLogProb.apply(value, self.loc, self.scale, compute_dtype, False)
+            compute_dtype = out_dtype if out_dtype in (torch.float32, torch.float64) else torch.float32
+            if d <= _SMALL_D:
+                log_p = _SmallDLogProb.apply(value, self.loc, scale, compute_dtype)
+            else:
+                log_p = _RowsLogProb.apply(value, self.loc, scale, compute_dtype, False)
         return _as_dtype(log_p, out_dtype)
