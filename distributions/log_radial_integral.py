@@ -81,6 +81,7 @@ Inputs of dtype float16/bfloat16 are evaluated in float32 and cast back.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import numpy as np
 import torch
@@ -201,7 +202,9 @@ _SQRT_HALF = math.sqrt(0.5)
 _POWER_CAP = {torch.float32: 1e32, torch.float64: 1e300}
 
 
-def _closed_form(k: int, t: Tensor, abs_max: float | None = None) -> tuple[Tensor, Tensor]:
+def _closed_form(
+    k: int, t: Tensor, abs_max: float | None = None, with_derivative: bool = True
+) -> tuple[Tensor, Tensor | None]:
     """``log J_k(t)`` and ``d/dt log J_k(t)`` from :math:`J_k = J_0 (P_k + Q_k h)` for ``t >= -_T_CLOSED``.
 
     ``J_0 = sqrt(pi/2) erfc(-t/sqrt 2)`` and ``h = exp(-t^2/2) / J_0 = phi(t) / Phi(t)`` with the plain
@@ -212,13 +215,13 @@ def _closed_form(k: int, t: Tensor, abs_max: float | None = None) -> tuple[Tenso
     carried scaled, ``p_j = P_j(t) / s^j`` and ``q_j = Q_j(t) / s^j`` with ``s = max(|t|, 1)``, whose
     recurrence ``p_{j+1} = (t/s) p_j + j s^{-2} p_{j-1}`` cannot overflow (``t^15`` would in float32). The
     two agree to rounding; ``abs_max``, the largest ``|t|`` when the caller knows it, selects the first.
-    Plain differentiable ops: autograd through them gives the second derivative
-    (see :class:`_SmallK`).
+    Without ``with_derivative`` the derivative is ``None`` (not computed). Plain differentiable ops:
+    autograd through them gives the second derivative (see :class:`_SmallK`).
     """
     e = torch.special.erfc(t * -_SQRT_HALF)  # 2 Phi(t)
     h = torch.exp((t * t).mul_(-0.5).add_(_LOG_SQRT_2_OVER_PI)) / e  # exp saves its output: no mul_
     if k == 0:
-        return torch.log(e).add_(_LOG_SQRT_HALF_PI), h
+        return torch.log(e).add_(_LOG_SQRT_HALF_PI), h if with_derivative else None
     if abs_max is not None and abs_max <= _POWER_CAP[t.dtype] ** (1 / k):
         x, eps2, scale = t, 1.0, None
     else:
@@ -240,6 +243,8 @@ def _closed_form(k: int, t: Tensor, abs_max: float | None = None) -> tuple[Tenso
     if scale is not None:
         log_j = log_j.add_(torch.log(scale), alpha=k)
     log_j = log_j.add_(_LOG_SQRT_HALF_PI)
+    if not with_derivative:
+        return log_j, None
     # k J_{k-1} / J_k = k (P_{k-1} + Q_{k-1} h) / (P_k + Q_k h), and the same over s for the scaled form
     k_j_prev = _plus_times(p_prev, q_prev, h).mul_(k) if k > 1 else float(k)  # (P_0, Q_0) = (1, 0)
     return log_j, k_j_prev / (ratio if scale is None else scale * ratio)
@@ -285,9 +290,10 @@ def _is_traced() -> bool:
     return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
-def _log_j_small(k: int, t: Tensor) -> tuple[Tensor, Tensor]:
-    """``log J_k`` and its derivative for ``0 <= k < _K_SMALL``: the closed form, :func:`_log_j_tail` below
-    ``-_T_CLOSED``. Plain differentiable ops (the branches see sanitized copies of ``t``)."""
+def _log_j_small(k: int, t: Tensor, with_derivative: bool = True) -> tuple[Tensor, Tensor | None]:
+    """``log J_k`` and its derivative (``None`` without ``with_derivative``) for ``0 <= k < _K_SMALL``: the
+    closed form, :func:`_log_j_tail` below ``-_T_CLOSED``. Plain differentiable ops (the branches see
+    sanitized copies of ``t``)."""
     threshold = _T_CLOSED[t.dtype][k]
     if t.device.type == "cpu" and not _is_traced() and t.numel():
         # On the CPU a data-dependent branch costs nothing: one reduction decides whether there is a tail
@@ -296,7 +302,8 @@ def _log_j_small(k: int, t: Tensor) -> tuple[Tensor, Tensor]:
         t_min, t_max = (float(x) for x in torch.aminmax(t.detach()))
         has_tail = t_min < -threshold
         # clamp's gradient passes at t = -threshold itself, so both sides of the switch are differentiable.
-        log_j, grad = _closed_form(k, t.clamp(min=-threshold) if has_tail else t, max(-t_min, t_max))
+        t_closed = t.clamp(min=-threshold) if has_tail else t
+        log_j, grad = _closed_form(k, t_closed, max(-t_min, t_max), with_derivative)
         if has_tail:
             flat = t.reshape(-1)
             index = torch.nonzero(flat < -threshold).squeeze(1)
@@ -305,18 +312,19 @@ def _log_j_small(k: int, t: Tensor) -> tuple[Tensor, Tensor]:
                 # The float32 switch points are close to 0 (k = 15: -0.4); the few elements beyond go
                 # through the float64 scheme, whose closed form reaches much further than the quadrature
                 # tail at a fraction of its cost.
-                tail_log_j, tail_grad = (x.float() for x in _log_j_small(k, t_tail.double()))
+                tail_log_j, tail_grad = (cast(Tensor, x).float() for x in _log_j_small(k, t_tail.double()))
             else:
                 tail_log_j, tail_grad = _log_j_tail(k, t_tail)
             log_j = log_j.reshape(-1).index_copy(0, index, tail_log_j).view_as(t)
-            grad = grad.reshape(-1).index_copy(0, index, tail_grad).view_as(t)
+            if grad is not None:
+                grad = grad.reshape(-1).index_copy(0, index, tail_grad).view_as(t)
         return log_j, grad
-    log_j, grad = _closed_form(k, t.clamp(min=-threshold))
+    log_j, grad = _closed_form(k, t.clamp(min=-threshold), with_derivative=with_derivative)
     # Without host synchronisation (CUDA) or under a tracer (whose graph must not bake in a branch): both,
     # on sanitized copies, so that the unused one never produces nan values or gradients.
     tail = t < -threshold
     tail_log_j, tail_grad = _log_j_tail(k, torch.where(tail, t, -threshold))
-    return torch.where(tail, tail_log_j, log_j), torch.where(tail, tail_grad, grad)
+    return torch.where(tail, tail_log_j, log_j), None if grad is None else torch.where(tail, tail_grad, grad)
 
 
 class _SmallK(torch.autograd.Function):
@@ -384,6 +392,8 @@ def log_radial_integral(k: int, t: Tensor) -> Tensor:
         t = t.to(torch.float32)
     if k >= _K_SMALL:
         out = _log_j_quadrature(k, t)[0]
-    else:
+    elif torch.is_grad_enabled() and t.requires_grad:
         out = _SmallK.apply(t, k)
+    else:  # no graph to record: the closed form without its derivative
+        out = _log_j_small(k, t, with_derivative=False)[0]
     return out.to(in_dtype)

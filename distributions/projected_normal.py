@@ -48,13 +48,14 @@ def _as_dtype(x: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 def _rows_parts(
-    value: Tensor, loc: Tensor, scale: Tensor | None, compute_dtype: torch.dtype
-) -> tuple[Tensor, tuple[Tensor, ...], tuple[Tensor | None, ...]]:
+    value: Tensor, loc: Tensor, scale: Tensor | None, compute_dtype: torch.dtype, need_gradient: bool = True
+) -> tuple[Tensor, tuple[Tensor | None, ...], tuple[Tensor | None, ...]]:
     """The projected normal log density (class docstring) in the ``(..., d)`` layout, with the per-event
     numbers its gradient needs, ``(a, c, p2, t, g)``, and the float64 rows ``(1/sigma, v, m, r)``.
 
     ``value (..., d)``, ``loc (..., d)``, ``scale (..., 1 or d)`` broadcastable, or ``scale=None`` for a
-    unit scale (Pyro's parameterisation; ``1/sigma`` is then ``None``). Event sums in float64 (see
+    unit scale (Pyro's parameterisation; ``1/sigma`` is then ``None``). Without ``need_gradient``, ``g`` is
+    ``None`` (not computed: a forward pass without a graph). Event sums in float64 (see
     :meth:`ProjectedNormal.log_prob`), ``log_p`` and ``g = (log J_{d-1})'(t)`` in ``compute_dtype``. ``a``,
     ``c``, ``r``, ``p2`` and ``t`` are as in :class:`_SmallDLogProb` (``a`` unwhitened for an isotropic
     scale). Plain operations: differentiable by autograd, which is how both written-out backward passes
@@ -76,8 +77,15 @@ def _rows_parts(
         # v and m were u and mu: whiten the sums; log A + 2 log scale is log |u|^2
         inv_event = inv[..., 0]
         t, p2 = t * inv_event, p2 * (inv_event * inv_event)
-    log_j, g = log_radial_integral_and_derivative(d - 1, _as_dtype(t, compute_dtype))
+    log_j, g = _log_radial_integral(d - 1, _as_dtype(t, compute_dtype), need_gradient)
     return _log_density(log_j, p2, a, scale, d), (a, c, p2, t, g), (inv, v, m, r)
+
+
+def _log_radial_integral(k: int, t: Tensor, with_derivative: bool) -> tuple[Tensor, Tensor | None]:
+    """``log J_k(t)`` and, ``with_derivative``, its derivative (otherwise ``None``, and not computed)."""
+    if with_derivative:
+        return log_radial_integral_and_derivative(k, t)
+    return log_radial_integral(k, t), None
 
 
 def _log_density(log_j: Tensor, p2: Tensor, a: Tensor, scale: Tensor | None, d: int) -> Tensor:
@@ -158,10 +166,17 @@ class _RowsLogProb(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, value: Tensor, loc: Tensor, scale: Tensor | None, compute_dtype: torch.dtype, keep_rows: bool
+        ctx,
+        value: Tensor,
+        loc: Tensor,
+        scale: Tensor | None,
+        compute_dtype: torch.dtype,
+        need_gradient: bool,
+        keep_rows: bool,
     ) -> Tensor:
-        log_p, per_event, rows = _rows_parts(value, loc, scale, compute_dtype)
-        ctx.save_for_backward(value, loc, scale, *per_event, *(rows if keep_rows else ()))
+        log_p, per_event, rows = _rows_parts(value, loc, scale, compute_dtype, need_gradient)
+        if need_gradient:
+            ctx.save_for_backward(value, loc, scale, *per_event, *(rows if keep_rows else ()))
         return log_p
 
     @staticmethod
@@ -169,7 +184,7 @@ class _RowsLogProb(torch.autograd.Function):
         value, loc, scale, a, c, p2, t, g, *rows = ctx.saved_tensors
         needs = ctx.needs_input_grad[:3]
         if torch.is_grad_enabled():
-            return (*_second_order(value, loc, scale, grad_out, needs), None)
+            return (*_second_order(value, loc, scale, grad_out, needs), None, None)
         d = int(value.shape[-1])  # not a traced 0-d tensor
         *per_event, grad_sigma_iso = _gradient_coefficients(grad_out, a, c, p2, t, g, scale, d, needs[2])
         if rows:
@@ -189,6 +204,7 @@ class _RowsLogProb(torch.autograd.Function):
                 _as_dtype(grad.sum_to_size(x.shape), x.dtype) if need else None
                 for grad, x, need in zip(grads, (value, loc, scale), needs, strict=True)
             ],
+            None,
             None,
             None,
         )
@@ -224,7 +240,9 @@ class _SmallDLogProb(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, value: Tensor, loc: Tensor, scale: Tensor | None, compute_dtype: torch.dtype) -> Tensor:
+    def forward(
+        ctx, value: Tensor, loc: Tensor, scale: Tensor | None, compute_dtype: torch.dtype, need_gradient: bool
+    ) -> Tensor:
         scale_batch = () if scale is None else scale.shape[:-1]  # None: a unit scale, as in _rows_parts
         batch = torch.broadcast_shapes(value.shape[:-1], loc.shape[:-1], scale_batch)
         d = int(value.shape[-1])  # not a traced 0-d tensor: 0.5 * d * ... would be float32
@@ -253,8 +271,9 @@ class _SmallDLogProb(torch.autograd.Function):
             inv = v.copy_(scale[..., 0]).reciprocal_()
             t, p2 = t.mul_(inv), p2.mul_(inv).mul_(inv)
         del coordinate, v, m
-        log_j, g = log_radial_integral_and_derivative(d - 1, t.to(compute_dtype))
-        ctx.save_for_backward(value, loc, scale, a, c, p2, t, g)
+        log_j, g = _log_radial_integral(d - 1, _as_dtype(t, compute_dtype), need_gradient)
+        if need_gradient:
+            ctx.save_for_backward(value, loc, scale, a, c, p2, t, g)
         return _log_density(log_j, p2, a, scale, d)
 
     @staticmethod
@@ -262,7 +281,7 @@ class _SmallDLogProb(torch.autograd.Function):
         value, loc, scale, a, c, p2, t, g = ctx.saved_tensors
         needs = ctx.needs_input_grad[:3]
         if torch.is_grad_enabled():
-            return _second_order(value, loc, scale, grad_out, needs)
+            return (*_second_order(value, loc, scale, grad_out, needs), None)
         d = int(value.shape[-1])
         *per_event, grad_sigma_iso = _gradient_coefficients(grad_out, a, c, p2, t, g, scale, d, needs[2])
         # Allocated whether needed or not: untouched memory costs nothing.
@@ -284,7 +303,7 @@ class _SmallDLogProb(torch.autograd.Function):
         if grad_sigma_iso is not None and grad_scale is not None:
             grad_scale[..., 0] = grad_sigma_iso.sum_to_size(grad_scale.shape[:-1])
         grads = (grad_value, grad_loc, grad_scale)
-        return (*[grad if need else None for grad, need in zip(grads, needs, strict=True)], None)
+        return (*[grad if need else None for grad, need in zip(grads, needs, strict=True)], None, None)
 
 
 def _subtraction_is_accurate(mm: Tensor, scale: Tensor | None, compute_dtype: torch.dtype) -> bool:
@@ -657,13 +676,22 @@ class ProjectedNormal(_PyroProjectedNormal):
         numel = _numel(value.shape[:-1], self.batch_shape) * d
         # A unit scale (a Python 1.0: Pyro's parameterisation, the default) skips the whitening.
         scale = None if self._unit_scale else self.scale
+        # Without a graph to record (no_grad, or no input that requires grad), the forward pass skips the
+        # derivative of the radial integral and saves nothing; not under a tracer, whose graph may later be
+        # called with inputs that do require grad.
+        inputs = (value, self.loc) if scale is None else (value, self.loc, scale)
+        need_gradient = (
+            torch.jit.is_tracing()
+            or torch.compiler.is_compiling()
+            or (torch.is_grad_enabled() and any(x.requires_grad for x in inputs))
+        )
         if numel <= _ROWS_MAX_NUMEL:
             # A small batch: float64 throughout costs nothing measurable and saves the conversions.
-            log_p = _RowsLogProb.apply(value, self.loc, scale, torch.float64, True)
+            log_p = _RowsLogProb.apply(value, self.loc, scale, torch.float64, need_gradient, True)
         else:
             compute_dtype = out_dtype if out_dtype in (torch.float32, torch.float64) else torch.float32
             if d <= _SMALL_D:
-                log_p = _SmallDLogProb.apply(value, self.loc, scale, compute_dtype)
+                log_p = _SmallDLogProb.apply(value, self.loc, scale, compute_dtype, need_gradient)
             else:
-                log_p = _RowsLogProb.apply(value, self.loc, scale, compute_dtype, False)
+                log_p = _RowsLogProb.apply(value, self.loc, scale, compute_dtype, need_gradient, False)
         return _as_dtype(log_p, out_dtype)

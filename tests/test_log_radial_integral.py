@@ -169,7 +169,11 @@ def test_log_radial_integral_and_derivative(k, dtype):
     ts = [-1e4, -20.0, -3.0, -0.2, 0.0, 0.7, 5.0, 1e3]
     log_j, deriv = log_radial_integral_and_derivative(k, torch.tensor(ts, dtype=dtype))
     assert log_j.dtype == deriv.dtype == dtype
+    # Without a graph (the closed form skips its derivative) and with one (the autograd Function): the same.
     torch.testing.assert_close(log_j, log_radial_integral(k, torch.tensor(ts, dtype=dtype)), rtol=0, atol=0)
+    recorded = log_radial_integral(k, torch.tensor(ts, dtype=dtype, requires_grad=True))
+    assert recorded.requires_grad
+    torch.testing.assert_close(log_j, recorded.detach(), rtol=0, atol=0)
     tol = 1e-10 if dtype == torch.float64 else 2e-5
     for value, g in zip(ts, deriv.tolist(), strict=True):
         ref = float(_mp_dlogj(k, value))

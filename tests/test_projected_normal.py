@@ -341,6 +341,32 @@ def test_unit_scale_shortcut_matches_a_tensor_scale(d, path):
         )
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("path", PATHS)
+def test_log_prob_without_a_graph_equals_with_one(path, dtype):
+    # Under no_grad, or with no input that requires grad, the forward pass skips the radial integral's
+    # derivative: the values are the same to the last bit, and a graph is recorded only when asked for.
+    gen = torch.Generator().manual_seed(1)
+    for d, scale in (
+        (3, 1.0),
+        (3, torch.full((1,), 0.7)),
+        (4, 0.5 + torch.rand(4, generator=gen)),
+        (20, 1.0),
+    ):
+        loc = 3 * torch.randn(64, d, generator=gen, dtype=dtype)
+        scale = scale.to(dtype) if torch.is_tensor(scale) else scale
+        value = ProjectedNormal(loc, scale).sample()
+        value[0] = -torch.nn.functional.normalize(loc[0], dim=-1)  # the antipode: the tail branch
+        with batch_route(path):
+            recorded = ProjectedNormal(loc.clone().requires_grad_(), scale).log_prob(value)
+            plain = ProjectedNormal(loc, scale).log_prob(value)
+            with torch.no_grad():
+                no_grad = ProjectedNormal(loc.clone().requires_grad_(), scale).log_prob(value)
+        assert recorded.requires_grad and not plain.requires_grad and not no_grad.requires_grad
+        torch.testing.assert_close(plain, recorded.detach(), rtol=0, atol=0)
+        torch.testing.assert_close(no_grad, recorded.detach(), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("path", PATHS)
 def test_float32_gradients_match_float64(path):
     # The float32 path (float64 sums, float32 per-event rest) against float64 on random events, all three
