@@ -48,13 +48,12 @@ def largest_image_size(num_images: int, channels: int, budget_bytes: int) -> int
     """The largest square size S with ``bytes_needed(num_images, channels, S) <= budget_bytes`` (0: none)."""
     if num_images <= 0:
         raise ValueError(f"num_images must be positive, got {num_images}")
-    per_image = budget_bytes / num_images - 8
+    # In integers, exactly: n (c S^2 + 8) <= B  <=>  c S^2 <= floor(B / n) - 8  <=>  S^2 <= floor(that / c).
+    # (A float B / n rounded up by one size for budgets above about 10^16 bytes.)
+    per_image = int(budget_bytes) // int(num_images) - 8
     if per_image < channels:
         return 0
-    size = math.isqrt(int(per_image // channels))
-    while bytes_needed(num_images, channels, size + 1) <= budget_bytes:  # isqrt of a floor can be one short
-        size += 1
-    return size
+    return math.isqrt(per_image // int(channels))
 
 
 def check_fits(
