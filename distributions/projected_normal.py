@@ -35,10 +35,14 @@ def _gauss_legendre(n: int) -> tuple[Tensor, Tensor]:
 _GAUSS_LEGENDRE_128 = _gauss_legendre(128)
 
 
-def _rowsum(x: Tensor) -> Tensor:
-    """``x.sum(-1)`` as a matrix-vector product: on the CPU a reduction over a short last dimension (d = 3)
-    is up to 30x slower than gemv (and an ``einsum`` of two such tensors becomes a batched 1 x d matmul)."""
-    return x @ x.new_ones(x.shape[-1])
+def _rowsum(x: Tensor, ones: Tensor | None = None) -> Tensor:
+    """``x.sum(-1)``; for a short last dimension (d <= 16) as a matrix-vector product with ``ones`` (made
+    if not given): on the CPU a reduction over d = 3 is several times slower than gemv (and an ``einsum`` of
+    two such tensors becomes a batched 1 x d matmul), while from d = 32 on gemv is the slower (4x at 64)."""
+    d = x.shape[-1]
+    if d > _SMALL_D:
+        return x.sum(-1)
+    return x @ (x.new_ones(d) if ones is None else ones)
 
 
 def _as_dtype(x: Tensor, dtype: torch.dtype) -> Tensor:
@@ -63,15 +67,14 @@ def _rows_parts(
     """
     d = int(value.shape[-1])  # not a traced 0-d tensor: 0.5 * d * ... would be float32
     inv, v, m = _whitened_rows(value, loc, scale)
-    # Event sums as matrix-vector products and squares as products: on the CPU, at the few hundred events
-    # of NUTS, sum(-1) and pow cost several times a multiplication (_rowsum).
-    ones = v.new_ones(d)
-    a = (v * v) @ ones
-    b = (v * m) @ ones
+    # Squares as products: on the CPU, at the few hundred events of NUTS, pow costs twice a multiplication.
+    ones = v.new_ones(d) if d <= _SMALL_D else None
+    a = _rowsum(v * v, ones)
+    b = _rowsum(v * m, ones)
     c = b / a
     # |m|^2 - b^2/a as the squared norm of the part of m orthogonal to v: no cancellation near the mode.
     r = torch.addcmul(m, c.unsqueeze(-1), v, value=-1)
-    p2 = (r * r) @ ones
+    p2 = _rowsum(r * r, ones)
     t = b * torch.rsqrt(a)
     if inv is not None and inv.shape[-1] == 1:
         # v and m were u and mu: whiten the sums; log A + 2 log scale is log |u|^2
