@@ -251,24 +251,32 @@ class _SmallDLogProb(torch.autograd.Function):
         d = int(value.shape[-1])  # not a traced 0-d tensor: 0.5 * d * ... would be float32
         # a = v.v, b = v.m and, for now, p2 = m.m; c = b / a. Kept (for the backward pass) apart from the
         # coordinate buffers, which are released before the per-event part: a smaller peak of fresh memory.
-        sums = value.new_zeros((4,) + tuple(batch), dtype=torch.float64)
+        # The first coordinate's products initialise the sums (no zero fill of fresh memory).
+        sums = value.new_empty((4,) + tuple(batch), dtype=torch.float64)
         a, b, p2, c = [sums[i] for i in range(4)]
         coordinate = _Coordinates(value, loc, scale, batch, n_scratch=0)
         v, m = coordinate.v, coordinate.m
         for i in range(d):
             coordinate.load(i)
-            a.addcmul_(v, v)
-            b.addcmul_(v, m)
-            p2.addcmul_(m, m)
+            if i == 0:
+                torch.mul(v, v, out=a)
+                torch.mul(v, m, out=b)
+                torch.mul(m, m, out=p2)
+            else:
+                a.addcmul_(v, v)
+                b.addcmul_(v, m)
+                p2.addcmul_(m, m)
         torch.div(b, a, out=c)
         if _subtraction_is_accurate(p2, scale, compute_dtype):
             p2.addcmul_(b, c, value=-1).clamp_(min=0.0)  # |m|^2 - (v.m)^2 / a
         else:
-            p2.zero_()
             for i in range(d):
                 coordinate.load(i)
                 r = m.addcmul_(c, v, value=-1)  # the part of m orthogonal to v: no cancellation
-                p2.addcmul_(r, r)
+                if i == 0:
+                    torch.mul(r, r, out=p2)
+                else:
+                    p2.addcmul_(r, r)
         t = b.mul_(torch.rsqrt(a, out=v))
         if scale is not None and scale.shape[-1] == 1:  # whiten the sums; log A + 2 log scale is log |u|^2
             inv = v.copy_(scale[..., 0]).reciprocal_()
