@@ -671,7 +671,9 @@ class ProjectedNormal(_PyroProjectedNormal):
         ``d <= 16``, a loop over the event coordinates in reused float64 buffers (no ``(..., d)`` float64
         temporaries, no reductions over a short last dimension) and otherwise the ``(..., d)`` layout. All
         have their backward pass written out (about a tenth of the graph autograd would record); second
-        derivatives go through autograd of the plain formula.
+        derivatives go through autograd of the plain formula. A unit scale given as the number ``1.0`` (the
+        default, Pyro's parameterisation) skips the whitening, and without a graph to record (``no_grad``, or
+        no input that requires grad) the radial integral's derivative is not computed.
         """
         if self._validate_args:
             if value.shape[-1:] != self.event_shape:
