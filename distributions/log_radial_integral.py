@@ -81,7 +81,6 @@ Inputs of dtype float16/bfloat16 are evaluated in float32 and cast back.
 from __future__ import annotations
 
 import math
-from typing import cast
 
 import numpy as np
 import torch
@@ -301,23 +300,27 @@ def _log_j_small(k: int, t: Tensor, with_derivative: bool = True) -> tuple[Tenso
         # closed form may go unscaled.
         t_min, t_max = (float(x) for x in torch.aminmax(t.detach()))
         has_tail = t_min < -threshold
+        recording = torch.is_grad_enabled() and t.requires_grad
         # clamp's gradient passes at t = -threshold itself, so both sides of the switch are differentiable.
-        t_closed = t.clamp(min=-threshold) if has_tail else t
+        # Without a graph the closed form runs on t itself: its values at the tail are overwritten below.
+        t_closed = t.clamp(min=-threshold) if has_tail and recording else t
         log_j, grad = _closed_form(k, t_closed, max(-t_min, t_max), with_derivative)
         if has_tail:
             flat = t.reshape(-1)
             index = torch.nonzero(flat < -threshold).squeeze(1)
             t_tail = flat.index_select(0, index)
+            tail_grad: Tensor | None
             if t.dtype == torch.float32:
                 # The float32 switch points are close to 0 (k = 15: -0.4); the few elements beyond go
                 # through the float64 scheme, whose closed form reaches much further than the quadrature
                 # tail at a fraction of its cost.
-                tail_log_j, tail_grad = (cast(Tensor, x).float() for x in _log_j_small(k, t_tail.double()))
+                tail_log_j, tail_grad = _log_j_small(k, t_tail.double(), with_derivative)
+                tail_log_j, tail_grad = tail_log_j.float(), None if tail_grad is None else tail_grad.float()
             else:
                 tail_log_j, tail_grad = _log_j_tail(k, t_tail)
-            log_j = log_j.reshape(-1).index_copy(0, index, tail_log_j).view_as(t)
-            if grad is not None:
-                grad = grad.reshape(-1).index_copy(0, index, tail_grad).view_as(t)
+            log_j = _put(log_j, index, tail_log_j, recording).view_as(t)
+            if grad is not None and tail_grad is not None:
+                grad = _put(grad, index, tail_grad, recording).view_as(t)
         return log_j, grad
     log_j, grad = _closed_form(k, t.clamp(min=-threshold), with_derivative=with_derivative)
     # Without host synchronisation (CUDA) or under a tracer (whose graph must not bake in a branch): both,
@@ -325,6 +328,13 @@ def _log_j_small(k: int, t: Tensor, with_derivative: bool = True) -> tuple[Tenso
     tail = t < -threshold
     tail_log_j, tail_grad = _log_j_tail(k, torch.where(tail, t, -threshold))
     return torch.where(tail, tail_log_j, log_j), None if grad is None else torch.where(tail, tail_grad, grad)
+
+
+def _put(x: Tensor, index: Tensor, values: Tensor, recording: bool) -> Tensor:
+    """``x`` flattened with ``values`` at ``index``: in place where no graph is recorded (a copy of a whole
+    batch saved), out of place otherwise (autograd needs the original)."""
+    flat = x.reshape(-1)
+    return flat.index_copy(0, index, values) if recording else flat.index_copy_(0, index, values)
 
 
 class _SmallK(torch.autograd.Function):
