@@ -82,6 +82,7 @@ def test_every_collaborator_gets_the_configs_values(tmp_path, monkeypatch):
         seed=11,
         cache_dir=str(tmp_path / "cache"),
         image_size=8,
+        data_dir=str(tmp_path / "data"),
     )
     trainer = Trainer(config, progress=False)
     resolved = config.resolved()
@@ -95,7 +96,10 @@ def test_every_collaborator_gets_the_configs_values(tmp_path, monkeypatch):
         trainer.run_dir == tmp_path / "run" and trainer.checkpoint_path == tmp_path / "run" / "checkpoint.pt"
     )
     assert data == [
-        (("digits", None, cpu, False, None), {"image_size": 8, "cache_dir": str(tmp_path / "cache")})
+        (
+            ("digits", str(tmp_path / "data"), cpu, False, None),
+            {"image_size": 8, "cache_dir": str(tmp_path / "cache")},
+        )
     ]
     train_set = trainer.train_set
     assert len(trainer.test_set) > 0 and not trainer.eval_sets.skipped
@@ -147,11 +151,12 @@ def test_a_fake_world_of_two_reaches_every_part(tmp_path, monkeypatch):
 def test_supcon_asks_for_labelled_images_and_max_steps_only_shortens(tmp_path, monkeypatch):
     data = _data_with_options(monkeypatch)
     schedule = _spy(monkeypatch, "warmup_cosine")
-    trainer = Trainer(_config(tmp_path, "a", method="supcon", epochs=2, max_steps=3, warmup_epochs=10))
+    trainer = Trainer(_config(tmp_path, "a", method="supcon", epochs=3, max_steps=3, warmup_epochs=10))
     spe = trainer.loader.steps_per_epoch
     assert data[0][0][3] is True and data[0][1] == {}
     assert trainer.total_steps == 3
-    assert schedule[0][0][1:] == (2 * spe, spe)  # every epoch scheduled; warm-up capped at half of it
+    # every epoch scheduled; the warm-up capped at half of it, in whole steps
+    assert schedule[0][0][1:] == (3 * spe, 3 * spe // 2) and type(schedule[0][0][2]) is int
     long = Trainer(_config(tmp_path, "b", epochs=1, max_steps=10**6))
     assert long.total_steps == long.loader.steps_per_epoch
 
@@ -206,8 +211,9 @@ def test_online_knn_when_asked_and_refused_without_evaluation_sets(tmp_path, mon
     sets = trainer.eval_sets
     assert knn == [((sets.train, sets.test, trainer.augment.normalize), {"amp": True})]
     assert every[-1][0] == (2, trainer.train_set, False)
-    Trainer(_config(tmp_path, "b", normal_class=3), progress=False)
+    one_class = Trainer(_config(tmp_path, "b", normal_class=3), progress=False)
     assert every[-1][0][0] is None and every[-1][0][2] is True  # one class: no automatic kNN
+    assert set(one_class.train_set.labels.tolist()) == {3}  # trains on the normal class only
 
     real = train_module.training_data
 
