@@ -108,7 +108,8 @@ def check_float64(d, loc_norm, scale_kind):
         for path, given_scale in itertools.product(PATHS, scales_of(scale_kind, scale)):
             with batch_route(path):
                 actual = ours(loc, given_scale, value).item()
-            assert rel_err(actual, expected) <= 1e-9, (value_kind, path, given_scale)
+            # Measured worst over the dense set: 3.6e-13 (d = 4, |loc| = 1e4, diagonal, near the mode).
+            assert rel_err(actual, expected) <= 2e-12, (value_kind, path, given_scale)
 
 
 def check_float32(d, loc_norm, scale_kind):
@@ -120,7 +121,8 @@ def check_float32(d, loc_norm, scale_kind):
                 actual = ours(loc, given_scale, value, torch.float32)
             assert actual.dtype == torch.float32
             assert torch.isfinite(actual).all()
-            assert rel_err(actual.item(), expected) <= 1e-4, (value_kind, path, given_scale)
+            # Measured worst over the dense set: 1.8e-6 (d = 512, per-event part in float32).
+            assert rel_err(actual.item(), expected) <= 1e-5, (value_kind, path, given_scale)
 
 
 # --------------------------------------------------------------------------------------------------
