@@ -86,6 +86,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from distributions.tracing import is_traced
+
 __all__ = ["log_radial_integral", "log_radial_integral_and_derivative"]
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -285,16 +287,12 @@ def _log_j_tail(k: int, t: Tensor) -> tuple[Tensor, Tensor]:
     return log_jm - acc, rho - t
 
 
-def _is_traced() -> bool:
-    return torch.jit.is_tracing() or torch.compiler.is_compiling()
-
-
 def _log_j_small(k: int, t: Tensor, with_derivative: bool = True) -> tuple[Tensor, Tensor | None]:
     """``log J_k`` and its derivative (``None`` without ``with_derivative``) for ``0 <= k < _K_SMALL``: the
     closed form, :func:`_log_j_tail` below ``-_T_CLOSED``. Plain differentiable ops (the branches see
     sanitized copies of ``t``)."""
     threshold = _T_CLOSED[t.dtype][k]
-    if t.device.type == "cpu" and not _is_traced() and t.numel():
+    if t.device.type == "cpu" and not is_traced() and t.numel():
         # On the CPU a data-dependent branch costs nothing: one reduction decides whether there is a tail
         # to evaluate (only where it is needed, by indices: usually a handful of elements) and whether the
         # closed form may go unscaled.

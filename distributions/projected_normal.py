@@ -16,6 +16,7 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from distributions.log_radial_integral import log_radial_integral, log_radial_integral_and_derivative
+from distributions.tracing import is_traced
 
 __all__ = ["ProjectedNormal"]
 
@@ -327,7 +328,7 @@ def _subtraction_is_accurate(mm: Tensor, scale: Tensor | None, compute_dtype: to
     """
     if compute_dtype != torch.float32 or mm.device.type != "cpu" or mm.numel() == 0:
         return False
-    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+    if is_traced():
         return False
     bound = mm.max()
     if scale is not None and scale.shape[-1] == 1:
@@ -693,11 +694,7 @@ class ProjectedNormal(_PyroProjectedNormal):
         # derivative of the radial integral and saves nothing; not under a tracer, whose graph may later be
         # called with inputs that do require grad.
         inputs = (value, self.loc) if scale is None else (value, self.loc, scale)
-        need_gradient = (
-            torch.jit.is_tracing()
-            or torch.compiler.is_compiling()
-            or (torch.is_grad_enabled() and any(x.requires_grad for x in inputs))
-        )
+        need_gradient = is_traced() or (torch.is_grad_enabled() and any(x.requires_grad for x in inputs))
         if numel <= _ROWS_MAX_NUMEL:
             # A small batch: float64 throughout costs nothing measurable and saves the conversions.
             log_p = _RowsLogProb.apply(value, self.loc, scale, torch.float64, need_gradient, True)

@@ -39,6 +39,7 @@ from torch.distributions.utils import lazy_property
 
 from distributions.hyperspherical_uniform import HypersphericalUniform, log_sphere_area
 from distributions.rotation import rotate_from_pole
+from distributions.tracing import is_traced
 
 __all__ = ["VonMisesFisher", "bessel_iv_ratio", "log_bessel_iv", "vmf_log_normalizer"]
 
@@ -388,7 +389,7 @@ def _sample_w_wood(kappa: Tensor, d: int) -> tuple[Tensor, Tensor]:
     b = (d - 1) / (2.0 * kappa + torch.sqrt(4.0 * kappa * kappa + float((d - 1) ** 2)))
     a = 2.0 * b / (1.0 + b)
     tm, tp, done = _wood_proposal(kappa, b, a, alpha, d)
-    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+    if is_traced():
         for _ in range(_TRACED_ROUNDS - 1):
             tm2, tp2, acc2 = _wood_proposal(kappa, b, a, alpha, d)
             take = acc2 & ~done
