@@ -331,6 +331,16 @@ class PolarStudentT(TorchDistribution):
         log_r = r.log()
         return self._directional_log_prob(u) + self.radial_log_prob(log_r) - self.dim * log_r
 
+    def entropy(self) -> torch.Tensor:
+        """Not available in closed form (the directional factor has none).
+
+        :raises NotImplementedError: always, naming the Monte Carlo estimator to use instead.
+        """
+        raise NotImplementedError(
+            "PolarStudentT.entropy() has no closed form (its directional factor has none); estimate it by "
+            "Monte Carlo, e.g. -dist.log_prob(dist.rsample((n,))).mean(0) (standard error std / sqrt(n))"
+        )
+
     def _validate_unit(self, u: torch.Tensor) -> None:
         if not isinstance(u, torch.Tensor) or u.shape[-1:] != self.event_shape:
             shape = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
