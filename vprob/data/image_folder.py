@@ -53,7 +53,7 @@ def _images_under(folder: Path) -> list[Path]:
         for p in folder.rglob("*")
         if p.suffix.lower() in IMAGE_SUFFIXES
         and p.is_file()
-        and all(_visible(part) for part in p.relative_to(folder).parents if part != Path("."))
+        and all(_visible(part) for part in p.relative_to(folder).parents)  # "." has the name "": visible
         and _visible(p)
     )
 
