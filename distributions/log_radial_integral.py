@@ -81,6 +81,7 @@ Inputs of dtype float16/bfloat16 are evaluated in float32 and cast back.
 from __future__ import annotations
 
 import math
+from typing import Literal, overload
 
 import numpy as np
 import torch
@@ -126,15 +127,15 @@ _GH_CACHE: dict[tuple[int, torch.dtype, torch.device], tuple[Tensor, Tensor]] = 
 
 def _hermite_rule(n: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
     """Gauss--Hermite nodes ``x`` and ``x**2 + log(w)`` (weight ``exp(-x**2)``), cached per dtype/device."""
+    x, offset = _GH_RULES[n]
     if torch.jit.is_tracing():
         # A cache filled during one trace would make the next trace of the same code record fewer ops
         # (torch.jit.trace's check compares them); the conversion of 2 x 48 numbers is cheap.
-        return tuple(r.to(dtype=dtype, device=device) for r in _GH_RULES[n])
+        return x.to(dtype=dtype, device=device), offset.to(dtype=dtype, device=device)
     key = (n, dtype, device)
     rule = _GH_CACHE.get(key)
     if rule is None:
-        rule = tuple(r.to(dtype=dtype, device=device) for r in _GH_RULES[n])
-        _GH_CACHE[key] = rule
+        rule = _GH_CACHE[key] = (x.to(dtype=dtype, device=device), offset.to(dtype=dtype, device=device))
     return rule
 
 
@@ -145,15 +146,10 @@ def _num_nodes(k: int, dtype: torch.dtype) -> int:
     raise AssertionError("unreachable")
 
 
-def _log_j_quadrature(
-    k: int, t: Tensor, with_ratio: bool = False
-) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """Laplace-centred Gauss--Hermite estimate of ``log J_k(t)`` (item 2 of the module docstring).
-
-    With ``with_ratio`` also returns ``J_{k+1}(t) / J_k(t) = E[r]`` and ``d/dt log J_k = E[r] - t`` from
-    the same nodes, each formed without cancellation: ``E[r] = r_* + E[r - r_*]`` (small for ``t << 0``)
-    and ``E[r] - t = delta + E[r - r_*]`` (small for ``t >> 0``).
-    """
+def _laplace_quadrature(k: int, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Laplace-centred Gauss--Hermite estimate of ``log J_k(t)`` (item 2 of the module docstring), with the
+    numbers :func:`_log_j_quadrature_with_ratio` reuses: ``(log_j, g, h, r_*, delta)``, ``g`` and ``h`` of
+    shape ``t.shape + (nodes,)``."""
     a = float(k + 1)
     x, offset = _hermite_rule(_num_nodes(k, t.dtype), t.dtype, t.device)
     # sqrt(t^2 + 4a) without overflow; new_full rather than new_tensor, which would copy from the host.
@@ -176,8 +172,19 @@ def _log_j_quadrature(
     # safe for autograd: addcmul's backward needs h, not its output).
     g = torch.addcmul(offset, h, h, value=-0.5).add_(em1 - y, alpha=-a)
     log_j = a * torch.log(r) - 0.5 * delta.square() - 0.5 * torch.log(half_curvature) + torch.logsumexp(g, -1)
-    if not with_ratio:
-        return log_j, None, None
+    return log_j, g, h, r, delta
+
+
+def _log_j_quadrature(k: int, t: Tensor) -> Tensor:
+    """``log J_k(t)`` by :func:`_laplace_quadrature`."""
+    return _laplace_quadrature(k, t)[0]
+
+
+def _log_j_quadrature_with_ratio(k: int, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``log J_k(t)``, ``J_{k+1}(t) / J_k(t) = E[r]`` and ``d/dt log J_k = E[r] - t`` from the same nodes,
+    each formed without cancellation: ``E[r] = r_* + E[r - r_*]`` (small for ``t << 0``) and
+    ``E[r] - t = delta + E[r - r_*]`` (small for ``t >> 0``)."""
+    log_j, g, h, r, delta = _laplace_quadrature(k, t)
     # E[r - r_*] under the normalized quadrature weights (r_i - r_* = h_i).
     mean_h = torch.einsum("...n,...n->...", torch.softmax(g, dim=-1), h)
     return log_j, r + mean_h, delta + mean_h
@@ -223,6 +230,8 @@ def _closed_form(
     h = torch.exp((t * t).mul_(-0.5).add_(_LOG_SQRT_2_OVER_PI)) / e  # exp saves its output: no mul_
     if k == 0:
         return torch.log(e).add_(_LOG_SQRT_HALF_PI), h if with_derivative else None
+    eps2: Tensor | float
+    scale: Tensor | None
     if abs_max is not None and abs_max <= _POWER_CAP[t.dtype] ** (1 / k):
         x, eps2, scale = t, 1.0, None
     else:
@@ -231,7 +240,10 @@ def _closed_form(
         x, eps2 = t * eps, eps * eps
     # (P_0, P_1) = (1, x) and (Q_0, Q_1) = (0, 1/s), with x = t/s and 1/s = 1 when unscaled; the step is
     # P_{j+1} = x P_j + j s^-2 P_{j-1}. Python scalars until the first step.
-    p_prev, p, q_prev, q = 1.0, x, 0.0, (1.0 if scale is None else eps)
+    p: Tensor = x
+    p_prev: Tensor | float = 1.0
+    q: Tensor | float = 1.0 if scale is None else eps
+    q_prev: Tensor | float = 0.0
     if k > 1:
         # P_2 = x^2 + s^-2, Q_2 = x Q_1 (= x unscaled)
         p_prev, p, q_prev, q = p, (x * x).add_(eps2), q, x * q if torch.is_tensor(q) else x
@@ -251,17 +263,20 @@ def _closed_form(
     return log_j, k_j_prev / (ratio if scale is None else scale * ratio)
 
 
-def _plus_times(p: Tensor, q: Tensor | float, h: Tensor) -> Tensor:
-    """``p + q h`` where ``q`` may be the Python number 1 (unscaled ``Q_1``)."""
-    if torch.is_tensor(q):
-        return torch.addcmul(p, q, h)
+def _plus_times(p: Tensor | float, q: Tensor | float, h: Tensor) -> Tensor:
+    """``p + q h`` where ``q`` may be the Python number 1 (unscaled ``Q_1``) and ``p`` a number."""
+    if isinstance(q, Tensor):
+        return torch.addcmul(p, q, h) if isinstance(p, Tensor) else q * h + p
     return p + h if q == 1.0 else p + q * h
 
 
-def _recurrence_step(x: Tensor, p: Tensor, p_prev: Tensor, eps2: Tensor | float, j: int) -> Tensor:
-    """``x p + j eps2 p_prev``: one step of the (scaled) three-term recurrence."""
-    if isinstance(eps2, float):  # unscaled (eps2 = 1): x p + j p_prev, p_prev maybe the number Q_1 = 1
-        return torch.addcmul(p_prev * float(j), x, p) if torch.is_tensor(p_prev) else (x * p).add_(j * p_prev)
+def _recurrence_step(x: Tensor, p: Tensor, p_prev: Tensor | float, eps2: Tensor | float, j: int) -> Tensor:
+    """``x p + j eps2 p_prev``: one step of the (scaled) three-term recurrence; ``p_prev`` may be the
+    number ``Q_1 = 1`` only unscaled (``eps2 = 1``)."""
+    if isinstance(p_prev, float):
+        return (x * p).add_(j * p_prev)
+    if isinstance(eps2, float):  # unscaled: eps2 = 1
+        return torch.addcmul(p_prev * float(j), x, p)
     return torch.addcmul(x * p, eps2, p_prev, value=float(j))
 
 
@@ -279,12 +294,20 @@ def _log_j_tail(k: int, t: Tensor) -> tuple[Tensor, Tensor]:
     last ratio gives the derivative, ``d/dt log J_k = J_{k+1}/J_k - t``."""
     if k == 0:
         return _log_j0_tail(t)
-    log_jm, rho, _ = _log_j_quadrature(_K_SMALL, t, with_ratio=True)
+    log_jm, rho, _ = _log_j_quadrature_with_ratio(_K_SMALL, t)
     acc = torch.zeros_like(t)
     for j in range(_K_SMALL, k, -1):
         rho = j / (rho - t)  # rho_j = J_j / J_{j-1} from rho_{j+1}
         acc = acc + torch.log(rho)
     return log_jm - acc, rho - t
+
+
+@overload
+def _log_j_small(k: int, t: Tensor, with_derivative: Literal[True] = True) -> tuple[Tensor, Tensor]: ...
+
+
+@overload
+def _log_j_small(k: int, t: Tensor, with_derivative: bool) -> tuple[Tensor, Tensor | None]: ...
 
 
 def _log_j_small(k: int, t: Tensor, with_derivative: bool = True) -> tuple[Tensor, Tensor | None]:
@@ -371,7 +394,7 @@ def log_radial_integral_and_derivative(k: int, t: Tensor) -> tuple[Tensor, Tenso
         raise TypeError(f"log_radial_integral_and_derivative: t must be float32 or float64, got {t.dtype}")
     if k < _K_SMALL:
         return _log_j_small(k, t)
-    log_j, _, deriv = _log_j_quadrature(k, t, with_ratio=True)
+    log_j, _, deriv = _log_j_quadrature_with_ratio(k, t)
     return log_j, deriv
 
 
@@ -399,7 +422,7 @@ def log_radial_integral(k: int, t: Tensor) -> Tensor:
     if in_dtype not in (torch.float32, torch.float64):
         t = t.to(torch.float32)
     if k >= _K_SMALL:
-        out = _log_j_quadrature(k, t)[0]
+        out = _log_j_quadrature(k, t)
     elif torch.is_grad_enabled() and t.requires_grad:
         out = _SmallK.apply(t, k)
     else:  # no graph to record: the closed form without its derivative
