@@ -112,16 +112,14 @@ def resize_square(images: Tensor, size: int) -> Tensor:
 def _decode_path(path: Path, size: int) -> Tensor:
     from torchvision.io import ImageReadMode, decode_image, read_file
 
-    with warnings.catch_warnings():  # torchvision >= 0.29 announces its deprecation on every call
-        warnings.filterwarnings("ignore", ".*decoding and encoding capabilities", DeprecationWarning)
-        try:
-            data = read_file(str(path))
-        except (OSError, RuntimeError) as err:
-            raise ValueError(f"{path}: cannot be read ({err})") from err
-        try:
-            image = decode_image(data, mode=ImageReadMode.RGB)
-        except (RuntimeError, ValueError) as err:
-            raise ValueError(f"{path}: not a readable JPEG or PNG image ({err})") from err
+    try:
+        data = read_file(str(path))
+    except (OSError, RuntimeError) as err:
+        raise ValueError(f"{path}: cannot be read ({err})") from err
+    try:
+        image = decode_image(data, mode=ImageReadMode.RGB)
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(f"{path}: not a readable JPEG or PNG image ({err})") from err
     if image.dtype == torch.uint16:  # a 16-bit PNG
         image = (image.to(torch.int32) >> 8).to(torch.uint8)
     if image.ndim != 3 or image.shape[0] != 3 or min(image.shape[1:]) < 1:
@@ -147,17 +145,22 @@ def decode_files(paths: Sequence[Path], size: int, threads: int | None = None) -
     # torch's own intra-op threads would oversubscribe the pool's, so the resize runs single-threaded.
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
+    # torchvision >= 0.29 announces its deprecation on every decode. Warning filters are process-wide and
+    # catch_warnings is not thread-safe (one worker leaving it restored the filters while another decoded,
+    # letting the notice through), so it is silenced once here, around the whole pool.
     try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", ".*decoding and encoding capabilities", DeprecationWarning)
 
-        def work(i: int) -> None:
-            out[i] = _decode_path(Path(paths[i]), size)
+            def work(i: int) -> None:
+                out[i] = _decode_path(Path(paths[i]), size)
 
-        pool = ThreadPoolExecutor(max_workers=max(1, threads))
-        try:
-            for _ in pool.map(work, range(len(paths))):  # re-raises the first failure, in path order
-                pass
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)  # a failure drops the queued files
+            pool = ThreadPoolExecutor(max_workers=max(1, threads))
+            try:
+                for _ in pool.map(work, range(len(paths))):  # re-raises the first failure, in path order
+                    pass
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)  # a failure drops the queued files
     finally:
         torch.set_num_threads(previous)
     return out
