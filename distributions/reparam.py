@@ -116,7 +116,7 @@ def _install_strategy_dispatch() -> None:
             return None if is_observed else ProjectedNormalReparam()
         return original(fn, is_observed)
 
-    _minimal_reparam._vprob_wrapped = True
+    _minimal_reparam._vprob_wrapped = True  # type: ignore[attr-defined]
     _strategies._minimal_reparam = _minimal_reparam
 
 

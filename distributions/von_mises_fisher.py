@@ -58,7 +58,8 @@ _DEBYE_TERMS = 18
 
 def _poly_add(a: list[Fraction], b: list[Fraction]) -> list[Fraction]:
     n = max(len(a), len(b))
-    return [(a[i] if i < len(a) else 0) + (b[i] if i < len(b) else 0) for i in range(n)]
+    zero = Fraction(0)
+    return [(a[i] if i < len(a) else zero) + (b[i] if i < len(b) else zero) for i in range(n)]
 
 
 def _poly_mul(a: list[Fraction], b: list[Fraction]) -> list[Fraction]:
@@ -79,8 +80,8 @@ def _debye_u(k_max: int) -> tuple[tuple[Fraction, ...], ...]:
     us = [[Fraction(1)]]
     for _ in range(k_max):
         u = us[-1]
-        first = _poly_mul([0, 0, Fraction(1, 2), 0, Fraction(-1, 2)], _poly_der(u))
-        integrand = _poly_mul([1, 0, -5], u)
+        first = _poly_mul([Fraction(c) for c in (0, 0, Fraction(1, 2), 0, Fraction(-1, 2))], _poly_der(u))
+        integrand = _poly_mul([Fraction(c) for c in (1, 0, -5)], u)
         second = [Fraction(0)] + [c / (8 * (i + 1)) for i, c in enumerate(integrand)]
         us.append(_poly_add(first, second))
     return tuple(tuple(u) for u in us)
@@ -189,7 +190,7 @@ def _series_coefficients() -> tuple[tuple[float, ...], tuple[float, ...]]:
     """
     bern = [Fraction(1)]
     for m in range(1, 42):
-        bern.append(-sum(math.comb(m + 1, j) * bern[j] for j in range(m)) / (m + 1))
+        bern.append(-sum((math.comb(m + 1, j) * bern[j] for j in range(m)), Fraction(0)) / (m + 1))
     sinh_c = tuple(float(Fraction(1, math.factorial(2 * k + 1))) for k in range(1, 12))
     langevin_c = tuple(
         float(Fraction(2 ** (2 * n)) * bern[2 * n] / math.factorial(2 * n)) for n in range(1, 21)
