@@ -590,6 +590,7 @@ def test_cuda_matches_cpu_without_host_synchronization():
         value = ProjectedNormal(loc, scale).sample()
         loc_cpu = loc.clone().requires_grad_()
         expected = ProjectedNormal(loc_cpu, scale).log_prob(value)
+        expected_unit = ProjectedNormal(loc).log_prob(value)
         (expected_grad,) = torch.autograd.grad(expected.sum(), loc_cpu)
         args = [x.to(device) for x in (loc, scale, value)]
         # First calls copy the quadrature nodes to the device (cached afterwards).
@@ -604,8 +605,14 @@ def test_cuda_matches_cpu_without_host_synchronization():
             (grad,) = torch.autograd.grad(actual.sum(), loc_cuda)
             sample = pn.rsample((2,))
             log_radial_integral(d - 1, args[2][:, 0] * 100)
+            # The unit-scale shortcut, and a forward pass without a graph (no derivative computed).
+            unit = ProjectedNormal(args[0], validate_args=False).log_prob(args[2])
+            with torch.no_grad():
+                no_graph = ProjectedNormal(loc_cuda, args[1], validate_args=False).log_prob(args[2])
         finally:
             torch.cuda.set_sync_debug_mode("default")
+        torch.testing.assert_close(unit.cpu(), expected_unit, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(no_graph, actual.detach(), rtol=0, atol=0)
         torch.testing.assert_close(actual.detach().cpu(), expected.detach(), rtol=1e-5, atol=1e-4)
         torch.testing.assert_close(grad.cpu(), expected_grad, rtol=1e-4, atol=1e-4)
         assert sample.shape == (2, n, d)
