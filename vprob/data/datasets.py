@@ -298,9 +298,11 @@ def _read_jpeg_npz(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, tupl
     """Read and check one split file; returns (jpeg bytes, offsets, labels, class names)."""
     names = ("jpeg", "offsets", "y", "classes")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            if not isinstance(npz, np.lib.npyio.NpzFile):
-                raise ValueError("a single .npy array, not an .npz archive")
+        npz = np.load(path, allow_pickle=False)
+        # A .npy file loads as an array, which is no context manager: checked before `with`.
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise ValueError("a single .npy array, not an .npz archive")
+        with npz:
             found = sorted(npz.files)
             arrays = {k: npz[k] for k in names if k in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
