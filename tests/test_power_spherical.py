@@ -384,6 +384,30 @@ def test_trace_mean_field_elbo_uses_the_exact_kl():
 # gradients
 
 
+def test_batch_straddling_the_stirling_switch_equals_each_member():
+    # On the CPU the normaliser evaluates only the branch every concentration of the batch is on; a batch on
+    # both sides of alpha = 20 takes both and merges them. Each member alone (one branch, checked against
+    # mpmath above) must give the same values and gradients.
+    d = 3
+    loc = random_loc(d, seed=3)
+    kappas = torch.tensor([0.0, 0.5, 18.99, 19.0, 100.0], dtype=F64, requires_grad=True)
+    x = unit(torch.randn(5, d, dtype=F64, generator=torch.Generator().manual_seed(0)))
+    uniform = HypersphericalUniform(d, dtype=F64)
+
+    def terms(p, value):
+        return p.log_prob(value), p.entropy(), kl_divergence(p, uniform)
+
+    batched = terms(PowerSpherical(loc.expand(5, d), kappas), x)
+    grads = torch.autograd.grad(sum(t.sum() for t in batched), kappas)[0]
+    for i in range(5):
+        kappa = kappas[i].detach().clone().requires_grad_()
+        alone = terms(PowerSpherical(loc, kappa), x[i])
+        for b, a in zip(batched, alone, strict=True):
+            torch.testing.assert_close(b[i], a, rtol=1e-15, atol=1e-15)
+        (grad,) = torch.autograd.grad(sum(alone), kappa)
+        torch.testing.assert_close(grads[i], grad, rtol=1e-14, atol=1e-14)
+
+
 @pytest.mark.parametrize("d,kappa", [(2, 0.0), (3, 0.7), (3, 25.0), (6, 3.0), (6, 1e3), (20, 0.0), (20, 5.0)])
 def test_gradcheck_log_prob(d, kappa):
     torch.manual_seed(d)
