@@ -438,3 +438,67 @@ def test_coarse_labels_go_with_their_names_and_are_checked():
     assert ok.coarse_classes == ("x", "y") and isinstance(ok.coarse_classes, tuple)
     empty = ImageSet(images[:0], labels[:0], ("a",), (0.5,), (0.25,), False, labels[:0], ("x",))
     assert len(empty) == 0
+
+
+def test_image_set_messages():
+    images, labels = torch.zeros(4, 1, 2, 2, dtype=torch.uint8), torch.tensor([0, 1, 0, 1])
+
+    def make(**overrides):
+        args = dict(images=images, labels=labels, classes=("a", "b"), mean=(0.5,), std=(0.25,))
+        return ImageSet(**{**args, **overrides})
+
+    cases = [
+        (dict(images=[1]), TypeError, "ImageSet.images must be a torch.Tensor, got list"),
+        (dict(labels=[0, 1, 0, 1]), TypeError, "ImageSet.labels must be a torch.Tensor, got list"),
+        (
+            dict(labels=labels[:3]),
+            ValueError,
+            "ImageSet.labels must have shape (4,) to match images, got (3,)",
+        ),
+        (dict(labels=labels.to("meta")), ValueError, "ImageSet.labels is on meta but images are on cpu"),
+        (dict(classes=()), TypeError, "ImageSet.classes must be a non-empty sequence of str"),
+        (
+            dict(labels=torch.tensor([0, -1, 1, 0])),
+            ValueError,
+            "ImageSet.labels must lie in [0, 2) (one per class name); got values in [-1, 1]",
+        ),
+        (
+            dict(labels=torch.tensor([0, -1, 5, 0]), unlabelled=True),
+            ValueError,
+            "ImageSet.labels must lie in [0, 2) (one per class name) or -1 (unlabelled); got values in "
+            "[-1, 5]",
+        ),
+        (dict(std=(0.25, 0.5)), ValueError, "ImageSet.std needs one value per channel (1), got 2"),
+        (dict(mean=(0.25, 0.5)), ValueError, "ImageSet.mean needs one value per channel (1), got 2"),
+    ]
+    for overrides, kind, message in cases:
+        with pytest.raises(kind) as info:
+            make(**overrides)
+        assert str(info.value) == message
+
+
+def test_pickled_arrays_and_one_byte_images_are_refused(tmp_path):
+    folder, train_blobs, _ = _folder(tmp_path)
+    path = folder / "train.npz"
+    _npz(path, train_blobs, [0] * 5, classes=np.asarray(CLASSES, dtype=object))
+    with pytest.raises(ValueError) as info:
+        load_cifar10(folder)
+    assert str(info.value).startswith(
+        f"{path}: cannot be read as an .npz archive (Object arrays cannot be loaded"
+    )
+    blobs = list(train_blobs)
+    blobs[2] = b"\xff"  # one byte: a valid offset, not a valid image
+    _npz(path, blobs, [0] * 5)
+    with pytest.raises(ValueError) as info:
+        load_cifar10(folder)
+    assert str(info.value).startswith(f"{path}: JPEG image 2 fails to decode (")
+
+
+def test_the_decoders_notice_is_silenced(tmp_path):
+    import warnings
+
+    folder, _, _ = _folder(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train, _ = load_cifar10(folder)
+    assert len(train) == 5

@@ -400,11 +400,8 @@ def _decode_jpegs(path: Path, jpeg: np.ndarray, offsets: np.ndarray, device: tor
 
 
 def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
+        return hashlib.file_digest(f, "sha256").hexdigest()[:16]
 
 
 def _load_split(
