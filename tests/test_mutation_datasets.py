@@ -330,6 +330,12 @@ def _damage(folder: Path, blobs: list[bytes], how: str) -> str:
         bad[2] = bad[1]
         _npz(path, blobs, [0] * len(blobs), offsets=bad)
         return f"{path}: `offsets` must be strictly increasing; image 1 has offsets [{bad[1]}, {bad[2]})"
+    if how == "one byte then empty":  # the first empty image is named, not the one-byte one before it
+        bad = good_offsets.copy()
+        bad[1] = 1
+        bad[3] = bad[2]
+        _npz(path, blobs, [0] * len(blobs), offsets=bad)
+        return f"{path}: `offsets` must be strictly increasing; image 2 has offsets [{bad[2]}, {bad[3]})"
     if how == "last offset":
         bad = good_offsets.copy()
         bad[-1] -= 1
@@ -362,6 +368,7 @@ def _damage(folder: Path, blobs: list[bytes], how: str) -> str:
         "count",
         "first offset",
         "not increasing",
+        "one byte then empty",
         "last offset",
         "label 10",
         "label -1",
