@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -250,10 +251,14 @@ class _SmallDLogProb(torch.autograd.Function):
         scale_batch = () if scale is None else scale.shape[:-1]  # None: a unit scale, as in _rows_parts
         batch = torch.broadcast_shapes(value.shape[:-1], loc.shape[:-1], scale_batch)
         d = int(value.shape[-1])  # not a traced 0-d tensor: 0.5 * d * ... would be float32
-        # a = v.v, b = v.m and, for now, p2 = m.m; c = b / a. Kept (for the backward pass) apart from the
-        # coordinate buffers, which are released before the per-event part: a smaller peak of fresh memory.
-        # The first coordinate's products initialise the sums (no zero fill of fresh memory).
-        sums = value.new_empty((4,) + tuple(batch), dtype=torch.float64)
+        # a = v.v, b = v.m and, for now, p2 = m.m; c = b / a: kept for the backward pass, or, without one,
+        # in the thread's reused memory (nothing here then outlives the call). The first coordinate's
+        # products initialise the sums (no zero fill).
+        sums_shape = (4,) + tuple(batch)
+        if need_gradient:
+            sums = value.new_empty(sums_shape, dtype=torch.float64)
+        else:
+            sums = _scratch("sums", sums_shape, value)
         a, b, p2, c = [sums[i] for i in range(4)]
         coordinate = _Coordinates(value, loc, scale, batch, n_scratch=0)
         v, m = coordinate.v, coordinate.m
@@ -350,19 +355,46 @@ def _all_positive_finite(x: Tensor) -> bool:
     return bool(low > 0) and math.isfinite(high)
 
 
+class _ScratchBlocks(threading.local):
+    """Per-thread float64 blocks by purpose, reused across calls (see :func:`_scratch`)."""
+
+    def __init__(self) -> None:
+        self.blocks: dict[str, Tensor] = {}
+
+
+_SCRATCH = _ScratchBlocks()
+_SCRATCH_MAX_BYTES = 1 << 24  # larger blocks are allocated per call and not kept
+
+
+def _scratch(purpose: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """Uninitialised float64 memory of ``shape`` for temporaries that do not outlive one forward or backward
+    pass: on the CPU the thread's block for ``purpose``, kept between calls. Fresh memory there costs a page
+    fault per 4 KiB on first touch, more than the arithmetic done on it, and whether glibc hands freed
+    blocks back to the system depends on the process's history (measured: a tenth of the d = 2 forward
+    pass). Fresh memory on other devices (whose allocators cache), under a tracer, and above the size cap.
+    """
+    numel = math.prod(shape)
+    if like.device.type != "cpu" or 8 * numel > _SCRATCH_MAX_BYTES or is_traced():
+        return like.new_empty(shape, dtype=torch.float64)
+    block = _SCRATCH.blocks.get(purpose)
+    if block is None or block.numel() < numel:
+        with torch.inference_mode(False):  # a normal tensor: usable in place inside and outside the mode
+            block = _SCRATCH.blocks[purpose] = torch.empty(numel, dtype=torch.float64)
+    return block[:numel].view(shape)
+
+
 class _Coordinates:
     """Float64 buffers ``v``, ``m`` of the batch's shape that :meth:`load` fills with event coordinate
     ``i`` of the value and the mean, whitened for a diagonal scale (returning ``1/sigma_i``; ``None`` for
     an isotropic scale, whose whitening applies to the sums), and ``scratch``, ``n_scratch`` more buffers.
 
-    All are views of one allocation, reused across the loops: on the CPU, fresh memory costs a page fault
-    per 4 KiB on first touch, more than the arithmetic done here on it.
+    All are views of one block, reused across the loops and across calls (:func:`_scratch`).
     """
 
     def __init__(self, value: Tensor, loc: Tensor, scale: Tensor | None, batch, n_scratch: int) -> None:
         self.value, self.loc, self.scale = value, loc, scale
         n_loaded = 3 if scale is not None and scale.shape[-1] > 1 else 2  # v, m and, if diagonal, 1/sigma
-        block = value.new_empty((n_loaded + n_scratch,) + tuple(batch), dtype=torch.float64)
+        block = _scratch("coordinates", (n_loaded + n_scratch,) + tuple(batch), value)
         work = [block[i] for i in range(n_loaded + n_scratch)]  # not unbind: its views can't change in place
         self.v, self.m = work[0], work[1]
         self.inv = work[2] if n_loaded == 3 else None

@@ -369,6 +369,54 @@ def test_log_prob_without_a_graph_equals_with_one(path, dtype):
         torch.testing.assert_close(no_grad, recorded.detach(), rtol=0, atol=0)
 
 
+def test_reused_scratch_memory_leaks_nothing_between_calls_modes_or_threads():
+    # The coordinate loop keeps per-thread float64 blocks between calls (its sums too, without a gradient):
+    # results must not alias them, inference mode must not taint them, and threads must not share them.
+    import threading
+
+    gen = torch.Generator().manual_seed(3)
+
+    def case(n, d):
+        loc = 3 * torch.randn(n, d, generator=gen)
+        scale = 0.5 + torch.rand(n, d, generator=gen)
+        return loc, scale, ProjectedNormal(loc, scale).sample()
+
+    def fresh_reference(loc, scale, value):  # the rows layout: no scratch memory
+        with batch_route("small batch"):
+            return ProjectedNormal(loc, scale).log_prob(value)
+
+    cases = [case(n, d) for n, d in ((40_000, 3), (9_000, 4), (50_000, 2))]
+    references = [fresh_reference(*c) for c in cases]
+    with batch_route("large batch"):
+        with torch.inference_mode():
+            first = ProjectedNormal(*cases[0][:2]).log_prob(cases[0][2])
+        outputs = [first.clone()]
+        for loc, scale, value in cases[1:]:
+            outputs.append(ProjectedNormal(loc.requires_grad_(), scale).log_prob(value))
+            with torch.no_grad():
+                outputs.append(ProjectedNormal(loc, scale).log_prob(value))
+        torch.testing.assert_close(first, outputs[0], rtol=0, atol=0)  # not overwritten by later calls
+        expected = [references[0], *[r for r in references[1:] for _ in ("with grad", "no grad")]]
+        for got, ref in zip(outputs, expected, strict=True):
+            torch.testing.assert_close(got.detach(), ref, rtol=1e-6, atol=1e-5)
+
+        results = {}
+
+        def worker(i):
+            loc, scale, value = cases[i % 3]
+            with torch.no_grad():
+                results[i] = [ProjectedNormal(loc, scale).log_prob(value) for _ in range(3)]
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    for i, outs in results.items():
+        for out in outs:
+            torch.testing.assert_close(out, references[i % 3], rtol=1e-6, atol=1e-5)
+
+
 @pytest.mark.parametrize("path", PATHS)
 def test_float32_gradients_match_float64(path):
     # The float32 path (float64 sums, float32 per-event rest) against float64 on random events, all three
