@@ -354,7 +354,10 @@ class PowerSpherical(TorchDistribution):
         dtype, device = self.loc.dtype, self.loc.device
         kappa = self.concentration
         beta = torch.zeros_like(kappa) + 0.5 * (self.event_shape[0] - 1)
-        tt = Dirichlet(torch.stack([kappa + beta, beta], -1), validate_args=False).rsample(sample_shape)
+        # In float64: torch's implicit-reparameterization gradient of a float32 Beta overflows to inf at large
+        # concentrations (kappa ~ 6e4 at d = 3).
+        params = torch.stack([kappa + beta, beta], -1).to(torch.float64)
+        tt = Dirichlet(params, validate_args=False).rsample(sample_shape).to(dtype)
         t, one_minus_t = tt.unbind(-1)
         w = t - one_minus_t
         v = torch.randn(shape[:-1] + (shape[-1] - 1,), dtype=dtype, device=device)
