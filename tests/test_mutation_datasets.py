@@ -185,6 +185,15 @@ def test_int32_offsets_and_labels_are_widened(tmp_path):
     assert train.labels.dtype == torch.int64 and train.labels.tolist() == [1, 2, 3, 4, 5]
 
 
+def test_byte_string_class_names_are_decoded(tmp_path):
+    folder, train_blobs, test_blobs = _folder(tmp_path)
+    names = np.asarray([name.encode() for name in CLASSES])  # dtype 'S': numpy's bytes
+    _npz(folder / "train.npz", train_blobs, [i % 10 for i in range(len(train_blobs))], classes=names)
+    _npz(folder / "test.npz", test_blobs, [0] * len(test_blobs), classes=names)
+    train, test = load_cifar10(folder)
+    assert train.classes == tuple(CLASSES) == test.classes
+
+
 @pytest.mark.parametrize("culprit", [1, 3])
 def test_a_bad_image_is_named_by_its_index(tmp_path, monkeypatch, culprit):
     folder, train_blobs, _ = _folder(tmp_path)

@@ -347,7 +347,11 @@ def _read_jpeg_npz(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, tupl
             f"{path}: label y[{i}] = {y[i]} is outside [0, {classes.size}) for {classes.size} classes "
             f"({bad.size} bad labels in all)"
         )
-    return jpeg, offsets.astype(np.int64), y.astype(np.int64), tuple(str(c) for c in classes)
+    # Byte-string names (dtype 'S') are decoded: str(b"cat") would be "b'cat'".
+    names = tuple(
+        c.decode("utf-8", errors="replace") if isinstance(c, bytes) else str(c) for c in classes.tolist()
+    )
+    return jpeg, offsets.astype(np.int64), y.astype(np.int64), names
 
 
 def _decode_jpeg(data: Tensor | list[Tensor], device: torch.device) -> Tensor | list[Tensor]:
