@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _cifar_files import CIFAR10_NAMES, random_hwc, write_cifar10, write_cifar100, write_pickle
 
 from vprob.cli import main
 from vprob.data import evaluation_sets, load_dataset, training_set
@@ -18,94 +19,9 @@ from vprob.data.datasets import channel_stats
 from vprob.data.decode import bytes_needed, check_fits, largest_image_size
 
 PIL = pytest.importorskip("PIL.Image")
-CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 # ------------------------------------------------------------------------------------- writing the layouts
-
-
-def _pickle(path: Path, obj) -> None:
-    path.write_bytes(pickle.dumps(obj, protocol=2))  # as the originals (Python 2 cPickle, protocol 2)
-
-
-def _hwc(rng, n, size=32):
-    return rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-
-
-def _cifar_rows(images_hwc):
-    """The batch files' row format, written from its description: 1024 red values (row-major), then green,
-    then blue, built channel by channel with no reshape of the whole array."""
-    return np.stack([np.concatenate([img[:, :, c].reshape(-1) for c in range(3)]) for img in images_hwc])
-
-
-def write_cifar10(root: Path, per_batch=6, n_test=8, seed=0):
-    rng = np.random.default_rng(seed)
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    truth = {"train": [], "train_y": [], "test": None, "test_y": None}
-    for i in range(1, 6):
-        x, y = _hwc(rng, per_batch), rng.integers(0, 10, per_batch).tolist()
-        _pickle(
-            folder / f"data_batch_{i}",
-            {
-                b"batch_label": f"training batch {i} of 5".encode(),
-                b"labels": y,
-                b"data": _cifar_rows(x),
-                b"filenames": [b"x.png"] * per_batch,
-            },
-        )
-        truth["train"].append(x)
-        truth["train_y"] += y
-    x, y = _hwc(rng, n_test), rng.integers(0, 10, n_test).tolist()
-    _pickle(
-        folder / "test_batch",
-        {
-            b"batch_label": b"testing batch 1 of 1",
-            b"labels": y,
-            b"data": _cifar_rows(x),
-            b"filenames": [b"x.png"] * n_test,
-        },
-    )
-    truth.update(test=x, test_y=y, train=np.concatenate(truth["train"]))
-    _pickle(
-        folder / "batches.meta",
-        {
-            b"num_cases_per_batch": per_batch,
-            b"num_vis": 3072,
-            b"label_names": [n.encode() for n in CIFAR10_NAMES],
-        },
-    )
-    return truth
-
-
-def write_cifar100(root: Path, n_train=30, n_test=10, seed=1):
-    rng = np.random.default_rng(seed)
-    folder = root / "cifar-100-python"
-    folder.mkdir(parents=True)
-    truth = {}
-    for split, n in (("train", n_train), ("test", n_test)):
-        x = _hwc(rng, n)
-        fine = rng.integers(0, 100, n).tolist()
-        coarse = [f // 5 for f in fine]
-        _pickle(
-            folder / split,
-            {
-                b"filenames": [b"x.png"] * n,
-                b"batch_label": split.encode(),
-                b"fine_labels": fine,
-                b"coarse_labels": coarse,
-                b"data": _cifar_rows(x),
-            },
-        )
-        truth[split] = (x, fine, coarse)
-    _pickle(
-        folder / "meta",
-        {
-            b"fine_label_names": [f"fine{i}".encode() for i in range(100)],
-            b"coarse_label_names": [f"coarse{i}".encode() for i in range(20)],
-        },
-    )
-    return truth
 
 
 def _stl_bytes(images_hwc):
@@ -124,7 +40,7 @@ def write_stl10(root: Path, n_train=10, n_unlabeled=14, n_test=8, seed=2):
     folder.mkdir(parents=True)
     truth = {}
     for split, n in (("train", n_train), ("unlabeled", n_unlabeled), ("test", n_test)):
-        x = _hwc(rng, n, 96)
+        x = random_hwc(rng, n, 96)
         (folder / f"{split}_X.bin").write_bytes(_stl_bytes(x))
         y = None
         if split != "unlabeled":
@@ -152,7 +68,7 @@ def write_image_folder(root: Path, size=16, per_class=5, seed=3, labelled=True):
             if split == "val" and name == "fox":
                 continue
             for i in range(count):
-                img = _hwc(rng, 1, size)[0]
+                img = random_hwc(rng, 1, size)[0]
                 sub = f"{name}/" if labelled else f"{name}_"
                 suffix = ".png" if i % 2 else ".JPEG"
                 mode = "L" if i == 1 else ("RGBA" if i == 3 else None)
@@ -232,11 +148,11 @@ def test_cifar10_bad_input_names_file_and_layout(cifar10_dir, tmp_path, damage, 
     elif damage == "bad_label":
         batch = pickle.loads((folder / "test_batch").read_bytes(), encoding="bytes")
         batch[b"labels"][2] = 10
-        _pickle(folder / "test_batch", batch)
+        write_pickle(folder / "test_batch", batch)
     elif damage == "wrong_shape":
         batch = pickle.loads((folder / "data_batch_1").read_bytes(), encoding="bytes")
         batch[b"data"] = batch[b"data"][:, :100]
-        _pickle(folder / "data_batch_1", batch)
+        write_pickle(folder / "data_batch_1", batch)
     elif damage == "code":
         # pickle's way of calling os.system("true") when loaded
         (folder / "data_batch_2").write_bytes(
@@ -254,7 +170,7 @@ def test_cifar10_npz_archives_detected_by_content(tmp_path):
         blobs = []
         for _ in range(n):
             buf = io.BytesIO()
-            PIL.fromarray(_hwc(rng, 1)[0]).save(buf, format="JPEG")
+            PIL.fromarray(random_hwc(rng, 1)[0]).save(buf, format="JPEG")
             blobs.append(buf.getvalue())
         np.savez(
             tmp_path / f"{split}.npz",

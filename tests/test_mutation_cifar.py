@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _cifar_files import CIFAR10_NAMES, write_cifar10, write_cifar100, write_pickle
 
 from vprob.data import cifar
 from vprob.data.cifar import (
@@ -23,54 +24,6 @@ from vprob.data.cifar import (
     load_cifar10_any,
     load_cifar100,
 )
-
-NAMES10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
-
-def _pickle(path: Path, obj) -> None:
-    path.write_bytes(pickle.dumps(obj, protocol=2))
-
-
-def _rows(hwc: np.ndarray) -> np.ndarray:
-    """CIFAR's rows: per image the red plane, then green, then blue, each row-major."""
-    return np.ascontiguousarray(hwc.transpose(0, 3, 1, 2)).reshape(len(hwc), 3072)
-
-
-def _write10(root: Path, per_batch=2, n_test=3, seed=0) -> dict:
-    rng = np.random.default_rng(seed)
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    truth = {}
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        n = n_test if name == "test_batch" else per_batch
-        hwc = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-        labels = rng.integers(0, 10, n).tolist()
-        _pickle(
-            folder / name, {b"batch_label": b"x", b"labels": labels, b"data": _rows(hwc), b"filenames": []}
-        )
-        truth[name] = (hwc, labels)
-    _pickle(folder / "batches.meta", {b"label_names": [n.encode() for n in NAMES10], b"num_vis": 3072})
-    return truth
-
-
-def _write100(root: Path, n_train=4, n_test=2, seed=1) -> dict:
-    rng = np.random.default_rng(seed)
-    folder = root / "cifar-100-python"
-    folder.mkdir(parents=True)
-    truth = {}
-    for split, n in (("train", n_train), ("test", n_test)):
-        hwc = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-        fine, coarse = rng.integers(0, 100, n).tolist(), rng.integers(0, 20, n).tolist()
-        _pickle(folder / split, {b"fine_labels": fine, b"coarse_labels": coarse, b"data": _rows(hwc)})
-        truth[split] = (hwc, fine, coarse)
-    _pickle(
-        folder / "meta",
-        {
-            b"fine_label_names": [f"fine{i}".encode() for i in range(100)],
-            b"coarse_label_names": [f"coarse{i}".encode() for i in range(20)],
-        },
-    )
-    return truth
 
 
 def _message(call, kind=ValueError) -> str:
@@ -84,7 +37,7 @@ def _chw(hwc: np.ndarray) -> np.ndarray:
 
 
 def test_cifar10_pixels_labels_names_and_statistics(tmp_path, monkeypatch):
-    truth = _write10(tmp_path)
+    truth = write_cifar10(tmp_path, per_batch=2, n_test=3)
     fits = []
     monkeypatch.setattr(cifar, "check_fits_device", lambda *args: fits.append(args))
     folder = tmp_path / "cifar-10-batches-py"
@@ -93,13 +46,12 @@ def test_cifar10_pixels_labels_names_and_statistics(tmp_path, monkeypatch):
         folder,
     )
     train, test = load_cifar10_any(tmp_path)
-    batches = [truth[f"data_batch_{i}"] for i in range(1, 6)]
-    images = np.concatenate([_chw(h) for h, _ in batches])
+    images = _chw(truth["train"])  # the five batches in order
     assert np.array_equal(train.images.numpy(), images) and train.images.device == torch.device("cpu")
-    assert train.labels.tolist() == [y for _, ys in batches for y in ys] and train.labels.dtype == torch.int64
-    assert np.array_equal(test.images.numpy(), _chw(truth["test_batch"][0]))
-    assert test.labels.tolist() == truth["test_batch"][1]
-    assert train.classes == tuple(NAMES10) == cifar10_classes(tmp_path) and test.classes == train.classes
+    assert train.labels.tolist() == truth["train_y"] and train.labels.dtype == torch.int64
+    assert np.array_equal(test.images.numpy(), _chw(truth["test"]))
+    assert test.labels.tolist() == truth["test_y"]
+    assert train.classes == CIFAR10_NAMES == cifar10_classes(tmp_path) and test.classes == train.classes
     assert train.unlabelled is False and test.unlabelled is False and train.coarse_labels is None
     pixels = images.astype(np.float64) / 255
     np.testing.assert_allclose(train.mean, pixels.mean(axis=(0, 2, 3)), rtol=1e-12)
@@ -109,7 +61,7 @@ def test_cifar10_pixels_labels_names_and_statistics(tmp_path, monkeypatch):
 
 
 def test_cifar100_fine_and_coarse(tmp_path, monkeypatch):
-    truth = _write100(tmp_path)
+    truth = write_cifar100(tmp_path, n_train=4, n_test=2)
     fits = []
     monkeypatch.setattr(cifar, "check_fits_device", lambda *args: fits.append(args))
     folder = tmp_path / "cifar-100-python"
@@ -176,10 +128,10 @@ def test_folder_refusals(tmp_path):
         f"{tmp_path} holds neither cifar-100-python/ nor the files of that folder (meta). {CIFAR100_HELP}"
     )
     (tmp_path / "a").mkdir()
-    _pickle(tmp_path / "a" / "batches.meta", {b"label_names": [b"x"]})  # either file marks the folder
+    write_pickle(tmp_path / "a" / "batches.meta", {b"label_names": [b"x"]})  # either file marks the folder
     assert cifar10_layout(tmp_path / "a") == ("torchvision", tmp_path / "a")
     (tmp_path / "b").mkdir()
-    _pickle(tmp_path / "b" / "data_batch_1", {})
+    write_pickle(tmp_path / "b" / "data_batch_1", {})
     assert cifar10_layout(tmp_path / "b") == ("torchvision", tmp_path / "b")
 
 
@@ -192,66 +144,66 @@ def _damage10(folder: Path, how: str) -> tuple[Path, str]:
         meta.write_bytes(meta.read_bytes()[:10])
         return meta, f"{CIFAR10_HELP}"
     if how == "meta without names":
-        _pickle(meta, {b"num_vis": 3072, "other": 1})
+        write_pickle(meta, {b"num_vis": 3072, "other": 1})
         return meta, f"{meta}: no entry 'label_names' (found ['num_vis', 'other']). {CIFAR10_HELP}"
     if how == "meta names empty":
-        _pickle(meta, {b"label_names": []})
+        write_pickle(meta, {b"label_names": []})
         return meta, f"{meta}: 'label_names' must be a non-empty list of names. {CIFAR10_HELP}"
     if how == "meta names not a list":
-        _pickle(meta, {b"label_names": b"cat"})
+        write_pickle(meta, {b"label_names": b"cat"})
         return meta, f"{meta}: 'label_names' must be a non-empty list of names. {CIFAR10_HELP}"
     if how == "batch not a dict":
-        _pickle(batch, [1, 2])
+        write_pickle(batch, [1, 2])
         return batch, f"{batch}: holds a list, not the dict of a CIFAR batch file. {CIFAR10_HELP}"
     if how == "batch truncated":
         batch.write_bytes(batch.read_bytes()[:20])
         return batch, f"{CIFAR10_HELP}"
     if how == "no data":
-        _pickle(batch, {b"labels": [0, 1]})
+        write_pickle(batch, {b"labels": [0, 1]})
         return batch, f"{batch}: no entry 'data' (found ['labels']). {CIFAR10_HELP}"
     if how == "data a list":
-        _pickle(batch, {b"labels": [0, 1], b"data": [1, 2]})
+        write_pickle(batch, {b"labels": [0, 1], b"data": [1, 2]})
         return batch, f"{batch}: 'data' must be a uint8 array (N, 3072), got list. {CIFAR10_HELP}"
     if how == "data float":
-        _pickle(batch, {b"labels": [0, 1], b"data": np.zeros((2, 3072))})
+        write_pickle(batch, {b"labels": [0, 1], b"data": np.zeros((2, 3072))})
         return (
             batch,
             f"{batch}: 'data' must be a uint8 array (N, 3072), got float64 (2, 3072). {CIFAR10_HELP}",
         )
     if how == "data 3-D":
-        _pickle(batch, {b"labels": [0, 1], b"data": np.zeros((2, 3, 1024), np.uint8)})
+        write_pickle(batch, {b"labels": [0, 1], b"data": np.zeros((2, 3, 1024), np.uint8)})
         return (
             batch,
             f"{batch}: 'data' must be a uint8 array (N, 3072), got uint8 (2, 3, 1024). {CIFAR10_HELP}",
         )
     if how == "data narrow":
-        _pickle(batch, {b"labels": [0, 1], b"data": np.zeros((2, 3071), np.uint8)})
+        write_pickle(batch, {b"labels": [0, 1], b"data": np.zeros((2, 3071), np.uint8)})
         return batch, f"{batch}: 'data' must be a uint8 array (N, 3072), got uint8 (2, 3071). {CIFAR10_HELP}"
     data = np.zeros((2, 3072), np.uint8)
     if how == "no labels":
-        _pickle(batch, {b"data": data, "x": 1})
+        write_pickle(batch, {b"data": data, "x": 1})
         return batch, f"{batch}: no entry 'labels' (found ['data', 'x']). {CIFAR10_HELP}"
     if how == "labels too many":
-        _pickle(batch, {b"data": data, b"labels": [0, 1, 2]})
+        write_pickle(batch, {b"data": data, b"labels": [0, 1, 2]})
         return (
             batch,
             f"{batch}: 'labels' must hold 2 integer labels (one per image), got int64 (3,). {CIFAR10_HELP}",
         )
     if how == "labels float":
-        _pickle(batch, {b"data": data, b"labels": [0.0, 1.0]})
+        write_pickle(batch, {b"data": data, b"labels": [0.0, 1.0]})
         return (
             batch,
             f"{batch}: 'labels' must hold 2 integer labels (one per image), got float64 (2,). {CIFAR10_HELP}",
         )
     if how == "label 10":
-        _pickle(batch, {b"data": data, b"labels": [3, 10]})
+        write_pickle(batch, {b"data": data, b"labels": [3, 10]})
         return batch, (
             f"{batch}: labels[1] = 10 is outside the 10 classes of the meta file (labels 0..9; 1 bad labels "
             "in all)"
         )
     if how == "test batch":
         test = folder / "test_batch"
-        _pickle(test, {b"data": data})
+        write_pickle(test, {b"data": data})
         return test, f"{test}: no entry 'labels' (found ['data']). {CIFAR10_HELP}"
     raise AssertionError(how)
 
@@ -279,7 +231,7 @@ def _damage10(folder: Path, how: str) -> tuple[Path, str]:
     ],
 )
 def test_cifar10_damage_is_named_with_the_help(tmp_path, how):
-    _write10(tmp_path)
+    write_cifar10(tmp_path, per_batch=2, n_test=3)
     path, expected = _damage10(tmp_path / "cifar-10-batches-py", how)
     kind = FileNotFoundError if how == "meta missing" else ValueError
     message = _message(lambda: load_cifar10_any(tmp_path), kind)
@@ -292,29 +244,30 @@ def test_cifar10_damage_is_named_with_the_help(tmp_path, how):
 
 
 def test_str_keys_and_names_of_a_latin1_repickle_are_accepted(tmp_path):
-    _write10(tmp_path, per_batch=1, n_test=1)
+    write_cifar10(tmp_path, per_batch=1, n_test=1)
     folder = tmp_path / "cifar-10-batches-py"
-    _pickle(folder / "batches.meta", {"label_names": ["caf\u00e9", *NAMES10[1:]]})
+    write_pickle(folder / "batches.meta", {"label_names": ["caf\u00e9", *CIFAR10_NAMES[1:]]})
     batch = pickle.loads((folder / "data_batch_2").read_bytes())
-    _pickle(folder / "data_batch_2", {k.decode(): v for k, v in batch.items()})
+    write_pickle(folder / "data_batch_2", {k.decode(): v for k, v in batch.items()})
     train, _ = load_cifar10_any(tmp_path)
     assert train.classes[0] == "caf\u00e9" and len(train) == 5
-    _pickle(
-        folder / "batches.meta", {b"label_names": ["caf\u00e9".encode(), *[n.encode() for n in NAMES10[1:]]]}
+    write_pickle(
+        folder / "batches.meta",
+        {b"label_names": ["caf\u00e9".encode(), *[n.encode() for n in CIFAR10_NAMES[1:]]]},
     )
     assert cifar10_classes(tmp_path)[0] == "caf\u00e9"  # bytes names are UTF-8
 
 
 @pytest.mark.parametrize("where", ["meta", "train", "test"])
 def test_cifar100_damage_is_named_with_the_help(tmp_path, where):
-    _write100(tmp_path)
+    write_cifar100(tmp_path, n_train=4, n_test=2)
     folder = tmp_path / "cifar-100-python"
     path = folder / where
     if where == "meta":
-        _pickle(path, {b"fine_label_names": [b"a"], b"coarse_label_names": []})
+        write_pickle(path, {b"fine_label_names": [b"a"], b"coarse_label_names": []})
         expected = f"{path}: 'coarse_label_names' must be a non-empty list of names. {CIFAR100_HELP}"
         assert _message(lambda: cifar100_classes(tmp_path)) == expected
-        _pickle(path, {b"fine_label_names": [b"a"]})
+        write_pickle(path, {b"fine_label_names": [b"a"]})
         expected = f"{path}: no entry 'coarse_label_names' (found ['fine_label_names']). {CIFAR100_HELP}"
         assert _message(lambda: cifar100_classes(tmp_path)) == expected
         path.write_bytes(b"\x80\x02")
@@ -323,7 +276,7 @@ def test_cifar100_damage_is_named_with_the_help(tmp_path, where):
             f". {CIFAR100_HELP}"
         )
         return
-    _pickle(path, {b"data": np.zeros((1, 3072), np.uint8), b"fine_labels": [0]})
+    write_pickle(path, {b"data": np.zeros((1, 3072), np.uint8), b"fine_labels": [0]})
     expected = f"{path}: no entry 'coarse_labels' (found ['data', 'fine_labels']). {CIFAR100_HELP}"
     assert _message(lambda: load_cifar100(tmp_path)) == expected
     path.write_bytes(b"\x80\x02")
